@@ -1,0 +1,72 @@
+"""Sparsify's "Approximated" profile: a sensitivity guessed from the architecture alone.
+
+Per layer: (in_vol + out_vol) / params x max(in_vol / out_vol, out_vol / in_vol), over shapes inferred by
+ONNX shape inference (symbolic dims count as 1), as a straight line from L(0) = 0 to L(1) = that value.
+Missing shapes are handled as SparseML's `pruning_loss_sens_approx` does (a missing volume counts 0 and the
+shape-change factor is 1) and flagged. No weight is read, so recovery uses a model of the weights: each
+layer's weights are taken as zero-mean Gaussians of equal variance, whose energy kept at sparsity s is
+1 - (s - 2 q phi(q)) with q = Phi^-1((1 + s) / 2).
+"""
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+import onnx
+
+from ..graph import Layer, _subgraphs
+from ..onnxfile import ModelFile, light_model
+from . import Measured, check_cancel
+
+_N = NormalDist()
+
+
+def gaussian_energy_kept(levels: np.ndarray) -> np.ndarray:
+    q = np.array([_N.inv_cdf((1 + s) / 2) for s in levels])
+    phi = np.exp(-q * q / 2) / math.sqrt(2 * math.pi)
+    return 1.0 - (levels - 2 * q * phi)
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # shape inference is best effort: custom ops and odd exports make it give up
+        pass
+    shapes: dict[str, list[int]] = {}
+
+    def collect(graph: onnx.GraphProto) -> None:
+        for vi in (*graph.input, *graph.output, *graph.value_info):
+            t = vi.type.tensor_type
+            if t.HasField("shape"):
+                shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]
+        for node in graph.node:
+            for _, sub in _subgraphs(node):
+                collect(sub)
+
+    collect(model.graph)
+    return shapes
+
+
+def approx_value(in_shape, out_shape, params: int) -> float:
+    in_vol = math.prod(d for d in in_shape if d) if in_shape else 0
+    out_vol = math.prod(d for d in out_shape if d) if out_shape else 0
+    if not params:
+        return 0.0
+    mult = max(in_vol / out_vol, out_vol / in_vol) if in_vol and out_vol else 1.0
+    return (in_vol + out_vol) / params * mult
+
+
+def run(mf: ModelFile, layers: list[Layer], levels: np.ndarray, progress=None, cancel=None, **_) -> list[Measured]:
+    shapes = _shapes(light_model(mf))
+    check_cancel(cancel)
+    kept = gaussian_energy_kept(levels)
+    results = []
+    for i, layer in enumerate(layers):
+        in_shape, out_shape = shapes.get(layer.input_name), shapes.get(layer.output_name)
+        value = approx_value(in_shape, out_shape, layer.params)
+        flags = () if in_shape is not None and out_shape is not None else ("shape_unknown",)
+        results.append(Measured(levels * value, kept, float(layer.params), flags))
+        if progress is not None:
+            progress(i + 1, len(layers), layer.name)
+    return results

@@ -1,0 +1,118 @@
+"""`losswidget` on the command line. Imports lazily so `losswidget --help` starts fast."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _levels(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"levels must be comma-separated numbers, e.g. 0,0.5,0.9 (got {text!r})")
+
+
+def human(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f}"
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="losswidget", description="Pruning loss profiles of ONNX models.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("profile", help="profile a model and print its summary and most sensitive layers")
+    p.add_argument("model", help="path of an .onnx file")
+    p.add_argument("--method", default="magnitude", help="approximated | magnitude (default: magnitude)")
+    p.add_argument("--name", help="profile name (default: the method's label)")
+    p.add_argument("--levels", type=_levels, help="sparsity levels, e.g. 0,0.5,0.9 (default: the method's)")
+    p.add_argument("--target", type=float, default=0.85, help="target sparsity for the estimates (default 0.85)")
+    p.add_argument("--top", type=int, default=10, help="how many of the most sensitive layers to list")
+    p.add_argument("--json", metavar="OUT", help="write the profile as JSON")
+    p.add_argument("--csv", metavar="OUT", help="write the per-layer table as CSV")
+    sub.add_parser("methods", help="list the analysis methods and their settings")
+    return ap
+
+
+class _Bar:
+    """A one-line progress bar on stderr, only when it is a terminal."""
+
+    def __init__(self):
+        self.on = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        if self.on:
+            width = 30
+            fill = int(width * done / max(total, 1))
+            sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} {message[:40]:<40}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.on:
+            sys.stderr.write("\r" + " " * 80 + "\r")
+
+
+def print_profile(profile, top: int) -> None:
+    s = profile.summary
+    m = profile.model
+    print(f"Model:        {m.path or '(in memory)'}  sha256 {m.sha256[:12]}")
+    levels = profile.settings.get("sparsity_levels", [])
+    print(f"Profile:      {profile.name!r}, method {profile.method}, {len(levels)} levels, "
+          f"target {s.target_sparsity:g}")
+    share = f" ({s.prunable_params / s.total_params:.1%})" if s.total_params else ""
+    print(f"Params:       {human(s.total_params)} total, {human(s.prunable_params)} prunable{share}, "
+          f"{len(profile.layers)} layers")
+    print(f"Sensitivity:  {s.avg_sensitivity:.4g} on average (L(0.95) - L(0) per layer)")
+    print(f"Estimates:    params reduction {s.est_params_reduction:.2f}x at target {s.target_sparsity:g}, "
+          f"recovery {'n/a' if s.est_recovery is None else f'{s.est_recovery:.3f}'} ({profile.recovery_note})")
+    for note in profile.notes:
+        print(f"Note:         {note}")
+    if profile.layers and top > 0:
+        rows = profile.most_sensitive(top)
+        width = min(max(len(l.name) for l in rows), 48)
+        print(f"\nMost sensitive layers:\n  {'#':>4}  {'layer':<{width}}  {'op':<12} {'params':>10}  sensitivity")
+        for l in rows:
+            flags = f"  [{', '.join(l.flags)}]" if l.flags else ""
+            print(f"  {l.index:>4}  {l.name[:width]:<{width}}  {l.op_type:<12} {human(l.params):>10}  "
+                  f"{l.sensitivity:.4g}{flags}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .errors import LossWidgetError
+
+    try:
+        if args.command == "methods":
+            from .analysis import methods
+            for m in methods():
+                print(f"{m['name']:<14} {m['description']}")
+                for key, spec in m["settings"].items():
+                    default = spec["default"]
+                    shown = f"{len(default)} levels" if isinstance(default, list) else default
+                    print(f"{'':<16}{key} ({spec['type']}, default {shown})")
+            return 0
+        from .analysis import analyze
+        bar = _Bar()
+        try:
+            profile = analyze(args.model, args.method, name=args.name, sparsity_levels=args.levels,
+                              target_sparsity=args.target, progress=bar)
+        finally:
+            bar.close()
+        print_profile(profile, args.top)
+        if args.json:
+            profile.to_json(args.json)
+            print(f"\nWrote {args.json}")
+        if args.csv:
+            profile.to_csv(args.csv)
+            print(f"Wrote {args.csv}")
+        return 0
+    except LossWidgetError as exc:
+        print(f"losswidget: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"losswidget: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("losswidget: interrupted", file=sys.stderr)
+        return 130

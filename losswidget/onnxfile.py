@@ -1,0 +1,397 @@
+"""Open an ONNX file without loading its weights.
+
+`onnx.load` parses every weight into Python bytes (a copy of the whole file). Profiling only ever needs one
+weight at a time, so `open_model` walks the protobuf wire format itself: the main graph's large `raw_data`
+fields are cut out of the message before protobuf parses it, and remembered as (offset, length) in the
+memory-mapped file. External data is mapped the same way. `ModelFile.array` then gives one tensor as a
+numpy view into the map; `ModelFile.release` drops its pages from the process again.
+"""
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import TensorProto
+
+from .errors import ModelError
+
+# raw_data fields at least this large are left in the file; smaller ones (shapes, scales) are parsed inline.
+_INLINE_LIMIT = 1024
+
+_T = TensorProto
+# element size in bits of each stored type; None: not a numeric tensor we can size (strings)
+_BITS = {
+    _T.FLOAT: 32, _T.UINT8: 8, _T.INT8: 8, _T.UINT16: 16, _T.INT16: 16, _T.INT32: 32, _T.INT64: 64,
+    _T.BOOL: 8, _T.FLOAT16: 16, _T.DOUBLE: 64, _T.UINT32: 32, _T.UINT64: 64, _T.COMPLEX64: 64,
+    _T.COMPLEX128: 128, _T.BFLOAT16: 16, _T.FLOAT8E4M3FN: 8, _T.FLOAT8E4M3FNUZ: 8, _T.FLOAT8E5M2: 8,
+    _T.FLOAT8E5M2FNUZ: 8, _T.UINT4: 4, _T.INT4: 4,
+}
+for _name, _bits in (("FLOAT4E2M1", 4), ("FLOAT8E8M0", 8), ("UINT2", 2), ("INT2", 2)):
+    if hasattr(_T, _name):  # newer onnx releases only
+        _BITS[getattr(_T, _name)] = _bits
+
+FLOAT_TYPES = frozenset(t for t in _BITS if t in {
+    _T.FLOAT, _T.FLOAT16, _T.DOUBLE, _T.BFLOAT16, _T.FLOAT8E4M3FN, _T.FLOAT8E4M3FNUZ, _T.FLOAT8E5M2,
+    _T.FLOAT8E5M2FNUZ, getattr(_T, "FLOAT4E2M1", -1), getattr(_T, "FLOAT8E8M0", -1)})
+QUANT_TYPES = frozenset(t for t in _BITS if t in {
+    _T.UINT8, _T.INT8, _T.UINT16, _T.INT16, _T.UINT4, _T.INT4, getattr(_T, "UINT2", -1),
+    getattr(_T, "INT2", -1)})
+PARAM_TYPES = FLOAT_TYPES | QUANT_TYPES
+_NATIVE = {_T.FLOAT: np.float32, _T.FLOAT16: np.float16, _T.DOUBLE: np.float64, _T.INT8: np.int8,
+           _T.UINT8: np.uint8, _T.INT16: np.int16, _T.UINT16: np.uint16, _T.INT32: np.int32,
+           _T.INT64: np.int64, _T.UINT32: np.uint32, _T.UINT64: np.uint64, _T.BOOL: np.bool_}
+# the repeated field holding a tensor's values when it has no raw_data
+_VALUE_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
+
+
+def type_name(data_type: int) -> str:
+    try:
+        return TensorProto.DataType.Name(data_type).lower()
+    except ValueError:
+        return f"type {data_type}"
+
+
+def numel(tensor: TensorProto) -> int:
+    n = 1
+    for d in tensor.dims:
+        n *= int(d)
+    return n
+
+
+@dataclass(frozen=True)
+class Blob:
+    """Where a tensor's bytes lie: a file, an offset and a length."""
+    path: str
+    offset: int
+    length: int
+
+
+class _Corrupt(Exception):
+    pass
+
+
+class _FileBytes:
+    """Indexable file contents read with pread through a small window.
+
+    Used instead of a memory map for the header walk: on current kernels one fault in a map can bring a
+    whole large page-cache folio (hundreds of KB) into the process, so touching every tensor header of a
+    mapped model costs as much resident memory as a good part of the weights.
+    """
+
+    def __init__(self, fd: int, size: int):
+        self.fd, self.size = fd, size
+        self.start, self.window = 0, b""
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop = key.start, min(key.stop, self.size)
+            return os.pread(self.fd, max(stop - start, 0), start)
+        if not self.start <= key < self.start + len(self.window):
+            self.start, self.window = key, os.pread(self.fd, 1 << 16, key)
+            if not self.window:
+                raise _Corrupt
+        return self.window[key - self.start]
+
+
+def _varint(buf, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end:
+            raise _Corrupt
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise _Corrupt
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _fields(buf, pos: int, end: int):
+    """Yield (field number, wire type, field start, value start, field end) of one message's fields."""
+    while pos < end:
+        start = pos
+        key, pos = _varint(buf, pos, end)
+        num, wire = key >> 3, key & 7
+        vstart = pos
+        if wire == 0:
+            _, pos = _varint(buf, pos, end)
+        elif wire == 1:
+            pos += 8
+        elif wire == 2:
+            length, vstart = _varint(buf, pos, end)
+            pos = vstart + length
+        elif wire == 5:
+            pos += 4
+        else:
+            raise _Corrupt
+        if num == 0 or pos > end:
+            raise _Corrupt
+        yield num, wire, start, vstart, pos
+
+
+def _strip_raw(buf, start: int, end: int) -> tuple[bytes, str, tuple[int, int]] | None:
+    """For one TensorProto: (message without raw_data, name, (raw offset, raw length)), if raw_data is big."""
+    name, raw = "", None
+    for num, wire, fstart, vstart, fend in _fields(buf, start, end):
+        if num == 8 and wire == 2:
+            name = bytes(buf[vstart:fend]).decode("utf-8", "replace")
+        elif num == 9 and wire == 2 and fend - vstart >= _INLINE_LIMIT:
+            raw = (fstart, vstart, fend)
+    if raw is None:
+        return None
+    fstart, vstart, fend = raw
+    return bytes(buf[start:fstart]) + bytes(buf[fend:end]), name, (vstart, fend - vstart)
+
+
+def _scan(buf, size: int, path: str) -> tuple[onnx.ModelProto, dict[str, Blob]]:
+    """Parse the model with the main graph's large raw_data fields left out (see module doc)."""
+    top, graph_parts, blobs = [], [], {}
+    saw_graph = False
+    for num, wire, start, vstart, end in _fields(buf, 0, size):
+        if not (num == 7 and wire == 2):
+            top.append(bytes(buf[start:end]))
+            continue
+        saw_graph = True
+        for gnum, gwire, gstart, gvstart, gend in _fields(buf, vstart, end):
+            stripped = _strip_raw(buf, gvstart, gend) if (gnum == 5 and gwire == 2) else None
+            if stripped is None:
+                graph_parts.append(bytes(buf[gstart:gend]))
+                continue
+            message, name, (offset, length) = stripped
+            graph_parts.append(_encode_varint((5 << 3) | 2) + _encode_varint(len(message)) + message)
+            blobs[name] = Blob(path, offset, length)
+    model = onnx.ModelProto()
+    model.ParseFromString(b"".join(top))
+    if saw_graph:
+        model.graph.ParseFromString(b"".join(graph_parts))
+    if not saw_graph or not model.ir_version:
+        raise _Corrupt
+    return model, blobs
+
+
+class ModelFile:
+    """An ONNX model whose weights stay on disk until asked for, one tensor at a time."""
+
+    def __init__(self, model: onnx.ModelProto, path: Path | None = None, blobs: dict[str, Blob] | None = None):
+        self.model = model
+        self.path = path
+        self.folder = path.parent.resolve() if path is not None else Path.cwd().resolve()
+        self._blobs = blobs or {}
+        self._maps: dict[str, mmap.mmap] = {}
+        self._lock = threading.Lock()
+        self._sha256: str | None = None
+
+    # -- bytes -----------------------------------------------------------------------------------------
+    def _map(self, path: str) -> mmap.mmap:
+        with self._lock:
+            mm = self._maps.get(path)
+            if mm is None:
+                with open(path, "rb") as f:
+                    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else b""
+                self._maps[path] = mm
+            return mm
+
+    def blob(self, tensor: TensorProto) -> Blob | None:
+        """Where the tensor's bytes lie when they are not inside the parsed message (None: inline)."""
+        if tensor.data_location == TensorProto.EXTERNAL:
+            return self._external_blob(tensor)
+        if not _has_inline_data(tensor) and numel(tensor) and tensor.name in self._blobs:
+            return self._blobs[tensor.name]
+        return None
+
+    def _external_blob(self, tensor: TensorProto) -> Blob:
+        info = {e.key: e.value for e in tensor.external_data}
+        where = self.path or "the model"
+        location = info.get("location", "")
+        if not location:
+            raise ModelError(f"Tensor '{tensor.name}' in {where} says its data is external but names no file.")
+        target = (self.folder / location).resolve()
+        if os.path.isabs(location) or not target.is_relative_to(self.folder):
+            raise ModelError(
+                f"Refusing external data location '{location}' of tensor '{tensor.name}' in {where}: it points "
+                f"outside the model's folder {self.folder}. Keep external data files beside the model.")
+        if not target.is_file():
+            raise ModelError(
+                f"External data file '{location}' for tensor '{tensor.name}' was not found in {self.folder}. "
+                "Copy it beside the model (ONNX models saved with external data are several files).")
+        try:
+            offset = int(info.get("offset", 0))
+            file_size = target.stat().st_size
+            length = int(info["length"]) if "length" in info else file_size - offset
+        except ValueError:
+            raise ModelError(f"Tensor '{tensor.name}' in {where} has a malformed external data offset/length.") from None
+        if offset < 0 or length < 0 or offset + length > file_size:
+            raise ModelError(
+                f"Tensor '{tensor.name}' wants bytes {offset}..{offset + length} of '{location}', which has only "
+                f"{file_size} bytes: the external data file is truncated or belongs to another model.")
+        return Blob(str(target), offset, length)
+
+    def check(self, tensor: TensorProto) -> None:
+        """Raise ModelError when the tensor's declared shape and its stored data disagree in size."""
+        bits = _BITS.get(tensor.data_type)
+        if bits is None:
+            return
+        n = numel(tensor)
+        blob = self.blob(tensor)
+        if blob is not None or tensor.HasField("raw_data"):
+            have = blob.length if blob is not None else len(tensor.raw_data)
+            want = (n * bits + 7) // 8
+            unit = "bytes"
+        else:
+            field = next((f for f in _VALUE_FIELDS if len(getattr(tensor, f))), None)
+            have, want, unit = (len(getattr(tensor, field)) if field else 0), n, "values"
+            if field == "int32_data" and bits < 8 and have == -(-n * bits // 8):
+                have = n  # sub-byte types may be stored packed in int32_data
+        if have != want:
+            raise ModelError(
+                f"Tensor '{tensor.name}' declares shape {list(tensor.dims)} of {type_name(tensor.data_type)} "
+                f"({want} {unit}) but stores {have} {unit}: the file is corrupt or was written by a broken exporter.")
+
+    def array(self, tensor: TensorProto) -> np.ndarray:
+        """The tensor's values in their stored dtype (a read-only view into the file where possible)."""
+        self.check(tensor)
+        blob = self.blob(tensor)
+        if blob is None:
+            try:
+                return onnx.numpy_helper.to_array(tensor)
+            except Exception as exc:  # onnx raises assorted errors for odd tensors
+                raise ModelError(f"Cannot decode tensor '{tensor.name}': {exc}") from None
+        mm = self._map(blob.path)
+        native = _NATIVE.get(tensor.data_type)
+        if native is not None:
+            return np.frombuffer(mm, dtype=native, count=numel(tensor), offset=blob.offset).reshape(tuple(tensor.dims))
+        if tensor.data_type == _T.BFLOAT16:
+            raw = np.frombuffer(mm, dtype=np.uint16, count=numel(tensor), offset=blob.offset)
+            return (raw.astype(np.uint32) << 16).view(np.float32).reshape(tuple(tensor.dims))
+        full = TensorProto()
+        full.CopyFrom(tensor)
+        del full.external_data[:]
+        full.data_location = TensorProto.DEFAULT
+        full.raw_data = bytes(mm[blob.offset:blob.offset + blob.length])
+        return self.array(full)
+
+    def release(self, tensor: TensorProto) -> None:
+        """Let the OS drop the tensor's mapped pages from this process (they stay in the page cache)."""
+        blob = self.blob(tensor)
+        mm = self._maps.get(blob.path) if blob is not None else None
+        if not isinstance(mm, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = blob.offset - blob.offset % mmap.PAGESIZE
+        length = min(blob.offset + blob.length, len(mm)) - start
+        if length > 0:
+            mm.madvise(mmap.MADV_DONTNEED, start, length)
+
+    # -- identity --------------------------------------------------------------------------------------
+    def sha256(self) -> str:
+        """Content hash of the model file and its external data files (in name order)."""
+        if self._sha256 is None:
+            if self.path is None:
+                h = hashlib.sha256(self.model.SerializeToString())
+            else:
+                files = [self.path] + sorted({Path(b.path) for b in self._external_blobs()})
+                digests = []
+                for file in files:
+                    with open(file, "rb") as f:
+                        digests.append(hashlib.file_digest(f, "sha256"))
+                h = digests[0] if len(digests) == 1 else hashlib.sha256(b"".join(d.digest() for d in digests))
+            self._sha256 = h.hexdigest()
+        return self._sha256
+
+    def _external_blobs(self):
+        from .graph import all_tensors  # local: graph imports this module
+        for tensor, _ in all_tensors(self.model.graph):
+            if tensor.data_location == TensorProto.EXTERNAL:
+                yield self._external_blob(tensor)
+
+    def close(self) -> None:
+        with self._lock:
+            for mm in self._maps.values():
+                if isinstance(mm, mmap.mmap):
+                    mm.close()
+            self._maps.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _has_inline_data(tensor: TensorProto) -> bool:
+    return tensor.HasField("raw_data") or any(len(getattr(tensor, f)) for f in _VALUE_FIELDS)
+
+
+def open_model(model) -> ModelFile:
+    """A ModelFile for a path or an in-memory onnx.ModelProto; bad files raise one clear ModelError."""
+    if isinstance(model, onnx.ModelProto):
+        return ModelFile(model)
+    if not isinstance(model, (str, os.PathLike)):
+        raise ModelError(f"Expected a path to an .onnx file or an onnx.ModelProto, got {type(model).__name__}.")
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelError(f"Model file not found: {path}")
+    if not path.is_file():
+        raise ModelError(f"{path} is not a file; give the path of an .onnx model file.")
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelError(f"{path} is empty, not an ONNX model.")
+    with open(path, "rb") as f:
+        try:
+            model_proto, blobs = _scan(_FileBytes(f.fileno(), size), size, str(path.resolve()))
+        except (_Corrupt, DecodeError, UnicodeDecodeError):
+            raise ModelError(_corrupt_message(path)) from None
+    mf = ModelFile(model_proto, path, blobs)
+    for blob in blobs.values():  # cheap: only offsets, but catches a file cut short inside a weight
+        if blob.offset + blob.length > size:
+            mf.close()
+            raise ModelError(_corrupt_message(path))
+    return mf
+
+
+def _corrupt_message(path: Path) -> str:
+    head = path.read_bytes()[:64] if path.stat().st_size < 1 << 30 else b""
+    if head[:1] in (b"{", b"<", b"#") or head.startswith((b"PK", b"\x89HDF", b"\x93NUMPY")):
+        return f"{path} is not an ONNX model (it looks like another kind of file). Give an .onnx file."
+    return (f"{path} is not a readable ONNX model: it is truncated or corrupt, or not ONNX at all. "
+            "Re-export or re-download it.")
+
+
+def light_model(mf: ModelFile) -> onnx.ModelProto:
+    """The model without large weight data, for shape inference (which serializes the model it gets)."""
+    if mf.path is not None:
+        return mf.model  # its large raw_data already lies outside the parsed message
+    light = onnx.ModelProto()
+    for name in ("ir_version", "producer_name", "domain", "model_version"):
+        setattr(light, name, getattr(mf.model, name))
+    light.opset_import.extend(mf.model.opset_import)
+    src, dst = mf.model.graph, light.graph
+    dst.name = src.name
+    for part in ("node", "input", "output", "value_info"):
+        getattr(dst, part).extend(getattr(src, part))
+    for t in src.initializer:
+        if t.data_type in (TensorProto.INT64, TensorProto.INT32) or numel(t) <= 256:
+            dst.initializer.append(t)
+        else:
+            dst.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
+    return light

@@ -1,0 +1,17 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="losswidget",
+    version="0.1.0",
+    description="Layer-by-layer pruning sensitivity (loss profiles) of ONNX models, in Jupyter",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["losswidget", "losswidget.*"]),
+    python_requires=">=3.10",
+    install_requires=["numpy>=1.24", "onnx>=1.15"],
+    extras_require={
+        "test": ["pytest>=7", "onnxruntime>=1.16", "pandas>=1.5"],
+        "pandas": ["pandas>=1.5"],
+    },
+    entry_points={"console_scripts": ["losswidget=losswidget.cli:main"]},
+)

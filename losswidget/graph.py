@@ -196,8 +196,12 @@ def _layer_slots(node: NodeProto, scope: _Scope) -> list[tuple[WeightRef, str, s
     return [(ref, slot[3], data) for ref, slot in zip(refs, slots)]
 
 
+_BRANCH_ORDER = {"then_branch": 0, "else_branch": 1}
+
+
 def _subgraphs(node: NodeProto):
-    for attr in node.attribute:
+    """A node's subgraphs; an If's then-branch before its else-branch (helper.make_node sorts by name)."""
+    for attr in sorted(node.attribute, key=lambda a: _BRANCH_ORDER.get(a.name, 2)):
         if attr.type == AttributeProto.GRAPH:
             yield attr.name, attr.g
         elif attr.type == AttributeProto.GRAPHS:
@@ -219,20 +223,22 @@ def all_tensors(graph: onnx.GraphProto, parent: _Scope | None = None):
             yield from all_tensors(sub, scope)
 
 
-_GENERATED = re.compile(r"^(onnx::|val_|\d+$|.*(_output_\d+|constant|initializer))", re.I)
+_GENERATED = re.compile(r"^(onnx::|val_|\d+$|c\d+$|const_?\d*$|.*(_output_\d+|constant|initializer))", re.I)
 
 
 def _readable(weight: str, node: NodeProto, role: str, index: int) -> str:
     """A name a person recognises: the exporter's parameter name, else the node's, else op and index."""
-    base = re.sub(r":0$", "", weight)
-    base = re.sub(r"([._/](weight|kernel|w|W|weights)|_quantized|_DequantizeLinear)+$", "", base) or base
+    base = re.sub(r"(_quantized|_DequantizeLinear)+$", "", re.sub(r":0$", "", weight))
+    base = re.sub(r"[._/](weight|weights|kernel|w)$", "", base, flags=re.I) or base
+    if role:
+        base = re.sub(rf"[._/]{role}$", "", base) or base
     if weight and not _GENERATED.match(weight):
         name = base
     elif node.name:
         name = node.name.lstrip("/")
     else:
         name = f"{node.op_type}_{index}"
-    return f"{name} ({role})" if role and role not in name else name
+    return f"{name} ({role})" if role else name
 
 
 def read_graph(mf: ModelFile) -> ModelGraph:

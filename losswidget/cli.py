@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT", help="write the profile as JSON")
     p.add_argument("--csv", metavar="OUT", help="write the per-layer table as CSV")
     sub.add_parser("methods", help="list the analysis methods and their settings")
+    d = sub.add_parser("demo", help="profile a small model built on the spot (offline), both methods")
+    d.add_argument("--out", default="losswidget-demo", help="folder for the model and profiles")
     return ap
 
 
@@ -78,6 +80,25 @@ def print_profile(profile, top: int) -> None:
                   f"{l.sensitivity:.4g}{flags}")
 
 
+def _demo(out: str) -> int:
+    from pathlib import Path
+
+    import onnx
+
+    from .analysis import analyze
+    from .demo import demo_model
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "demo_convnet.onnx"
+    onnx.save(demo_model(), str(path))
+    for method in ("approximated", "magnitude"):
+        profile = analyze(path, method)
+        print_profile(profile, 5)
+        profile.to_json(folder / f"{method}.json")
+        print(f"\nWrote {folder / f'{method}.json'}\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .errors import LossWidgetError
@@ -93,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{'':<16}{key} ({spec['type']}, default {shown})")
             return 0
         from .analysis import analyze
+        if args.command == "demo":
+            return _demo(args.out)
         bar = _Bar()
         try:
             profile = analyze(args.model, args.method, name=args.name, sparsity_levels=args.levels,

@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["losswidget", "losswidget.*"]),
     python_requires=">=3.10",
-    install_requires=["numpy>=1.24", "onnx>=1.15"],
+    install_requires=["numpy>=1.24", "onnx>=1.15", "blake3>=0.3"],
     extras_require={
         "test": ["pytest>=7", "onnxruntime>=1.16", "pandas>=1.5"],
         "pandas": ["pandas>=1.5"],

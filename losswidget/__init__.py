@@ -6,6 +6,7 @@ from .analysis import analyze, methods
 from .errors import (AnalysisCancelled, DataError, LossWidgetError, ModelError, ProfileError,
                      SettingsError)
 from .profile import LayerResult, LossProfile, from_sparseml, load_profile
+from .analysis import approximated as _approximated, magnitude as _magnitude  # noqa: F401 (ready for analyze)
 
 __version__ = "0.1.0"
 __all__ = ["analyze", "methods", "LossProfile", "LayerResult", "load_profile", "from_sparseml",

@@ -58,7 +58,7 @@ class _Bar:
 def print_profile(profile, top: int) -> None:
     s = profile.summary
     m = profile.model
-    print(f"Model:        {m.path or '(in memory)'}  sha256 {m.sha256[:12]}")
+    print(f"Model:        {m.path or '(in memory)'}  {m.hash[:19]}")
     levels = profile.settings.get("sparsity_levels", [])
     print(f"Profile:      {profile.name!r}, method {profile.method}, {len(levels)} levels, "
           f"target {s.target_sparsity:g}")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from blake3 import blake3
 from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
@@ -200,7 +201,7 @@ class ModelFile:
         self._blobs = blobs or {}
         self._maps: dict[str, mmap.mmap] = {}
         self._lock = threading.Lock()
-        self._sha256: str | None = None
+        self._hash: str | None = None
 
     # -- bytes -----------------------------------------------------------------------------------------
     def _map(self, path: str) -> mmap.mmap:
@@ -303,20 +304,24 @@ class ModelFile:
             mm.madvise(mmap.MADV_DONTNEED, start, length)
 
     # -- identity --------------------------------------------------------------------------------------
-    def sha256(self) -> str:
-        """Content hash of the model file and its external data files (in name order)."""
-        if self._sha256 is None:
+    def content_hash(self) -> str:
+        """"blake3:<hex>" of the model file (and of its external data files, in name order).
+
+        BLAKE3 rather than SHA-256: it identifies the model for profile caches, and on a 343 MB model it
+        costs 0.14 s of CPU where SHA-256 costs 0.38 s, more than a third of a magnitude profile.
+        """
+        if self._hash is None:
             if self.path is None:
-                h = hashlib.sha256(self.model.SerializeToString())
+                h = blake3(self.model.SerializeToString())
             else:
                 files = [self.path] + sorted({Path(b.path) for b in self._external_blobs()})
                 digests = []
                 for file in files:
                     with open(file, "rb") as f:
-                        digests.append(hashlib.file_digest(f, "sha256"))
-                h = digests[0] if len(digests) == 1 else hashlib.sha256(b"".join(d.digest() for d in digests))
-            self._sha256 = h.hexdigest()
-        return self._sha256
+                        digests.append(hashlib.file_digest(f, blake3))
+                h = digests[0] if len(digests) == 1 else blake3(b"".join(d.digest() for d in digests))
+            self._hash = "blake3:" + h.hexdigest()
+        return self._hash
 
     def _external_blobs(self):
         from .graph import all_tensors  # local: graph imports this module

@@ -98,7 +98,7 @@ class LayerResult:
 @dataclass(frozen=True)
 class ModelInfo:
     path: str | None
-    sha256: str
+    hash: str                  # "blake3:<hex>" of the model file(s): matches profiles to models
     total_params: int
     prunable_params: int
 
@@ -149,7 +149,7 @@ class LossProfile:
         if flagged:
             notes.append(f"{len(flagged)} layer(s) have NaN/Inf or all-zero weights: {', '.join(flagged[:5])}"
                          + (" ..." if len(flagged) > 5 else ""))
-        info = ModelInfo(str(mf.path) if mf.path else None, mf.sha256(), graph.total_params, graph.prunable_params)
+        info = ModelInfo(str(mf.path) if mf.path else None, mf.content_hash(), graph.total_params, graph.prunable_params)
         return cls(name=name, method=method, model=info, settings=settings, layers=layers, notes=tuple(notes),
                    recovery_note=recovery_note, **extra)
 
@@ -206,7 +206,7 @@ class LossProfile:
     def to_dict(self) -> dict:
         return {"format": FORMAT, "version": VERSION, "name": self.name, "method": self.method,
                 "created": self.created,
-                "model": {"path": self.model.path, "sha256": self.model.sha256,
+                "model": {"path": self.model.path, "hash": self.model.hash,
                           "total_params": self.model.total_params, "prunable_params": self.model.prunable_params},
                 "settings": dict(self.settings), "summary": self.summary.to_dict(),
                 "notes": list(self.notes), "partial": self.partial,
@@ -233,7 +233,7 @@ class LossProfile:
         try:
             m = d["model"]
             return cls(name=str(d["name"]), method=str(d["method"]), created=str(d.get("created", "")),
-                       model=ModelInfo(m.get("path"), str(m.get("sha256", "")), int(m["total_params"]),
+                       model=ModelInfo(m.get("path"), str(m.get("hash", "")), int(m["total_params"]),
                                        int(m["prunable_params"])),
                        settings=dict(d.get("settings", {})), notes=tuple(d.get("notes", ())),
                        partial=bool(d.get("partial", False)),
@@ -327,7 +327,7 @@ def from_sparseml(data, *, name: str | None = None, model=None, source: str = "S
         with open_model(model) as mf:
             graph = read_graph(mf)
             info = {l.weight: l for l in graph.layers}
-            total, sha = graph.total_params, mf.sha256()
+            total, sha = graph.total_params, mf.content_hash()
     layers = []
     try:
         for i, res in enumerate(data["results"]):

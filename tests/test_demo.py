@@ -11,4 +11,4 @@ def test_demo_command_runs_offline_and_writes_profiles(tmp_path):
     approx, mag = (losswidget.load_profile(tmp_path / f"{m}.json") for m in ("approximated", "magnitude"))
     assert [l.name for l in mag.layers] == ["features.conv0", "features.conv1", "features.conv2",
                                             "classifier.fc1", "classifier.fc2"]
-    assert approx.model.sha256 == mag.model.sha256 and mag.model.total_params == 155_536
+    assert approx.model.hash == mag.model.hash and mag.model.total_params == 155_536

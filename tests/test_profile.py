@@ -69,7 +69,7 @@ def test_json_round_trip_atomic_and_versioned(tmp_path, mlp_path):
     assert set(d["summary"]) == {"total_params", "prunable_params", "avg_sensitivity", "est_params_reduction",
                                  "est_recovery"}
     assert d["layers"][0]["measurements"] == {"0.0": 0.0, "0.5": p.layers[0].values[1], "0.9": p.layers[0].values[2]}
-    assert len(d["model"]["sha256"]) == 64
+    assert d["model"]["hash"].startswith("blake3:") and len(d["model"]["hash"]) == 7 + 64
     q = losswidget.load_profile(out)
     assert q.layers == p.layers and q.name == "mine" and q.summary.to_dict() == p.summary.to_dict()
     d["version"] = 2

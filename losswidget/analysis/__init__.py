@@ -16,6 +16,8 @@ from typing import Callable
 import numpy as np
 
 from ..errors import AnalysisCancelled, SettingsError
+from ..graph import read_graph
+from ..onnxfile import open_model
 
 SPARSEML_LEVELS = tuple(i / 100 for i in range(100))
 ONE_SHOT_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
@@ -119,6 +121,7 @@ def run_layers(fn: Callable, layers: list, progress: Progress | None, cancel: th
                     i, result = fut.result()
                     if result is None:
                         continue
+                    check_cancel(cancel)
                     results[i] = result
                     done += 1
                     if progress is not None:
@@ -146,8 +149,6 @@ def analyze(model, method: str = "magnitude", *, name: str | None = None, sparsi
     `progress(done, total, message)` is called once per layer; `cancel` (a threading.Event) is checked
     between layers, and setting it makes this raise AnalysisCancelled.
     """
-    from ..graph import read_graph
-    from ..onnxfile import open_model
     from ..profile import LossProfile
 
     module = get_method(method)
@@ -157,7 +158,7 @@ def analyze(model, method: str = "magnitude", *, name: str | None = None, sparsi
     target = check_target(target_sparsity)
     with open_model(model) as mf:
         graph = read_graph(mf)
-        hasher = threading.Thread(target=mf.sha256, daemon=True)  # overlaps the hash with the measurements
+        hasher = threading.Thread(target=mf.content_hash, daemon=True)  # overlaps the hash with the measurements
         hasher.start()
         try:
             measured = module.run(mf, graph.layers, levels, progress=progress, cancel=cancel)

@@ -26,13 +26,6 @@ def _buffer(n: int) -> np.ndarray:
     return buf[:n]
 
 
-def _ones(n: int) -> np.ndarray:
-    ones = getattr(_local, "ones", None)
-    if ones is None or ones.size < n:
-        ones = _local.ones = np.ones(max(n, 1 << 16), np.float32)
-    return ones[:n]
-
-
 def _broadcast(param: np.ndarray, shape: tuple[int, ...], axis: int, block_size: int, what: str) -> np.ndarray:
     """Shape a scale / zero point so it broadcasts against the weight (per-tensor, per-axis or blocked)."""
     if param.size == 1 or not shape:
@@ -79,32 +72,43 @@ def magnitudes(mf: ModelFile, ref: WeightRef) -> np.ndarray:
 
 
 def measure_sorted(values: np.ndarray, levels: np.ndarray) -> Measured:
-    """SparseML's measurement loop over sorted |w|, plus the weight energy each level keeps."""
+    """SparseML's measurement loop over sorted |w|, plus the weight energy each level keeps.
+
+    Segment sums come from single `np.add.reduceat` calls (float32 pairwise summation, as numpy's `mean`
+    that SparseML uses; GIL-free), not one Python-level call per level: with two worker threads the
+    per-call overhead, serialised on the GIL, cost more than the sums themselves.
+    """
     n = values.size
     if n == 0:
         return Measured(np.zeros(len(levels)), np.ones(len(levels)), 0.0, ("empty",))
     counts = np.round(levels * n).astype(np.int64)          # Python's round: half to even, as SparseML
     index = np.minimum(counts, n - 1)
-    # segment sums and sums of squares through BLAS dot products: one fast pass, float32 accumulation
-    # in many lanes (relative error ~1e-6, well inside SparseML's own float32 mean)
-    ones = _ones(n)
-    def dot(a, b, lo, hi):
-        return float(np.dot(a[lo:hi], b[lo:hi])) if hi > lo else 0.0
-    out = np.empty(len(levels))
+    out = np.zeros(len(levels))
+    seg_k, seg_lo, seg_hi = [], [], []
     prev = 0
-    for k, (level, i) in enumerate(zip(levels, index)):
+    for k, (level, i) in enumerate(zip(levels.tolist(), index.tolist())):
         if level <= 1e-9:
-            out[k] = 0.0
-        elif i > prev:
-            out[k] = dot(values, ones, prev, i) / (i - prev)
+            continue
+        if i > prev:
+            seg_k.append(k), seg_lo.append(prev), seg_hi.append(i)
             prev = i
         else:
             out[k] = values[i]
             prev = i + 1
-    bounds = np.concatenate([[0], counts, [n]])
-    parts = np.array([dot(values, values, a, b) for a, b in zip(bounds[:-1], bounds[1:])])
-    energy = float(parts.sum())
-    pruned = np.cumsum(parts[:-1])
+    if seg_k:
+        lo, hi = np.array(seg_lo), np.array(seg_hi)
+        # reduceat sums [lo_j, lo_j+1); appending each segment's end gives exactly [lo_j, hi_j)
+        starts = np.empty(2 * len(lo), np.int64)
+        starts[0::2], starts[1::2] = lo, np.minimum(hi, n - 1)
+        out[seg_k] = np.add.reduceat(values, starts)[0::2].astype(np.float64) / (hi - lo)
+    bounds = np.unique(np.concatenate([[0], counts[counts < n], [n]]))  # pruned counts, as one-shot prunes
+    # energy from each boundary to the next; einsum's SIMD sum of products reads the data once
+    parts = np.array([np.einsum("i,i->", values[a:b], values[a:b]) for a, b in zip(bounds[:-1], bounds[1:])],
+                     dtype=np.float64)
+    bounds = bounds[:-1]
+    cum = np.concatenate([[0.0], np.cumsum(parts)])                  # energy below each boundary; last: all
+    energy = float(cum[-1])
+    pruned = cum[np.searchsorted(bounds, np.minimum(counts, n))]
     kept = 1.0 - pruned / energy if energy > 0 and np.isfinite(energy) else np.ones(len(levels))
     top = values[-1]
     flags = ("non_finite",) if not np.isfinite(top) else ("all_zero",) if top == 0 else ()

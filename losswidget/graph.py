@@ -39,9 +39,9 @@ LAYER_OPS: dict[str, tuple[tuple[tuple, ...], ...]] = {
     "MatMulIntegerToFloat": (((1, 3, 5, ""),),),
     "DynamicQuantizeLSTM": (((1, 8, 9, "W"), (2, 10, 11, "R")),),
 }
-# which input carries the activation (for the approximated method's volumes); None: the non-weight operand
-_DATA_INPUT = {"Gemm": None, "MatMul": None, "FusedMatMul": None, "QLinearMatMul": None,
-               "MatMulInteger": None, "Einsum": None}
+# ops whose activation (for the approximated method's volumes) is whichever of inputs 0 / 1 is not the
+# weight; for the others it is input 0
+_EITHER_OPERAND = {"Gemm", "MatMul", "FusedMatMul", "QLinearMatMul", "MatMulInteger"}
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ def _layer_slots(node: NodeProto, scope: _Scope) -> list[tuple[WeightRef, str, s
         return []
     slots, refs = found[0]
     weight_inputs = {slot[0] for slot in slots}
-    if node.op_type in _DATA_INPUT:
+    if node.op_type in _EITHER_OPERAND:
         data = next((n for i, n in enumerate(node.input[:2]) if i not in weight_inputs), "")
     else:
         data = node.input[0] if node.input else ""

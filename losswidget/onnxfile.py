@@ -333,7 +333,10 @@ class ModelFile:
         with self._lock:
             for mm in self._maps.values():
                 if isinstance(mm, mmap.mmap):
-                    mm.close()
+                    try:
+                        mm.close()
+                    except BufferError:  # a view is still alive (e.g. held by a traceback); freed with it
+                        pass
             self._maps.clear()
 
     def __enter__(self):
@@ -375,7 +378,8 @@ def open_model(model) -> ModelFile:
 
 
 def _corrupt_message(path: Path) -> str:
-    head = path.read_bytes()[:64] if path.stat().st_size < 1 << 30 else b""
+    with open(path, "rb") as f:
+        head = f.read(64)
     if head[:1] in (b"{", b"<", b"#") or head.startswith((b"PK", b"\x89HDF", b"\x93NUMPY")):
         return f"{path} is not an ONNX model (it looks like another kind of file). Give an .onnx file."
     return (f"{path} is not a readable ONNX model: it is truncated or corrupt, or not ONNX at all. "

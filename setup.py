@@ -8,9 +8,10 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["losswidget", "losswidget.*"]),
     python_requires=">=3.10",
-    install_requires=["numpy>=1.24", "onnx>=1.15", "blake3>=0.3"],
+    install_requires=["numpy>=1.24", "onnx>=1.15", "blake3>=0.3", "onnxruntime>=1.16"],
     extras_require={
-        "test": ["pytest>=7", "onnxruntime>=1.16", "pandas>=1.5"],
+        "dask": ["distributed>=2023.1"],
+        "test": ["pytest>=7", "pandas>=1.5", "distributed>=2023.1"],
         "pandas": ["pandas>=1.5"],
     },
     entry_points={"console_scripts": ["losswidget=losswidget.cli:main"]},

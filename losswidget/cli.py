@@ -12,6 +12,32 @@ def _levels(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"levels must be comma-separated numbers, e.g. 0,0.5,0.9 (got {text!r})")
 
 
+def _dims(text: str) -> dict[str, int]:
+    try:
+        return {k.strip(): int(v) for k, v in (part.split("=") for part in text.split(",") if part.strip())}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"dims must look like batch=4,seq=64 (got {text!r})")
+
+
+def _executor(args):
+    """A concurrent.futures executor for --workers / --scheduler, or None to run in this process."""
+    if args.workers:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        return ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"))
+    if args.scheduler:
+        from .errors import SettingsError
+        try:
+            from distributed import Client
+        except ImportError:
+            raise SettingsError("--scheduler needs Dask: pip install 'losswidget[dask]'") from None
+        try:
+            return Client(args.scheduler, timeout="10s").get_executor()
+        except OSError as exc:
+            raise SettingsError(f"Cannot reach the Dask scheduler at {args.scheduler}: {exc}") from None
+    return None
+
+
 def human(n: float) -> str:
     for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= size:
@@ -24,11 +50,22 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("profile", help="profile a model and print its summary and most sensitive layers")
     p.add_argument("model", help="path of an .onnx file")
-    p.add_argument("--method", default="magnitude", help="approximated | magnitude (default: magnitude)")
+    p.add_argument("--method", default="magnitude", help="approximated | magnitude | one-shot (default: magnitude)")
     p.add_argument("--name", help="profile name (default: the method's label)")
     p.add_argument("--levels", type=_levels, help="sparsity levels, e.g. 0,0.5,0.9 (default: the method's)")
     p.add_argument("--target", type=float, default=0.85, help="target sparsity for the estimates (default 0.85)")
     p.add_argument("--top", type=int, default=10, help="how many of the most sensitive layers to list")
+    o = p.add_argument_group("one-shot (data-driven) options")
+    o.add_argument("--data", help="an .npz file whose arrays are named like the model's inputs, or 'random'")
+    o.add_argument("--labels", metavar="KEY", help="the array in --data that holds the labels")
+    o.add_argument("--metric", default="kl", help="kl | mse | loss (default: kl; loss needs --labels)")
+    o.add_argument("--output", help="compare this model output only (default: all float outputs)")
+    o.add_argument("--samples", type=int, help="use at most this many samples")
+    o.add_argument("--batch-size", type=int, help="samples per onnxruntime run")
+    o.add_argument("--random-dims", type=_dims, help="sizes of symbolic dims for --data random, e.g. batch=4,seq=64")
+    where = o.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, help="measure layers in this many local processes")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler to share the layers out on")
     p.add_argument("--json", metavar="OUT", help="write the profile as JSON")
     p.add_argument("--csv", metavar="OUT", help="write the per-layer table as CSV")
     sub.add_parser("methods", help="list the analysis methods and their settings")
@@ -117,11 +154,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             return _demo(args.out)
         bar = _Bar()
+        extra = {}
+        if args.method == "one-shot":
+            extra = dict(data=args.data, labels=args.labels, metric=args.metric, output=args.output,
+                         samples=args.samples, batch_size=args.batch_size, random_dims=args.random_dims,
+                         executor=_executor(args))
         try:
             profile = analyze(args.model, args.method, name=args.name, sparsity_levels=args.levels,
-                              target_sparsity=args.target, progress=bar)
+                              target_sparsity=args.target, progress=bar, **extra)
         finally:
             bar.close()
+            if extra.get("executor") is not None and hasattr(extra["executor"], "shutdown"):
+                extra["executor"].shutdown()
         print_profile(profile, args.top)
         if args.json:
             profile.to_json(args.json)

@@ -135,13 +135,15 @@ class LossProfile:
 
     # -- construction ----------------------------------------------------------------------------------
     @classmethod
-    def build(cls, *, name, method, mf, graph, levels, measured, settings, recovery_note, **extra) -> LossProfile:
+    def build(cls, *, name, method, mf, graph, levels, measured, settings, recovery_note, errors=None,
+              **extra) -> LossProfile:
         lv = tuple(float(x) for x in levels)
+        errors = errors or [None] * len(measured)
         layers = tuple(LayerResult(
             index=l.index, id=l.id, name=l.name, op_type=l.op_type, weight=l.weight, shape=l.shape,
             params=l.params, levels=lv, values=tuple(float(v) for v in m.values),
-            energy_kept=tuple(float(v) for v in m.energy_kept), energy=float(m.energy), flags=tuple(m.flags))
-            for l, m in zip(graph.layers, measured))
+            energy_kept=tuple(float(v) for v in m.energy_kept), energy=float(m.energy), flags=tuple(m.flags),
+            error=e) for l, m, e in zip(graph.layers, measured, errors))
         notes = list(extra.pop("notes", ()))
         if not layers:
             notes.append("No prunable layers found (no Conv / Gemm / MatMul / ... node applies a stored weight).")

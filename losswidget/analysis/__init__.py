@@ -53,6 +53,22 @@ METHODS: dict[str, dict] = {
                      "target_sparsity": {"type": "float", "default": 0.85, "min": 0.0, "max": 0.95}},
         "recovery": "fraction of weight energy (sum of w^2) kept by the allocation",
     },
+    "one-shot": {
+        "label": "One-shot",
+        "description": "Prunes one layer at a time and runs your data through onnxruntime; compares the outputs "
+                       "with the dense model's.",
+        "module": "one_shot",
+        "needs_data": True,
+        "settings": {"sparsity_levels": {"type": "levels", "default": list(ONE_SHOT_LEVELS)},
+                     "target_sparsity": {"type": "float", "default": 0.85, "min": 0.0, "max": 0.95},
+                     "data": {"type": "data", "default": None},
+                     "labels": {"type": "labels", "default": None},
+                     "metric": {"type": "choice", "default": "kl", "choices": ["kl", "mse", "loss"]},
+                     "output": {"type": "output", "default": None},
+                     "samples": {"type": "int", "default": None},
+                     "batch_size": {"type": "int", "default": None}},
+        "recovery": "measured on the data with every layer pruned at its allocated sparsity",
+    },
 }
 
 
@@ -143,11 +159,17 @@ def get_method(method: str):
 
 def analyze(model, method: str = "magnitude", *, name: str | None = None, sparsity_levels=None,
             target_sparsity: float = 0.85, progress: Progress | None = None,
-            cancel: threading.Event | None = None):
+            cancel: threading.Event | None = None, data=None, labels=None, metric: str = "kl",
+            output: str | None = None, samples: int | None = None, batch_size: int | None = None,
+            random_dims: dict | None = None, executor=None):
     """Profile `model` (a path or an onnx.ModelProto) with `method`; returns a LossProfile.
 
-    `progress(done, total, message)` is called once per layer; `cancel` (a threading.Event) is checked
-    between layers, and setting it makes this raise AnalysisCancelled.
+    `progress(done, total, message)` is called per layer (one-shot: per layer and level); `cancel` (a
+    threading.Event) is checked between steps, and setting it raises AnalysisCancelled (one-shot: its
+    `partial` attribute holds the layers measured so far, as a profile marked partial).
+    One-shot only: `data` (dict of arrays, iterable of dicts, .npz path, or "random"), `labels`, `metric`
+    (kl | mse | loss), `output`, `samples`, `batch_size`, `random_dims` (symbolic dim -> size for random
+    data), `executor` (any concurrent.futures.Executor, e.g. a Dask client's; workers load the model by path).
     """
     from ..profile import LossProfile
 
@@ -156,16 +178,56 @@ def analyze(model, method: str = "magnitude", *, name: str | None = None, sparsi
     levels = normalize_levels(spec["settings"]["sparsity_levels"]["default"] if sparsity_levels is None
                               else sparsity_levels)
     target = check_target(target_sparsity)
+    settings = {"sparsity_levels": levels.tolist(), "target_sparsity": target, "metric": None, "samples": None}
     with open_model(model) as mf:
         graph = read_graph(mf)
         hasher = threading.Thread(target=mf.content_hash, daemon=True)  # overlaps the hash with the measurements
         hasher.start()
+        extra = {}
         try:
-            measured = module.run(mf, graph.layers, levels, progress=progress, cancel=cancel)
+            if spec["needs_data"]:
+                measured, extra = _run_with_data(module, mf, graph, levels, target, settings, progress, cancel,
+                                                 data=data, labels=labels, metric=metric, output=output,
+                                                 samples=samples, batch_size=batch_size, random_dims=random_dims,
+                                                 executor=executor, name=name or spec["label"])
+            else:
+                measured = module.run(mf, graph.layers, levels, progress=progress, cancel=cancel)
         finally:
             hasher.join()
-        return LossProfile.build(
-            name=name or spec["label"], method=method, mf=mf, graph=graph, levels=levels, measured=measured,
-            settings={"sparsity_levels": levels.tolist(), "target_sparsity": target, "metric": None,
-                      "samples": None},
-            recovery_note=spec["recovery"])
+        return LossProfile.build(name=name or spec["label"], method=method, mf=mf, graph=graph, levels=levels,
+                                 measured=measured, settings=settings, recovery_note=spec["recovery"], **extra)
+
+
+def _run_with_data(module, mf, graph, levels, target, settings, progress, cancel, *, data, labels, metric, output,
+                   samples, batch_size, random_dims, executor, name):
+    from ..data import load_data
+    from ..profile import LossProfile
+
+    if metric not in module.METRICS:
+        raise SettingsError(f"Unknown metric {metric!r}; use one of {', '.join(module.METRICS)}.")
+    if metric == "loss" and labels is None:
+        raise SettingsError("metric='loss' needs labels (an array, or the key of the labels in the data).")
+    dataset = load_data(data, mf.model, labels=labels, samples=samples, batch_size=batch_size,
+                        random_dims=random_dims)
+    settings.update(metric=metric, samples=dataset.samples, data=dataset.source, random=dataset.random,
+                    output=output, batch_size=len(next(iter(dataset.batches[0].values()))))
+    opts = module.Settings(metric=metric, output=output)
+    try:
+        results, errors, recovery = module.run(mf, graph.layers, levels, progress, cancel, dataset=dataset,
+                                               settings=opts, target=target, executor=executor)
+    except AnalysisCancelled as exc:
+        results, errors = getattr(exc, "results", ([], []))
+        done = [i for i, r in enumerate(results) if r is not None]
+        if done:
+            sub = type(graph)([graph.layers[i] for i in done], graph.total_params)
+            exc.partial = LossProfile.build(
+                name=name, method="one-shot", mf=mf, graph=sub, levels=levels, measured=[results[i] for i in done],
+                settings=settings, recovery_note="not measured (the run was cancelled)", partial=True,
+                notes=(f"Partial: cancelled after {len(done)} of {len(graph.layers)} layers.",))
+        raise
+    nan = np.full(len(levels), np.nan)
+    measured = [r if r is not None else Measured(nan, nan, float("nan"), ("failed",)) for r in results]
+    notes = [f"Layer {graph.layers[i].name} failed: {e}" for i, e in enumerate(errors) if e]
+    if dataset.random:
+        notes.append("Measured on random data: rankings may not reflect real inputs.")
+    return measured, {"measured_recovery": recovery, "errors": errors, "notes": tuple(notes)}

@@ -1,0 +1,354 @@
+"""One-shot profiles: prune one layer at a time on real data and measure how the outputs move.
+
+For each layer and level s the round(s * n) smallest |w| (dequantized for quantized weights) are set to
+zero (to the zero point for quantized storage), the data runs through onnxruntime (see runner.py: only
+the part of the graph after the layer is recomputed) and the outputs are compared with the dense ones:
+- kl: KL(softmax(dense) || softmax(pruned)) over the last axis, averaged over samples and positions;
+- mse: mean squared difference divided by the variance of the dense output (scale-free);
+- loss: the task loss (cross-entropy for integer class labels, squared error for float targets) with
+  pruning minus without.
+Several outputs are summed, or `output=` picks one. Recovery is measured: all layers pruned together at
+their allocated sparsity, then top-1 agreement with the dense model (kl), 1 - normalised MSE (mse), or
+pruned / dense accuracy (loss with class labels; dense / pruned loss for float targets).
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from concurrent.futures import FIRST_COMPLETED, Executor, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from ..data import Dataset
+from ..errors import AnalysisCancelled, DataError, LossWidgetError, ModelError, SettingsError
+from ..graph import Layer, read_graph
+from ..onnxfile import ModelFile, open_model
+from ..plan import CAP, allocate
+from . import Measured, check_cancel
+from .magnitude import _broadcast, magnitudes
+
+METRICS = ("kl", "mse", "loss")
+
+
+@dataclass(frozen=True)
+class Settings:
+    metric: str = "kl"
+    output: str | None = None
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True, dtype=np.float64)).astype(np.float32)
+
+
+class _Scorer:
+    """Compares pruned outputs with the dense ones for one batch (sums over elements, to average later)."""
+
+    def __init__(self, dense: dict[str, np.ndarray], names: list[str], settings: Settings, labels, variance):
+        self.dense, self.names, self.s, self.labels, self.variance = dense, names, settings, labels, variance
+        # KL(p || q) = sum p log p - sum p x_q + logsumexp(x_q): the dense parts are computed once
+        self.p = {n: np.exp(_log_softmax(dense[n])) for n in names} if settings.metric == "kl" else {}
+        self.plogp = {n: float((self.p[n] * _log_softmax(dense[n])).sum(dtype=np.float64)) for n in self.p}
+        self.dense_loss = self._task_loss(dense) if settings.metric == "loss" else None
+
+    def _task_loss(self, out: dict) -> tuple[float, int, float]:
+        """(sum of per-position losses, count, number correct) for the first scored output."""
+        y, lab = out[self.names[0]], self.labels
+        if np.issubdtype(lab.dtype, np.integer):
+            logp = _log_softmax(y)
+            if logp.shape[:-1] != lab.shape:
+                raise DataError(f"Labels of shape {list(lab.shape)} do not fit output '{self.names[0]}' of shape "
+                                f"{list(y.shape)} (expected {list(logp.shape[:-1])} class indices).")
+            picked = np.take_along_axis(logp, lab[..., None].astype(np.int64), axis=-1)[..., 0]
+            return float(-picked.sum()), picked.size, float((logp.argmax(-1) == lab).sum())
+        if lab.shape != y.shape:
+            raise DataError(f"Float labels of shape {list(lab.shape)} do not match output '{self.names[0]}' of "
+                            f"shape {list(y.shape)}.")
+        err = (y.astype(np.float64) - lab) ** 2
+        return float(err.sum()), err.size, float("nan")
+
+    def score(self, pruned: dict) -> tuple[float, int]:
+        """(sum, count) of the metric over this batch."""
+        if self.s.metric == "loss":
+            (lp, n, _), (ld, _, _) = self._task_loss(pruned), self.dense_loss
+            return lp - ld, n
+        total, count = 0.0, 0
+        for name in self.names:
+            d, p = self.dense[name], pruned[name]
+            if self.s.metric == "kl":
+                x = p.astype(np.float32, copy=False)
+                top = x.max(axis=-1, keepdims=True)
+                lse = np.log(np.exp(x - top).sum(axis=-1, dtype=np.float64)) + top[..., 0]
+                cross = np.einsum("...j,...j->...", self.p[name], x, dtype=np.float64)
+                total += self.plogp[name] - float(cross.sum()) + float(lse.sum())
+                count = lse.size
+            else:
+                total += float(((p.astype(np.float64) - d) ** 2).sum()) / self.variance[name]
+                count = d.size
+        return total, count
+
+    def agreement(self, pruned: dict) -> tuple[float, int]:
+        """(sum, count) for recovery: see the module doc."""
+        name = self.names[0]
+        if self.s.metric == "loss":
+            lp, n, correct_p = self._task_loss(pruned)
+            ld, _, correct_d = self.dense_loss
+            if np.isnan(correct_p):
+                return (ld, lp), n                                  # float targets: loss ratio
+            return (correct_p, correct_d), n
+        if self.s.metric == "mse":
+            return self.score(pruned)
+        d, p = self.dense[name], pruned[name]
+        same = d.argmax(-1) == p.argmax(-1)
+        return float(same.sum()), same.size
+
+
+class OneShotSession:
+    """Everything one process needs to measure layers: the chunked model, data and dense outputs."""
+
+    def __init__(self, model, dataset: Dataset, settings: Settings, threads: int | None = None):
+        from .runner import ChunkedModel
+
+        self.mf = open_model(model)          # kept open: weights are read from it per layer
+        self.layers = read_graph(self.mf).layers
+        full = _load_full(model)
+        self.model = ChunkedModel(full, [l.weight for l in self.layers], threads, probe=dataset.batches[0])
+        self.settings = settings
+        outs = self.model.graph_outputs
+        if settings.output is not None and settings.output not in outs:
+            raise SettingsError(f"Unknown output '{settings.output}'; the model's outputs are {outs}.")
+        self.dataset = dataset
+        try:
+            self.envs = [self.model.run_dense(b) for b in dataset.batches]
+        except LossWidgetError:
+            raise
+        except Exception as exc:
+            raise DataError(f"onnxruntime could not run the model on this data: "
+                            f"{str(exc).splitlines()[0][:300]}") from None
+        names = [settings.output] if settings.output else [
+            o for o in outs if np.issubdtype(self.envs[0][o].dtype, np.floating)]
+        if not names:
+            raise DataError("The model has no floating-point output to compare.")
+        if settings.metric == "loss":
+            if dataset.labels is None:
+                raise SettingsError("metric='loss' needs labels (labels=array or the key of the labels in the data).")
+            names = names[:1]
+        variance = {n: max(float(np.concatenate([e[n].ravel() for e in self.envs]).astype(np.float64).var()), 1e-12)
+                    for n in names}
+        labels = dataset.labels or [None] * len(self.envs)
+        self.scorers = [_Scorer({n: e[n] for n in outs}, names, settings, lab, variance)
+                        for e, lab in zip(self.envs, labels)]
+
+    def _pruned(self, layer: Layer, order: np.ndarray, level: float) -> np.ndarray:
+        """The stored weight with its round(level * n) smallest |w| set to zero (or to the zero point)."""
+        stored = np.asarray(self.mf.array(layer.ref.tensor))
+        flat = stored.reshape(-1).copy()
+        idx = order[:int(round(level * flat.size))]
+        zero = _zero_value(self.mf, layer, stored.shape)
+        flat[idx] = zero.reshape(-1)[idx] if zero.ndim else zero
+        return flat.reshape(stored.shape)
+
+    def _order(self, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
+        mags = magnitudes(self.mf, layer.ref).copy()
+        return mags, np.argsort(mags)
+
+    def measure(self, index: int, levels, step=None) -> Measured:
+        """Values per level for one layer; step(level) is called before each run (progress, cancel)."""
+        layer = self.layers[index]
+        mags, order = self._order(layer)
+        energy_sorted = np.cumsum(mags[order].astype(np.float64) ** 2)
+        energy = float(energy_sorted[-1]) if energy_sorted.size else 0.0
+        values, kept = [], []
+        for level in levels:
+            k = int(round(level * mags.size))
+            kept.append(1.0 - (energy_sorted[k - 1] / energy if k and energy > 0 else 0.0))
+            if step is not None:
+                step(level)
+            if level <= 0:
+                values.append(0.0)
+                continue
+            pruned = self._pruned(layer, order, level)
+            total, count = 0.0, 0
+            for env, scorer in zip(self.envs, self.scorers):
+                s, n = scorer.score(self.model.run_with(env, {layer.weight: pruned}))
+                total, count = total + s, count + n
+            values.append(total / max(count, 1))
+        return Measured(np.array(values), np.array(kept), energy)
+
+    def recovery(self, sparsity: dict[int, float]) -> float:
+        swaps = {}
+        for index, level in sparsity.items():
+            if level > 0:
+                layer = self.layers[index]
+                swaps[layer.weight] = self._pruned(layer, self._order(layer)[1], level)
+        if not swaps:
+            return 1.0
+        num = den = 0.0
+        ratio = None
+        for env, scorer in zip(self.envs, self.scorers):
+            value, n = scorer.agreement(self.model.run_with(env, swaps))
+            if isinstance(value, tuple):
+                ratio = (value[0] + (ratio[0] if ratio else 0), value[1] + (ratio[1] if ratio else 0))
+            else:
+                num, den = num + value, den + n
+        if ratio is not None:
+            a, b = ratio
+            return float(min(1.0, a / b)) if b > 0 else 1.0
+        if self.settings.metric == "mse":
+            return float(max(0.0, 1.0 - num / max(den, 1)))
+        return num / max(den, 1)
+
+
+def _load_full(model) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        return m
+    try:
+        return onnx.load(str(model))
+    except Exception as exc:
+        raise ModelError(f"Cannot load {model} with its weights for onnxruntime: {exc}") from None
+
+
+def _zero_value(mf: ModelFile, layer: Layer, shape) -> np.ndarray:
+    """What a pruned element is set to: 0, or the zero point for quantized storage."""
+    zp = layer.ref.zero_point
+    if zp is None:
+        return np.zeros((), dtype=np.float32)
+    z = np.asarray(mf.array(zp))
+    return np.broadcast_to(_broadcast(z, tuple(shape), layer.ref.axis, layer.ref.block_size, "zero point"), shape)
+
+
+# -- processes -------------------------------------------------------------------------------------------
+_CACHE: dict = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _session_for(model_path: str, key: str, dataset: Dataset, settings: Settings, threads: int | None):
+    with _CACHE_LOCK:
+        if _CACHE.get("key") != key:
+            _CACHE.clear()
+            _CACHE["session"] = OneShotSession(model_path, dataset, settings, threads)
+            _CACHE["key"] = key
+        return _CACHE["session"]
+
+
+def remote_measure(model_path, key, dataset, settings, threads, index, levels):
+    """Executor task: measure one layer in this worker (the model is loaded once per worker process)."""
+    session = _session_for(model_path, key, dataset, settings, threads)
+    try:
+        return index, session.measure(index, levels), None
+    except Exception as exc:  # reported for this layer; the others go on
+        return index, None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+
+
+def remote_recovery(model_path, key, dataset, settings, threads, sparsity):
+    return _session_for(model_path, key, dataset, settings, threads).recovery(sparsity)
+
+
+# -- the method ------------------------------------------------------------------------------------------
+def run(mf: ModelFile, layers: list[Layer], levels: np.ndarray, progress=None, cancel=None, *, dataset: Dataset,
+        settings: Settings, target: float, executor: Executor | None = None, threads: int | None = None):
+    """(measurements per layer, errors per layer, measured recovery, partial flag)."""
+    check_cancel(cancel)
+    results: list[Measured | None] = [None] * len(layers)
+    errors: list[str | None] = [None] * len(layers)
+    total = len(layers) * len(levels)
+    if executor is None:
+        workers = min(os.cpu_count() or 1, max(len(layers), 1))
+        session = OneShotSession(mf.path or mf.model, dataset, settings, threads or default_threads(workers))
+        events: queue.Queue = queue.Queue()
+
+        def task(i: int):
+            layer = layers[i]
+
+            def step(level):
+                check_cancel(cancel)
+                events.put(f"{layer.name} @ {level:g}")
+            try:
+                results[i] = session.measure(i, levels, step)
+            except AnalysisCancelled:
+                raise
+            except Exception as exc:  # this layer failed (e.g. an op onnxruntime cannot run); the rest go on
+                errors[i] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                for _ in range(len(levels)):
+                    events.put(f"{layer.name} failed")
+
+        done = 0
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="losswidget-one-shot") as pool:
+            futures = [pool.submit(task, i) for i in sorted(range(len(layers)), key=lambda i: -layers[i].params)]
+            try:
+                while True:
+                    try:
+                        message = events.get(timeout=0.1)
+                    except queue.Empty:
+                        check_cancel(cancel)
+                        if all(f.done() for f in futures):
+                            break
+                        continue
+                    done += 1
+                    if progress is not None:
+                        progress(min(done, total), total, message)
+                for f in futures:
+                    f.result()
+            except AnalysisCancelled as exc:
+                for f in futures:
+                    f.cancel()
+                wait(futures)
+                exc.results = (results, errors)
+                raise
+        recover = lambda sparsity: session.recovery(sparsity)  # noqa: E731
+    else:
+        if mf.path is None:
+            raise SettingsError("An executor needs the model as a file path (workers load it themselves).")
+        key = f"{mf.content_hash()}:{_fingerprint(dataset)}:{settings}"
+        path = str(mf.path)
+        pending = {executor.submit(remote_measure, path, key, dataset, settings, threads, i, levels)
+                   for i in range(len(layers))}
+        done = 0
+        try:
+            while pending:
+                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    i, measured, error = fut.result()
+                    results[i], errors[i] = measured, error
+                    done += len(levels)
+                    if progress is not None:
+                        progress(done, total, layers[i].name)
+                check_cancel(cancel)
+        except AnalysisCancelled as exc:
+            for fut in pending:
+                fut.cancel()
+            exc.results = (results, errors)
+            raise
+        recover = lambda sparsity: executor.submit(  # noqa: E731
+            remote_recovery, path, key, dataset, settings, threads, sparsity).result()
+    ok = [i for i, r in enumerate(results) if r is not None]
+    recovery = None
+    if ok:
+        curves = np.array([results[i].values for i in ok])
+        params = np.array([layers[i].params for i in ok], dtype=float)
+        chosen = allocate(np.asarray(levels), curves, params, target, CAP)
+        recovery = recover({i: float(levels[c]) for i, c in zip(ok, chosen)})
+    return results, errors, recovery
+
+
+def _fingerprint(dataset: Dataset) -> str:
+    """Identifies the data for the per-worker cache (so a new analysis never reuses stale dense outputs)."""
+    from blake3 import blake3
+    h = blake3()
+    for i, batch in enumerate(dataset.batches):
+        for name in sorted(batch):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(batch[name]).tobytes())
+        if dataset.labels is not None:
+            h.update(np.ascontiguousarray(dataset.labels[i]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def default_threads(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(workers, 1))

@@ -1,0 +1,188 @@
+"""Data for data-driven profiles: checked against the model's inputs once, then cut into batches.
+
+Accepted: a dict of arrays (input name -> array, first axis = samples), an iterable of such dicts
+(batches), a path to an .npz file, or "random" (explicitly; shapes from the model, symbolic dims from
+`random_dims` or 1). Labels: an array (first axis = samples), or the key of one in the dict / .npz.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .errors import DataError
+
+_NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.FLOAT16: np.float16,
+       onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT8: np.int8,
+       onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: type
+    shape: tuple            # ints, or str / None for symbolic dims
+
+
+@dataclass
+class Dataset:
+    """Checked batches: `batches[i]` maps input name -> array; `labels[i]` matches it (or None)."""
+    batches: list[dict[str, np.ndarray]]
+    labels: list[np.ndarray] | None
+    samples: int
+    source: str                          # "arrays", "batches", a .npz path, or "random"
+    random: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The inputs a caller must feed (graph inputs that are not initializers)."""
+    inits = {t.name for t in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        t = vi.type.tensor_type
+        dims = tuple((d.dim_value if d.HasField("dim_value") else (d.dim_param or None)) for d in t.shape.dim)
+        specs.append(InputSpec(vi.name, _NP.get(t.elem_type, np.float32), dims))
+    return specs
+
+
+def _check(name: str, arr, spec: InputSpec, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(arr)
+    except Exception:
+        raise DataError(f"{what}: input '{name}' is not an array.") from None
+    if arr.dtype != spec.dtype:
+        same_kind = np.can_cast(arr.dtype, spec.dtype, "same_kind") and arr.dtype.kind == np.dtype(spec.dtype).kind
+        if not same_kind:
+            raise DataError(f"{what}: input '{name}' has dtype {arr.dtype}, the model expects "
+                            f"{np.dtype(spec.dtype).name}. Convert it, e.g. arr.astype(np.{np.dtype(spec.dtype).name}).")
+        arr = arr.astype(spec.dtype)
+    if spec.shape and arr.ndim != len(spec.shape):
+        raise DataError(f"{what}: input '{name}' has shape {list(arr.shape)}, the model expects "
+                        f"{_fmt(spec.shape)} (first axis = samples).")
+    for axis, (have, want) in enumerate(zip(arr.shape, spec.shape)):
+        if isinstance(want, int) and want > 0 and have != want and axis > 0:
+            raise DataError(f"{what}: input '{name}' has shape {list(arr.shape)}, the model expects "
+                            f"{_fmt(spec.shape)} (axis {axis} must be {want}).")
+    if arr.shape and arr.shape[0] == 0:
+        raise DataError(f"{what}: input '{name}' holds no samples.")
+    return arr
+
+
+def _fmt(shape) -> str:
+    return "[" + ", ".join(str(d) if d is not None else "?" for d in shape) + "]"
+
+
+def _from_dict(d: dict, specs: list[InputSpec], label_key: str | None, what: str):
+    names = {s.name for s in specs}
+    labels = None
+    if label_key is not None:
+        if label_key not in d:
+            raise DataError(f"{what}: no labels '{label_key}' among {sorted(d)}.")
+        labels = np.asarray(d[label_key])
+    unknown = sorted(set(d) - names - ({label_key} if label_key else set()))
+    if unknown:
+        raise DataError(f"{what}: unknown input name(s) {unknown}; the model's inputs are {sorted(names)}.")
+    missing = sorted(names - set(d))
+    if missing:
+        raise DataError(f"{what}: missing input(s) {missing}; the model's inputs are {sorted(names)}.")
+    arrays = {s.name: _check(s.name, d[s.name], s, what) for s in specs}
+    counts = {a.shape[0] for n, a in arrays.items() if n not in _scalars(specs)}
+    if len(counts) > 1:
+        raise DataError(f"{what}: inputs disagree on the number of samples: "
+                        f"{ {k: v.shape[0] for k, v in arrays.items() if k not in _scalars(specs)} }.")
+    return arrays, labels
+
+
+def _scalars(specs: list[InputSpec]) -> set[str]:
+    """Rank-0 inputs (flags, thresholds): the same value goes with every batch."""
+    return {s.name for s in specs if s.shape == ()}
+
+
+def _fixed_batch(specs: list[InputSpec]) -> int | None:
+    dims = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
+    return dims.pop() if len(dims) == 1 else None
+
+
+def load_data(data, model: onnx.ModelProto, *, labels=None, samples: int | None = None,
+              batch_size: int | None = None, random_dims: dict | None = None, seed: int = 0) -> Dataset:
+    """Check `data` against the model's inputs and cut it into batches (see the module doc)."""
+    specs = model_inputs(model)
+    if not specs:
+        raise DataError("The model has no inputs to feed.")
+    fixed = _fixed_batch(specs)
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise DataError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if samples is not None and (not isinstance(samples, int) or samples < 1):
+        raise DataError(f"samples must be a positive integer, got {samples!r}.")
+    label_key = labels if isinstance(labels, str) else None
+    label_arr = None if isinstance(labels, str) or labels is None else np.asarray(labels)
+    random = isinstance(data, str) and data == "random"
+    if random:
+        n = samples or 4
+        rng = np.random.default_rng(seed)
+        dims = dict(random_dims or {})
+        arrays = {}
+        for s in specs:
+            shape = ([n] if s.shape else []) + [d if isinstance(d, int) and d > 0 else int(dims.get(d, 1))
+                                                 for d in s.shape[1:]]
+            kind = np.dtype(s.dtype).kind
+            arrays[s.name] = (rng.standard_normal(shape).astype(s.dtype) if kind == "f"
+                              else rng.integers(0, 2, shape).astype(s.dtype))
+        source = "random"
+    elif isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        if not path.is_file():
+            raise DataError(f"Data file not found: {path}")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                d = {k: npz[k] for k in npz.files}
+        except Exception as exc:
+            raise DataError(f"{path} is not a readable .npz file ({type(exc).__name__}).") from None
+        arrays, found = _from_dict(d, specs, label_key, str(path))
+        label_arr = found if found is not None else label_arr
+        source = str(path)
+    elif isinstance(data, dict):
+        arrays, found = _from_dict(data, specs, label_key, "data")
+        label_arr = found if found is not None else label_arr
+        source = "arrays"
+    elif data is None:
+        raise DataError("One-shot profiles need data: a dict of arrays, batches, an .npz path, "
+                        "or data=\"random\" (random data does not tell which layers matter; use it for a smoke test).")
+    else:
+        try:
+            parts = [_from_dict(b, specs, label_key, f"batch {i}") for i, b in enumerate(data)]
+        except TypeError:
+            raise DataError(f"Unsupported data of type {type(data).__name__}: give a dict of arrays, an "
+                            "iterable of such dicts, an .npz path or \"random\".") from None
+        if not parts:
+            raise DataError("The data holds no batches.")
+        arrays = {s.name: (parts[0][0][s.name] if s.shape == () else np.concatenate([p[0][s.name] for p in parts]))
+                  for s in specs}
+        found = [p[1] for p in parts]
+        if any(f is not None for f in found):
+            label_arr = np.concatenate(found)
+        source = "batches"
+    scalars = {k: arrays.pop(k) for k in _scalars(specs) if k in arrays}
+    if not arrays:
+        raise DataError("The model's inputs are all scalars: there is no sample axis to run samples along.")
+    total = next(iter(arrays.values())).shape[0]
+    n = min(total, samples) if samples else total
+    if label_arr is not None and len(label_arr) != total:
+        raise DataError(f"Labels hold {len(label_arr)} samples but the data holds {total}.")
+    size = fixed or batch_size or min(n, 32)
+    if fixed and batch_size and batch_size != fixed:
+        raise DataError(f"The model's inputs have a fixed batch dimension of {fixed}; batch_size {batch_size} "
+                        "cannot be used.")
+    if fixed and n % fixed:
+        n -= n % fixed
+        if n == 0:
+            raise DataError(f"The model takes batches of exactly {fixed} samples; the data has only {total}.")
+    batches = [{**{k: v[i:i + size] for k, v in arrays.items()}, **scalars} for i in range(0, n, size)]
+    lab = [label_arr[i:i + size] for i in range(0, n, size)] if label_arr is not None else None
+    return Dataset(batches, lab, n, source, random)

@@ -1,0 +1,281 @@
+"""One-shot profiles: checked against numpy forward passes done by hand, and against whole-model runs."""
+import threading
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import losswidget
+from losswidget import AnalysisCancelled, DataError, ModelError, SettingsError
+
+from helpers import arr, init, model, save, vi
+
+LEVELS = [0.25, 0.5, 0.75]
+
+
+def prune(w, level):
+    """Zero the round(level * n) smallest |w| (what one-shot promises), in numpy."""
+    w = w.copy()
+    k = int(round(level * w.size))
+    w.flat[np.argsort(np.abs(w).ravel(), kind="stable")[:k]] = 0
+    return w
+
+
+def log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+@pytest.fixture
+def mlp(tmp_path):
+    """x[n, 4] -> MatMul(w1 [4, 6]) -> Relu -> MatMul(w2 [6, 5]) -> logits [n, 5]."""
+    w1, w2 = arr(4, 6, seed=3), arr(6, 5, seed=4)
+    m = model([helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+               helper.make_node("Relu", ["h"], ["r"]),
+               helper.make_node("MatMul", ["r", "w2"], ["logits"], name="fc2")],
+              [vi("x", ["n", 4])], [vi("logits", ["n", 5])], [init("w1", w1), init("w2", w2)])
+    x = arr(10, 4, seed=5)
+    return save(m, tmp_path / "mlp.onnx"), w1, w2, x
+
+
+def forward(x, w1, w2):
+    return np.maximum(x @ w1, 0) @ w2
+
+
+def test_kl_mse_and_loss_match_numpy_by_hand(mlp):
+    path, w1, w2, x = mlp
+    dense = forward(x, w1, w2)
+    labels = np.array([0, 1, 2, 3, 4, 0, 1, 2, 3, 4])
+    kl = losswidget.analyze(path, "one-shot", data={"x": x}, sparsity_levels=LEVELS)
+    mse = losswidget.analyze(path, "one-shot", data={"x": x}, sparsity_levels=LEVELS, metric="mse")
+    loss = losswidget.analyze(path, "one-shot", data={"x": x, "y": labels}, labels="y", metric="loss",
+                              sparsity_levels=LEVELS)
+    for li, (a, b) in enumerate([(True, False), (False, True)]):
+        for k, level in enumerate(LEVELS, start=1):
+            out = forward(x, prune(w1, level) if a else w1, prune(w2, level) if b else w2)
+            lp, lq = log_softmax(dense), log_softmax(out)
+            want_kl = (np.exp(lp) * (lp - lq)).sum(-1).mean()
+            want_mse = ((out - dense) ** 2).mean() / dense.var()
+            ce = lambda logp: -logp[np.arange(10), labels].mean()  # noqa: E731
+            want_loss = ce(lq) - ce(lp)
+            assert kl.layers[li].values[k] == pytest.approx(want_kl, rel=1e-4, abs=1e-7)
+            assert mse.layers[li].values[k] == pytest.approx(want_mse, rel=1e-4, abs=1e-7)
+            assert loss.layers[li].values[k] == pytest.approx(want_loss, rel=1e-4, abs=1e-6)
+    assert kl.settings["metric"] == "kl" and kl.settings["samples"] == 10 and kl.settings["random"] is False
+    assert kl.layers[0].values[0] == 0.0 and kl.method == "one-shot"
+
+
+def test_measured_recovery(mlp):
+    path, w1, w2, x = mlp
+    p = losswidget.analyze(path, "one-shot", data={"x": x}, sparsity_levels=LEVELS, metric="mse",
+                           target_sparsity=0.5)
+    alloc = p.summary.allocation
+    out = forward(x, prune(w1, alloc[0]), prune(w2, alloc[1]))
+    dense = forward(x, w1, w2)
+    assert p.measured_recovery == pytest.approx(max(0.0, 1 - ((out - dense) ** 2).mean() / dense.var()), rel=1e-4)
+    assert p.summary.est_recovery == p.measured_recovery
+    kl = losswidget.analyze(path, "one-shot", data={"x": x}, sparsity_levels=LEVELS, target_sparsity=0.5)
+    a = kl.summary.allocation
+    agree = (forward(x, prune(w1, a[0]), prune(w2, a[1])).argmax(-1) == dense.argmax(-1)).mean()
+    assert kl.measured_recovery == pytest.approx(agree)
+
+
+def test_batches_npz_and_batch_size_give_the_same_numbers(mlp, tmp_path):
+    path, _, _, x = mlp
+    whole = losswidget.analyze(path, "one-shot", data={"x": x}, sparsity_levels=LEVELS)
+    np.savez(tmp_path / "d.npz", x=x)
+    for data, kw in [({"x": x}, {"batch_size": 3}), ([{"x": x[:4]}, {"x": x[4:]}], {}),
+                     (str(tmp_path / "d.npz"), {})]:
+        other = losswidget.analyze(path, "one-shot", data=data, sparsity_levels=LEVELS, **kw)
+        for a, b in zip(whole.layers, other.layers):
+            np.testing.assert_allclose(a.values, b.values, rtol=1e-5, atol=1e-9)
+    capped = losswidget.analyze(path, "one-shot", data={"x": x}, sparsity_levels=LEVELS, samples=4)
+    first4 = losswidget.analyze(path, "one-shot", data={"x": x[:4]}, sparsity_levels=LEVELS)
+    assert capped.settings["samples"] == 4 and capped.layers[1].values == first4.layers[1].values
+
+
+def residual_net(tmp_path, blocks=3, width=8):
+    """A residual MLP: pruning one block changes everything after it, through the skip connections too."""
+    nodes, inits, x = [], [], "x"
+    for b in range(blocks):
+        inits += [init(f"b{b}.w1", arr(width, width, seed=b)), init(f"b{b}.w2", arr(width, width, seed=10 + b))]
+        nodes += [helper.make_node("MatMul", [x, f"b{b}.w1"], [f"h{b}"], name=f"b{b}.fc1"),
+                  helper.make_node("Tanh", [f"h{b}"], [f"t{b}"]),
+                  helper.make_node("MatMul", [f"t{b}", f"b{b}.w2"], [f"m{b}"], name=f"b{b}.fc2"),
+                  helper.make_node("Add", [x, f"m{b}"], [f"r{b}"])]
+        x = f"r{b}"
+    inits.append(init("head", arr(width, 6, seed=99)))
+    nodes.append(helper.make_node("MatMul", [x, "head"], ["y"], name="head"))
+    m = model(nodes, [vi("x", ["n", width])], [vi("y", ["n", 6])], inits)
+    return save(m, tmp_path / "res.onnx"), m
+
+
+def test_cached_partial_runs_equal_whole_model_runs(tmp_path):
+    path, m = residual_net(tmp_path)
+    x = arr(6, 8, seed=7)
+    p = losswidget.analyze(path, "one-shot", data={"x": x}, sparsity_levels=[0.5, 0.9], metric="mse")
+    dense = ort.InferenceSession(path).run(None, {"x": x})[0]
+    weights = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    for layer in p.layers:
+        for k, level in enumerate([0.5, 0.9], start=1):
+            pruned = onnx.ModelProto()
+            pruned.CopyFrom(m)
+            for t in pruned.graph.initializer:
+                if t.name == layer.weight:
+                    t.CopyFrom(numpy_helper.from_array(prune(weights[t.name], level), t.name))
+            out = ort.InferenceSession(pruned.SerializeToString()).run(None, {"x": x})[0]
+            assert layer.values[k] == pytest.approx(((out - dense) ** 2).mean() / dense.var(), rel=1e-4)
+
+
+def test_quantized_and_subgraph_layers(tmp_path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    src, _ = residual_net(tmp_path, blocks=2)
+    dst = str(tmp_path / "q.onnx")
+    quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+    p = losswidget.analyze(dst, "one-shot", data={"x": arr(4, 8, seed=1)}, sparsity_levels=[0.5, 0.9])
+    assert [l.op_type for l in p.layers] == ["MatMulInteger"] * 5
+    assert all(l.values[2] > 0 and not l.flags for l in p.layers)
+    # a layer inside an If branch, reading an outer-scope input
+    then_g = helper.make_graph([helper.make_node("MatMul", ["x", "wt"], ["o1"], name="then_fc")], "then", [],
+                               [vi("o1", None)], [init("wt", arr(4, 3, seed=2))])
+    else_g = helper.make_graph([helper.make_node("Neg", ["x3"], ["o2"])], "else", [], [vi("o2", None)])
+    m = model([helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g),
+               helper.make_node("MatMul", ["x", "w3"], ["x3"])],
+              [vi("x", ["n", 4]), vi("cond", [], TensorProto.BOOL)], [vi("y", None)], [init("w3", arr(4, 3))])
+    nodes = list(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend([nodes[1], nodes[0]])
+    path = save(m, tmp_path / "if.onnx")
+    p = losswidget.analyze(path, "one-shot", data={"x": arr(5, 4), "cond": np.array(True)}, sparsity_levels=[0.9],
+                           metric="mse")
+    assert [l.weight for l in p.layers] == ["w3", "wt"]
+    assert p.layers[0].values[1] == 0.0          # the taken branch does not read w3
+    assert p.layers[1].values[1] > 0.0
+
+
+def test_progress_cancel_and_partial(tmp_path):
+    path, _ = residual_net(tmp_path)
+    x = arr(4, 8)
+    seen = []
+    losswidget.analyze(path, "one-shot", data={"x": x}, sparsity_levels=[0.5],
+                       progress=lambda d, t, msg: seen.append((d, t, msg)))
+    assert [s[0] for s in seen] == list(range(1, 15)) and seen[-1][1] == 14
+    assert any("b0.w1 @ 0.5" in s[2] for s in seen)
+    cancel = threading.Event()
+
+    def stop_midway(done, total, msg):
+        if done >= 6:
+            cancel.set()
+    with pytest.raises(AnalysisCancelled) as info:
+        losswidget.analyze(path, "one-shot", data={"x": x}, sparsity_levels=[0.5], progress=stop_midway,
+                           cancel=cancel)
+    partial = info.value.partial
+    assert partial.partial and 0 < len(partial.layers) < 7 and "Partial" in partial.notes[0]
+    assert all(l.values[1] > 0 for l in partial.layers)
+
+
+def test_a_failing_layer_is_reported_and_the_rest_kept(tmp_path, monkeypatch):
+    from losswidget.analysis import one_shot
+    path, _ = residual_net(tmp_path)
+    real = one_shot.OneShotSession.measure
+
+    def flaky(self, index, levels, step=None):
+        if self.layers[index].weight == "b1.w1":
+            raise RuntimeError("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : no kernel")
+        return real(self, index, levels, step)
+    monkeypatch.setattr(one_shot.OneShotSession, "measure", flaky)
+    p = losswidget.analyze(path, "one-shot", data={"x": arr(4, 8)}, sparsity_levels=[0.5])
+    bad = [l for l in p.layers if l.flags == ("failed",)]
+    assert [l.weight for l in bad] == ["b1.w1"] and "NOT_IMPLEMENTED" in bad[0].error
+    assert all(l.values[1] > 0 for l in p.layers if l.weight != "b1.w1")
+    assert any("b1.w1 failed" in n for n in p.notes)
+    p.to_json(tmp_path / "p.json")
+    assert losswidget.load_profile(tmp_path / "p.json").layers[2].error == bad[0].error
+
+
+def test_random_data_only_when_asked_and_recorded(mlp):
+    path = mlp[0]
+    with pytest.raises(DataError, match="need data"):
+        losswidget.analyze(path, "one-shot")
+    p = losswidget.analyze(path, "one-shot", data="random", samples=3, sparsity_levels=[0.5])
+    assert p.settings["random"] is True and p.settings["data"] == "random" and p.settings["samples"] == 3
+    assert any("random data" in n for n in p.notes)
+
+
+@pytest.mark.parametrize("data, kw, message", [
+    ({"z": np.zeros((2, 4), np.float32)}, {}, r"unknown input name\(s\) \['z'\]"),
+    ({"x": np.zeros((2, 5), np.float32)}, {}, r"axis 1 must be 4"),
+    ({"x": np.zeros((2, 4, 1), np.float32)}, {}, r"has shape \[2, 4, 1\], the model expects \[n, 4\]"),
+    ({"x": np.zeros((2, 4), np.int64)}, {}, r"dtype int64, the model expects float32"),
+    ({"x": np.zeros((0, 4), np.float32)}, {}, r"holds no samples"),
+    ([], {}, r"holds no batches"),
+    ({"x": np.zeros((3, 4), np.float32)}, {"labels": np.zeros(2, np.int64)}, r"Labels hold 2 samples but the data holds 3"),
+])
+def test_bad_data(mlp, data, kw, message):
+    with pytest.raises(DataError, match=message):
+        losswidget.analyze(mlp[0], "one-shot", data=data, **kw)
+
+
+def test_bad_settings(mlp, tmp_path):
+    path, _, _, x = mlp
+    with pytest.raises(SettingsError, match="metric='loss' needs labels"):
+        losswidget.analyze(path, "one-shot", data={"x": x}, metric="loss")
+    with pytest.raises(SettingsError, match="Unknown metric 'l1'"):
+        losswidget.analyze(path, "one-shot", data={"x": x}, metric="l1")
+    with pytest.raises(SettingsError, match="Unknown output 'nope'"):
+        losswidget.analyze(path, "one-shot", data={"x": x}, output="nope")
+    with pytest.raises(DataError, match="Data file not found"):
+        losswidget.analyze(path, "one-shot", data=str(tmp_path / "none.npz"))
+
+
+def test_model_onnxruntime_cannot_load(tmp_path):
+    m = model([helper.make_node("MatMul", ["x", "w"], ["h"]),
+               helper.make_node("Frobnicate", ["h"], ["y"], domain="com.example")],
+              [vi("x", [1, 4])], [vi("y", None)], [init("w", arr(4, 4))],
+              extra_opsets=[helper.make_opsetid("com.example", 1)])
+    path = save(m, tmp_path / "custom.onnx")
+    with pytest.raises(ModelError, match="onnxruntime cannot load this model"):
+        losswidget.analyze(path, "one-shot", data={"x": arr(1, 4)})
+    assert len(losswidget.analyze(path).layers) == 1          # data-free methods still work on it
+
+
+def test_process_pool_and_dask_give_the_same_profile(tmp_path):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from distributed import Client, LocalCluster
+    path, _ = residual_net(tmp_path)
+    x = arr(6, 8, seed=11)
+    local = losswidget.analyze(path, "one-shot", data={"x": x}, sparsity_levels=[0.5, 0.9])
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pooled = losswidget.analyze(path, "one-shot", data={"x": x}, sparsity_levels=[0.5, 0.9], executor=pool)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        dasked = losswidget.analyze(path, "one-shot", data={"x": x}, sparsity_levels=[0.5, 0.9],
+                                    executor=client.get_executor())
+    for other in (pooled, dasked):
+        assert [l.weight for l in other.layers] == [l.weight for l in local.layers]
+        for a, b in zip(local.layers, other.layers):
+            np.testing.assert_allclose(a.values, b.values, rtol=1e-5, atol=1e-9)
+        assert other.measured_recovery == pytest.approx(local.measured_recovery, rel=1e-5)
+    with pytest.raises(SettingsError, match="needs the model as a file path"):
+        with ProcessPoolExecutor(1) as pool:
+            losswidget.analyze(onnx.load(path), "one-shot", data={"x": x}, executor=pool)
+
+
+def test_cli_one_shot(tmp_path, mlp):
+    import subprocess
+    import sys
+    path, _, _, x = mlp
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(10) % 5)
+    out = subprocess.run([sys.executable, "-m", "losswidget", "profile", path, "--method", "one-shot", "--data",
+                          str(tmp_path / "d.npz"), "--labels", "y", "--metric", "loss", "--levels", "0.5,0.9",
+                          "--workers", "2", "--json", str(tmp_path / "p.json")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "method one-shot" in out.stdout and "measured on the data" in out.stdout
+    p = losswidget.load_profile(tmp_path / "p.json")
+    assert p.settings["metric"] == "loss" and p.settings["samples"] == 10 and len(p.layers) == 2
+    bad = subprocess.run([sys.executable, "-m", "losswidget", "profile", path, "--method", "one-shot", "--data",
+                          str(tmp_path / "d.npz")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown input name(s) ['y']" in bad.stderr and "Traceback" not in bad.stderr

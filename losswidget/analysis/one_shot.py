@@ -114,6 +114,8 @@ class OneShotSession:
         from .runner import ChunkedModel
 
         self.mf = open_model(model)          # kept open: weights are read from it per layer
+        self._orders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._cached = 0
         self.layers = read_graph(self.mf).layers
         full = _load_full(model)
         self.model = ChunkedModel(full, [l.weight for l in self.layers], threads, probe=dataset.batches[0])
@@ -152,9 +154,19 @@ class OneShotSession:
         flat[idx] = zero.reshape(-1)[idx] if zero.ndim else zero
         return flat.reshape(stored.shape)
 
+    # pruning orders are kept for recovery() while they add up to fewer elements than this
+    ORDER_CACHE_LIMIT = 20_000_000
+
     def _order(self, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
+        cached = self._orders.get(layer.index)
+        if cached is not None:
+            return cached
         mags = magnitudes(self.mf, layer.ref).copy()
-        return mags, np.argsort(mags)
+        order = np.argsort(mags).astype(np.int32 if mags.size < 2**31 else np.int64)
+        if self._cached + mags.size <= self.ORDER_CACHE_LIMIT:
+            self._orders[layer.index] = (mags, order)
+            self._cached += mags.size
+        return mags, order
 
     def measure(self, index: int, levels, step=None) -> Measured:
         """Values per level for one layer; step(level) is called before each run (progress, cancel)."""

@@ -1,0 +1,99 @@
+"""One-shot profiles side by side with SparseML 1.8's pruning_loss_sens_one_shot: whole-process time and
+the agreement of the per-layer sensitivity rankings (Spearman).
+
+Both sides get the same model, the same 10 levels (SparseML's defaults) and the same samples, and each runs
+as a fresh process, timed from start to exit (imports included). SparseML comes from
+../shared/bench/sparseml_peer.sh. On t12 SparseML takes about 25 minutes: --peer-json keeps its result.
+
+  python benchmarks/one_shot_vs_sparseml.py                          # t4: 25 layers, hidden 256
+  python benchmarks/one_shot_vs_sparseml.py --layers 12 --hidden 768 --peer-json /tmp/peer_t12.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared" / "bench"
+LEVELS = [0.0, 0.2, 0.4, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99]
+
+OURS = r"""
+import json, sys
+import losswidget
+p = losswidget.analyze(sys.argv[1], "one-shot", data=sys.argv[2], sparsity_levels=json.loads(sys.argv[3]))
+print(json.dumps({l.weight: list(l.values) for l in p.layers}))
+"""
+
+PEER = r"""
+import json, logging, sys
+import numpy as np
+logging.disable(logging.CRITICAL)
+from sparseml.onnx.optim.sensitivity_pruning import pruning_loss_sens_one_shot
+from sparseml.onnx.utils import DataLoader
+x = np.load(sys.argv[2])["x"]
+loader = DataLoader([{"x": s} for s in x], None, batch_size=len(x), iter_steps=0)
+a = pruning_loss_sens_one_shot(sys.argv[1], loader, len(x), 1, json.loads(sys.argv[3]), show_progress=False)
+print(json.dumps({r.name: [float(v[0]) for v in r.sparse_measurements.values()] for r in a.results}))
+"""
+
+
+def timed(python: str, code: str, *args: str) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    out = subprocess.run([python, "-c", code, *args], capture_output=True, text=True,
+                         env=dict(os.environ, NM_DISABLE_ANALYTICS="1"))
+    seconds = time.perf_counter() - t0
+    if out.returncode:
+        raise SystemExit(f"{python} failed:\n{out.stderr[-3000:]}")
+    return seconds, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    n = len(a)
+    return float(1 - 6 * np.sum((ra - rb) ** 2) / (n * (n * n - 1)))
+
+
+def sensitivity(values: list[float]) -> float:
+    return float(np.interp(0.95, LEVELS, values) - values[0])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--peer-json", help="reuse (or write) SparseML's result and time here")
+    a = ap.parse_args()
+    peer_python = subprocess.run(["bash", str(SHARED / "sparseml_peer.sh")], capture_output=True, text=True,
+                                 check=True).stdout.strip().splitlines()[-1]
+    with tempfile.TemporaryDirectory() as tmp:
+        model, data = Path(tmp) / "t.onnx", Path(tmp) / "x.npz"
+        subprocess.run([sys.executable, str(SHARED / "make_models.py"), "transformer", str(model), "--layers",
+                        str(a.layers), "--hidden", str(a.hidden)], check=True, capture_output=True)
+        rng = np.random.default_rng(1)
+        np.savez(data, x=rng.standard_normal((a.samples, 64, a.hidden)).astype(np.float32))
+        ours_s, ours = timed(sys.executable, OURS, str(model), str(data), json.dumps(LEVELS))
+        if a.peer_json and Path(a.peer_json).exists():
+            saved = json.loads(Path(a.peer_json).read_text())
+            peer_s, peer = saved["seconds"], saved["layers"]
+        else:
+            peer_s, peer = timed(peer_python, PEER, str(model), str(data), json.dumps(LEVELS))
+            if a.peer_json:
+                Path(a.peer_json).write_text(json.dumps({"seconds": peer_s, "layers": peer}))
+    names = list(peer)
+    rho = spearman([sensitivity(ours[n]) for n in names], [sensitivity(peer[n]) for n in names])
+    print(f"t{a.layers} hidden {a.hidden}, {len(names)} layers, {len(LEVELS)} levels, {a.samples} samples")
+    print(f"ours {ours_s:.2f} s | SparseML {peer_s:.2f} s | speed-up {peer_s / ours_s:.1f}x | "
+          f"Spearman of sensitivity rankings {rho:.3f}")
+
+
+if __name__ == "__main__":
+    main()

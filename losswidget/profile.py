@@ -186,11 +186,15 @@ class LossProfile:
         sparsity = levels[chosen]
         remaining = total - float((sparsity * params).sum())
         reduction = total / remaining if remaining > 0 else math.inf
+        note = self.recovery_note
         if self.measured_recovery is not None and math.isclose(target, self.target_sparsity):
             recovery = self.measured_recovery
         else:
             recovery = self._energy_recovery(chosen)
-        return Summary(total, prunable, avg, reduction, recovery, target, tuple(sparsity.tolist()), self.recovery_note)
+            if self.measured_recovery is not None:
+                note = (f"fraction of weight energy (sum of w^2) kept; recovery was measured on data only at the "
+                        f"profile's target {self.target_sparsity:g}")
+        return Summary(total, prunable, avg, reduction, recovery, target, tuple(sparsity.tolist()), note)
 
     def _energy_recovery(self, chosen: np.ndarray) -> float | None:
         if any(len(l.energy_kept) != len(l.levels) for l in self.layers):

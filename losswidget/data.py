@@ -7,7 +7,7 @@ Accepted: a dict of arrays (input name -> array, first axis = samples), an itera
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,6 @@ class Dataset:
     samples: int
     source: str                          # "arrays", "batches", a .npz path, or "random"
     random: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:

@@ -341,11 +341,15 @@ def run(mf: ModelFile, layers: list[Layer], levels: np.ndarray, progress=None, c
             remote_recovery, path, key, dataset, settings, threads, sparsity).result()
     ok = [i for i, r in enumerate(results) if r is not None]
     recovery = None
-    if ok:
-        curves = np.array([results[i].values for i in ok])
-        params = np.array([layers[i].params for i in ok], dtype=float)
-        chosen = allocate(np.asarray(levels), curves, params, target, CAP)
-        recovery = recover({i: float(levels[c]) for i, c in zip(ok, chosen)})
+    try:
+        if ok:
+            curves = np.array([results[i].values for i in ok])
+            params = np.array([layers[i].params for i in ok], dtype=float)
+            chosen = allocate(np.asarray(levels), curves, params, target, CAP)
+            recovery = recover({i: float(levels[c]) for i, c in zip(ok, chosen)})
+    finally:
+        if executor is None:
+            session.mf.close()
     return results, errors, recovery
 
 

@@ -1,0 +1,166 @@
+"""LossProfileWidget: the cards, charts and add-profile panel over one ProfileStore; inline or in the sidebar."""
+from __future__ import annotations
+
+import os
+import re
+
+import anywidget
+import ipywidgets as w
+from traitlets import Unicode
+
+from ..profile import LossProfile
+from .cards import _JS, SummaryCards, card_values
+from .charts import Charts
+from .panel import AddProfilePanel
+from .store import Job, ProfileStore
+
+AUTO_PROFILES = (("Approximated", "approximated"), ("Baseline", "magnitude"))
+
+
+class Exporter(anywidget.AnyWidget):
+    """Download buttons (js/export.js); the file is made here only when a button is pressed."""
+    _esm = _JS / "export.js"
+    selected = Unicode("").tag(sync=True)
+
+    def __init__(self, store: ProfileStore):
+        super().__init__()
+        self.store = store
+        self.on_msg(self._handle)
+
+    def payload(self, kind: str) -> dict | None:
+        profile = self.store.profiles.get(self.store.selected)
+        if profile is None:
+            return None
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", profile.name).strip("_") or "profile"
+        if kind == "csv":
+            return {"filename": f"{stem}.csv", "mime": "text/csv", "text": profile.to_csv()}
+        return {"filename": f"{stem}.json", "mime": "application/json", "text": profile.to_json()}
+
+    def _handle(self, _widget, content, _buffers) -> None:
+        payload = self.payload(content.get("kind", "json"))
+        if payload is not None:
+            self.send(payload)
+
+
+def frontend() -> str:
+    """Where this kernel's output is shown, as far as the kernel can tell."""
+    if os.environ.get("LOSSWIDGET_FRONTEND"):
+        return os.environ["LOSSWIDGET_FRONTEND"]
+    if any(k.startswith("VSCODE_") for k in os.environ):
+        return "vscode"
+    if any(k.startswith("VOILA_") for k in os.environ):
+        return "voila"
+    return "jupyterlab"
+
+
+class LossProfileWidget(w.VBox):
+    """Loss profiles of one ONNX model: summary cards, sensitivity and params charts, compare, drill-down and an
+    add-profile panel. Computes the "Approximated" and "Baseline" (magnitude) profiles in the background."""
+
+    def __init__(self, model, *, data=None, profiles_dir=None, target_sparsity: float = 0.85, autostart: bool = True):
+        self.store = ProfileStore(model, data=data, profiles_dir=profiles_dir, target_sparsity=target_sparsity)
+        self.cards = SummaryCards()
+        self.cards.add_class("lw-summary")
+        self.charts = Charts(self.store)
+        self.panel = AddProfilePanel(self.store)
+        self.exporter = Exporter(self.store)
+        self.select = w.Dropdown(description="Profile:", options=[])
+        self.select.add_class("lw-profile-select")
+        self.compare = w.SelectMultiple(description="Compare:", options=[], rows=3)
+        self.compare.add_class("lw-compare-select")
+        self.target = w.FloatSlider(value=self.store.target, min=0.05, max=0.95, step=0.01, description="Target:",
+                                    readout_format=".0%", continuous_update=True)
+        self.target.add_class("lw-target-slider")
+        self.message = w.HTML()
+        self.message.add_class("lw-message")
+        controls = w.HBox([self.select, self.compare, self.target])
+        super().__init__([w.HTML("<h3 class='lw-title'>Loss profiles</h3>"), controls, self.cards,
+                          self.charts.mode, self.charts.normalise, self.charts.sens_fig, self.charts.params_fig,
+                          self.charts.curve_fig, self.exporter, self.panel, self.message])
+        self.add_class("losswidget")
+        self.select.observe(self._select_changed, "value")
+        self.compare.observe(self._compare_changed, "value")
+        self.target.observe(lambda c: setattr(self.store, "target", c["new"]), "value")
+        self.store.observe(self._sync_controls, names=["profiles", "selected", "compare"])
+        self.store.observe(lambda _: self._draw_cards(), names=["profiles", "selected", "target"])
+        self._sync_controls(None)
+        self._draw_cards()
+        if autostart:
+            for name, method in AUTO_PROFILES:
+                if name not in self.store.profiles:
+                    self.store.add(name, method)
+
+    # -- public surface --------------------------------------------------------------------------------
+    @property
+    def profiles(self) -> dict[str, LossProfile]:
+        return dict(self.store.profiles)
+
+    @property
+    def selected(self) -> str:
+        return self.store.selected
+
+    @selected.setter
+    def selected(self, name: str) -> None:
+        if name not in self.store.profiles:
+            raise KeyError(f"No profile named {name!r}; have {sorted(self.store.profiles)}")
+        self.store.selected = name
+
+    @property
+    def jobs(self) -> dict:
+        return dict(self.store.jobs)
+
+    def add_profile(self, name: str, method: str = "magnitude", **settings) -> Job:
+        """Queue an analysis (settings as for losswidget.analyze); returns a future-like Job."""
+        return self.store.add(name, method, **settings)
+
+    def remove_profile(self, name: str) -> None:
+        self.store.remove(name)
+
+    def show_sidebar(self, anchor: str = "right"):
+        """Open this widget in JupyterLab's sidebar (via sidecar); elsewhere say so and stay inline."""
+        where = frontend()
+        if where != "jupyterlab":
+            self.message.value = (f"<span class='lw-note'>No JupyterLab sidebar in {where}; "
+                                  "the widget stays inline.</span>")
+            return None
+        from IPython.display import display
+        from sidecar import Sidecar
+        sidecar = Sidecar(title="Loss profiles", anchor=anchor)
+        sidecar.add_class("lw-sidecar")
+        with sidecar:
+            display(self)
+        self.message.value = "<span class='lw-note'>Also open in the sidebar.</span>"
+        return sidecar
+
+    def close(self) -> None:
+        self.store.close()
+        super().close()
+
+    # -- store -> controls -----------------------------------------------------------------------------
+    def _select_changed(self, change) -> None:
+        if change["new"] and change["new"] != self.store.selected:
+            self.store.selected = change["new"]
+
+    def _compare_changed(self, change) -> None:
+        chosen = [n for n in change["new"] if n in self.store.profiles]
+        if self.store.selected and self.store.selected not in chosen:
+            chosen = [self.store.selected] + chosen
+        if chosen != self.store.compare:
+            self.store.compare = chosen
+
+    def _sync_controls(self, _change) -> None:
+        names = list(self.store.profiles)
+        if list(self.select.options) != names:
+            self.select.options = names
+            self.compare.options = names
+        if self.store.selected in names and self.select.value != self.store.selected:
+            self.select.value = self.store.selected
+        wanted = tuple(n for n in self.store.compare if n in names)
+        if self.compare.value != wanted:
+            self.compare.value = wanted
+
+    def _draw_cards(self) -> None:
+        profile = self.store.profiles.get(self.store.selected)
+        with self.cards.hold_sync():
+            self.cards.title = profile.name if profile else "Model Summary"
+            self.cards.cards = card_values(profile, self.store.target)

@@ -1,0 +1,199 @@
+"""The widget driven from Python: traits set, buttons clicked, marks and cards read back (no browser)."""
+import json
+import time
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import losswidget
+from losswidget.widget.app import LossProfileWidget
+from losswidget.widget.cards import card_values
+
+from helpers import arr, init, model, save, vi
+
+
+def net(tmp_path, layers=6, width=16, name="net.onnx", seed=0):
+    nodes, inits, x = [], [], "x"
+    for i in range(layers):
+        inits.append(init(f"fc{i}.weight", arr(width, width, seed=seed + i)))
+        nodes += [helper.make_node("MatMul", [x, f"fc{i}.weight"], [f"h{i}"], name=f"fc{i}"),
+                  helper.make_node("Tanh", [f"h{i}"], [f"t{i}"])]
+        x = f"t{i}"
+    return save(model(nodes, [vi("x", ["n", width])], [vi(x, ["n", width])], inits), tmp_path / name)
+
+
+def wait(widget, timeout=60):
+    for job in list(widget.store._handles.values()):
+        try:
+            job.result(timeout)
+        except Exception:
+            pass
+    deadline = time.monotonic() + timeout
+    while any(j.get("status") in ("queued", "running") for j in widget.jobs.values()):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def widget(tmp_path):
+    w = LossProfileWidget(net(tmp_path), data={"x": arr(8, 16)}, profiles_dir=tmp_path / "profiles")
+    wait(w)
+    yield w
+    w.close()
+
+
+def test_auto_profiles_cards_and_bars(widget):
+    assert set(widget.profiles) == {"Approximated", "Baseline"}
+    assert {j["status"] for j in widget.jobs.values()} == {"done"}
+    widget.selected = "Baseline"
+    p = widget.profiles["Baseline"]
+    cards = {c["key"]: c for c in widget.cards.cards}
+    s = p.summary_at(widget.store.target)
+    assert cards["params"]["value"] == "1.5 k" and cards["reduction"]["value"] == f"{s.est_params_reduction:.2f}×"
+    assert cards["recovery"]["value"] == f"{s.est_recovery:.1%}" and "weight energy" in cards["recovery"]["tooltip"]
+    assert cards["quantization"]["value"] == "not analysed" and cards["settings"]["value"] == "magnitude"
+    bars = widget.charts.bars
+    np.testing.assert_allclose(bars.y, p.sensitivities)
+    assert list(bars.x) == list(range(6)) and len(bars.colors) == 6
+    top = set(np.argsort(-p.sensitivities)[:5])
+    assert [c == "#d62728" for c in bars.colors] == [i in top for i in range(6)]
+    np.testing.assert_array_equal(widget.charts.param_bars.y, [256] * 6)
+
+
+def test_tooltip_scale_modes_and_drill_down(widget):
+    widget.selected = "Baseline"
+    charts = widget.charts
+    charts._hover(charts.bars, {"data": {"index": 2}})
+    tip = charts.tooltip.value
+    layer = widget.profiles["Baseline"].layers[2]
+    for text in ("#2", "fc2", "MatMul", "fc2.weight", "[16, 16]", "256 params", f"{layer.sensitivity:.4g}"):
+        assert text in tip
+    charts.mode.value = "log"
+    assert charts.bars.scales["y"] is charts.ys_log and charts.y_axis.scale is charts.ys_log
+    charts.mode.value = "percent"
+    assert charts.bars.y.sum() == pytest.approx(100)
+    charts._click(charts.bars, {"data": {"index": 4}})
+    assert charts.curve_fig.title.startswith("#4 fc4")
+    (line,) = charts.curves
+    np.testing.assert_allclose(line.x, layer.levels)
+    np.testing.assert_allclose(line.y, widget.profiles["Baseline"].layers[4].values)
+
+
+def test_compare_grouped_and_normalised(widget):
+    widget.selected = "Baseline"
+    widget.compare.value = ("Baseline", "Approximated")
+    assert widget.store.compare == ["Baseline", "Approximated"]
+    bars = widget.charts.bars
+    assert bars.y.shape == (2, 6) and list(bars.labels) == ["Baseline", "Approximated"] and bars.display_legend
+    assert np.abs(bars.y).max(axis=1) == pytest.approx([1.0, 1.0])            # normalised per profile
+    widget.charts.normalise.value = False
+    np.testing.assert_allclose(bars.y[1], widget.profiles["Approximated"].sensitivities)
+    widget.charts.select_layer(0)
+    assert [l.labels[0] for l in widget.charts.curves] == ["Baseline", "Approximated"]
+
+
+def test_target_slider_updates_cards(widget):
+    widget.selected = "Baseline"
+    p = widget.profiles["Baseline"]
+    widget.target.value = 0.5
+    cards = {c["key"]: c["value"] for c in widget.cards.cards}
+    assert cards["reduction"] == f"{p.summary_at(0.5).est_params_reduction:.2f}×"
+    assert cards["recovery"] == f"{p.summary_at(0.5).est_recovery:.1%}"
+
+
+def test_selection_sends_only_what_changed(widget):
+    changes = []
+    widget.charts.param_bars.observe(lambda c: changes.append(c["name"]), names=["x", "y"])
+    widget.selected = "Baseline"
+    widget.selected = "Approximated"
+    assert changes == []                                    # same layers: params bars untouched
+    assert widget.charts.bars.y.tolist() == pytest.approx(widget.profiles["Approximated"].sensitivities.tolist())
+
+
+def test_panel_validation_run_and_errors(widget):
+    panel = widget.panel
+    panel.run.click()
+    assert "Give the profile a name" in panel.name_message.value
+    panel.name.value = "Baseline"
+    assert "exists" in panel.name_message.value
+    panel.name.value = "coarse"
+    panel.preset.value = "coarse (0, .5, .9)"
+    job = panel.submit()
+    assert job.result(60).levels == (0.0, 0.5, 0.9)
+    wait(widget)
+    assert "coarse" in widget.select.options and widget.jobs["coarse"]["status"] == "done"
+    panel.name.value = "custom bad"
+    panel.preset.value = "custom"
+    panel.custom.value = "0.5, 1.5"
+    panel.run.click()
+    wait(widget)
+    assert "Sparsity levels must lie in [0, 1)" in panel.error.value
+    panel.name.value = "oneshot missing file"
+    panel.preset.value = "method default"
+    panel.method.value = "one-shot"
+    assert panel.data_box.layout.display == ""
+    panel.data_source.value = ".npz file"
+    panel.data_path.value = "/nonexistent/data.npz"
+    panel.run.click()
+    wait(widget)
+    assert widget.jobs["oneshot missing file"]["status"] == "failed"
+    assert "Data file not found" in panel.error.value
+    widget.selected = "coarse"                              # the widget keeps working
+    assert widget.cards.title == "coarse"
+
+
+def test_one_shot_from_widget_data_and_cancel(widget):
+    job = widget.add_profile("kl", "one-shot", sparsity_levels=[0.5, 0.9])
+    p = job.result(60)
+    assert p.method == "one-shot" and p.settings["samples"] == 8 and p.measured_recovery is not None
+    wait(widget)
+    cards = {c["key"]: c for c in card_values(p, p.target_sparsity)}
+    assert cards["recovery"]["detail"] == "measured" and cards["settings"]["value"] == "one-shot (kl)"
+    slow = widget.add_profile("slow", "one-shot", sparsity_levels=[i / 100 for i in range(100)])
+    queued = widget.add_profile("queued", "magnitude")
+    queued.cancel()
+    deadline = time.monotonic() + 30
+    while widget.jobs["slow"]["status"] != "running" or not widget.jobs["slow"].get("done"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert "slow" in widget.panel.status.value and widget.panel.progress.value > 0
+    widget.panel.cancel.click()                             # cancels the running one
+    with pytest.raises(losswidget.AnalysisCancelled):
+        slow.result(60)
+    wait(widget)
+    assert widget.jobs["slow"]["status"] == "cancelled" and widget.jobs["queued"]["status"] == "cancelled"
+    assert "slow" not in widget.profiles and "queued" not in widget.profiles
+
+
+def test_persistence_reload_and_remove(tmp_path, widget):
+    folder = tmp_path / "profiles"
+    assert len(list(folder.glob("*.json"))) == 2
+    again = LossProfileWidget(widget.store.model, profiles_dir=folder)
+    assert set(again.profiles) == {"Approximated", "Baseline"} and again.jobs == {}      # nothing recomputed
+    assert again.profiles["Baseline"].layers == widget.profiles["Baseline"].layers
+    other = LossProfileWidget(net(tmp_path, name="other.onnx", seed=50), profiles_dir=folder, autostart=False)
+    assert other.profiles == {}                                                          # matched by content hash
+    again.remove_profile("Baseline")
+    assert "Baseline" not in again.profiles and len(list(folder.glob("*.json"))) == 1
+    again.close()
+    other.close()
+
+
+def test_export_payloads(widget):
+    widget.selected = "Baseline"
+    payload = widget.exporter.payload("json")
+    assert payload["filename"] == "Baseline.json"
+    assert json.loads(payload["text"])["layers"][0]["name"] == "fc0"
+    csv = widget.exporter.payload("csv")
+    assert csv["mime"] == "text/csv" and csv["text"].startswith("index,id,name")
+    df = widget.profiles["Baseline"].to_dataframe()
+    assert list(df["name"]) == [f"fc{i}" for i in range(6)]
+
+
+def test_sidebar(widget, monkeypatch):
+    monkeypatch.setenv("LOSSWIDGET_FRONTEND", "vscode")
+    assert widget.show_sidebar() is None and "No JupyterLab sidebar in vscode" in widget.message.value
+    monkeypatch.setenv("LOSSWIDGET_FRONTEND", "jupyterlab")
+    sidecar = widget.show_sidebar(anchor="split-right")
+    assert type(sidecar).__name__ == "Sidecar" and sidecar.anchor == "split-right"

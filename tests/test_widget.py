@@ -54,10 +54,12 @@ def test_auto_profiles_cards_and_bars(widget):
     assert cards["recovery"]["value"] == f"{s.est_recovery:.1%}" and "weight energy" in cards["recovery"]["tooltip"]
     assert cards["quantization"]["value"] == "not analysed" and cards["settings"]["value"] == "magnitude"
     bars = widget.charts.bars
+    assert widget.charts.sens_fig.marks == [bars]
     np.testing.assert_allclose(bars.y, p.sensitivities)
     assert list(bars.x) == list(range(6)) and len(bars.colors) == 6
-    top = set(np.argsort(-p.sensitivities)[:5])
-    assert [c == "#d62728" for c in bars.colors] == [i in top for i in range(6)]
+    fifth = np.sort(p.sensitivities)[-5]
+    assert [c == "#d62728" for c in bars.colors] == [v >= fifth for v in p.sensitivities]
+    assert sum(c == "#d62728" for c in bars.colors) >= 5
     np.testing.assert_array_equal(widget.charts.param_bars.y, [256] * 6)
 
 
@@ -71,6 +73,7 @@ def test_tooltip_scale_modes_and_drill_down(widget):
         assert text in tip
     charts.mode.value = "log"
     assert charts.bars.scales["y"] is charts.ys_log and charts.y_axis.scale is charts.ys_log
+    assert charts.bars.y.min() > 0
     charts.mode.value = "percent"
     assert charts.bars.y.sum() == pytest.approx(100)
     charts._click(charts.bars, {"data": {"index": 4}})
@@ -84,13 +87,16 @@ def test_compare_grouped_and_normalised(widget):
     widget.selected = "Baseline"
     widget.compare.value = ("Baseline", "Approximated")
     assert widget.store.compare == ["Baseline", "Approximated"]
-    bars = widget.charts.bars
-    assert bars.y.shape == (2, 6) and list(bars.labels) == ["Baseline", "Approximated"] and bars.display_legend
-    assert np.abs(bars.y).max(axis=1) == pytest.approx([1.0, 1.0])            # normalised per profile
+    marks = widget.charts.sens_fig.marks
+    assert [m.labels for m in marks] == [["Baseline"], ["Approximated"]] and all(m.display_legend for m in marks)
+    assert [np.abs(m.y).max() for m in marks] == pytest.approx([1.0, 1.0])   # normalised per profile
+    assert marks[0].x[0] < 0 < marks[1].x[0] < 1 and marks[0].colors != marks[1].colors   # side by side
     widget.charts.normalise.value = False
-    np.testing.assert_allclose(bars.y[1], widget.profiles["Approximated"].sensitivities)
+    np.testing.assert_allclose(marks[1].y, widget.profiles["Approximated"].sensitivities)
     widget.charts.select_layer(0)
     assert [l.labels[0] for l in widget.charts.curves] == ["Baseline", "Approximated"]
+    widget.compare.value = ("Baseline",)
+    assert widget.charts.sens_fig.marks == [marks[0]] and not marks[0].display_legend
 
 
 def test_target_slider_updates_cards(widget):

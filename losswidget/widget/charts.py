@@ -2,6 +2,10 @@
 
 They observe the store and redraw from the profiles' own numbers (sensitivities, params, measurements);
 x and y change together under hold_sync so the browser never sees a half-updated mark.
+
+Compared profiles are drawn as one Bars mark each, side by side on a linear layer axis, rather than one
+`type="grouped"` mark: grouped bars draw with zero height in bqplot since 0.12.34 (bqplot issue #1646,
+seen here in JupyterLab with bqplot 0.13.1).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 HIGHLIGHT = "#d62728"
 BASE = "#4c78a8"
 MAX_TICKS = 25
-TOP_N = 5                      # the most sensitive layers are drawn in the highlight colour
+TOP_N = 5                      # the most sensitive layers (and ties) are drawn in the highlight colour
 
 
 def _ticks(n: int) -> list[int]:
@@ -60,22 +64,21 @@ class Charts:
         self.tooltip.add_class("lw-tooltip")
         self.layer = None                                        # index of the drilled-down layer
 
-        self.xs = bq.OrdinalScale()
+        self.xs = bq.LinearScale()
         self.ys_lin, self.ys_log = bq.LinearScale(), bq.LogScale()
-        self.bars = bq.Bars(x=[], y=[], scales={"x": self.xs, "y": self.ys_lin}, type="grouped", padding=0.1,
-                            colors=[BASE], tooltip=self.tooltip, display_legend=False, stroke_width=0)
-        self.x_axis = bq.Axis(scale=self.xs, label="layer (graph order)", tick_rotate=-45, tick_values=[])
+        self.marks: list[bq.Bars] = []                        # one per shown profile
+        self.x_axis = bq.Axis(scale=self.xs, label="layer (graph order)", tick_format="d", tick_values=[])
         self.y_axis = bq.Axis(scale=self.ys_lin, orientation="vertical", label="sensitivity", tick_format=".3g")
-        self.sens_fig = bq.Figure(marks=[self.bars], axes=[self.x_axis, self.y_axis], title="Layer Sensitivities",
+        self.sens_fig = bq.Figure(marks=[], axes=[self.x_axis, self.y_axis], title="Layer Sensitivities",
                                   fig_margin={"top": 40, "bottom": 60, "left": 70, "right": 20},
                                   interaction=bq.interacts.PanZoom(scales={"x": [self.xs]}),
                                   layout=w.Layout(width="100%", height="340px"))
         self.sens_fig.add_class("lw-sensitivity-chart")
 
-        self.pxs, self.pys = bq.OrdinalScale(), bq.LinearScale()
-        self.param_bars = bq.Bars(x=[], y=[], scales={"x": self.pxs, "y": self.pys}, colors=[BASE], padding=0.1,
+        self.pxs, self.pys = bq.LinearScale(), bq.LinearScale()
+        self.param_bars = bq.Bars(x=[], y=[], scales={"x": self.pxs, "y": self.pys}, colors=[BASE], padding=0.2,
                                   tooltip=self.tooltip, stroke_width=0)
-        self.param_x_axis = bq.Axis(scale=self.pxs, label="layer (graph order)", tick_rotate=-45, tick_values=[])
+        self.param_x_axis = bq.Axis(scale=self.pxs, label="layer (graph order)", tick_format="d", tick_values=[])
         self.params_fig = bq.Figure(marks=[self.param_bars],
                                     axes=[self.param_x_axis, bq.Axis(scale=self.pys, orientation="vertical",
                                                                      label="params", tick_format=".3s")],
@@ -95,9 +98,7 @@ class Charts:
                                    layout=w.Layout(width="100%", height="280px"))
         self.curve_fig.add_class("lw-layer-curve")
 
-        self.bars.on_hover(self._hover)
         self.param_bars.on_hover(self._hover)
-        self.bars.on_element_click(self._click)
         self.param_bars.on_element_click(self._click)
         self.mode.observe(lambda _: self.redraw(), "value")
         self.normalise.observe(lambda _: self.redraw(), "value")
@@ -127,37 +128,61 @@ class Charts:
         ys = np.array([scaled(r, self.mode.value) for r in ys])
         return [p.name for p in profiles], ys
 
+    @property
+    def bars(self) -> bq.Bars | None:
+        """The first (selected) profile's bars."""
+        return self.marks[0] if self.marks else None
+
+    def _mark(self, k: int) -> bq.Bars:
+        while len(self.marks) <= k:
+            mark = bq.Bars(x=[], y=[], scales={"x": self.xs, "y": self.ys_lin}, colors=[BASE], tooltip=self.tooltip,
+                           stroke_width=0, padding=0.2)
+            mark.on_hover(self._hover)
+            mark.on_element_click(self._click)
+            self.marks.append(mark)
+        return self.marks[k]
+
     def redraw(self) -> None:
         profiles = self.shown()
         names, ys = self.sensitivity_matrix()
         base = profiles[0] if profiles else None
-        x = np.arange(len(base.layers)) if base else np.arange(0)
-        log = self.mode.value == "log"
-        y_scale = self.ys_log if log else self.ys_lin
-        if len(names) > 1:
-            colors = PALETTE[:len(names)]
-            y = ys
-        else:
-            y = ys[0] if len(ys) else np.zeros(0)
-            top = set(np.argsort(-y)[:TOP_N].tolist()) if y.size else set()
-            colors = [HIGHLIGHT if i in top else BASE for i in range(len(y))]
+        n = len(base.layers) if base else 0
+        x = np.arange(n)
+        y_scale = self.ys_log if self.mode.value == "log" else self.ys_lin
         label = {"values": "sensitivity", "log": "sensitivity (log)", "percent": "% of total sensitivity"}
         if len(names) > 1 and self.normalise.value:
             label = {k: v + ", normalised" for k, v in label.items()}
-        with self.bars.hold_sync(), self.x_axis.hold_sync(), self.y_axis.hold_sync():
-            self.bars.scales = {"x": self.xs, "y": y_scale}
-            self.y_axis.scale = y_scale
+        width = 0.8 / max(len(names), 1)
+        shown = []
+        for k, (name, y) in enumerate(zip(names, ys)):
+            mark = self._mark(k)
+            if len(names) > 1:
+                colors = [PALETTE[k % len(PALETTE)]]
+            else:
+                cut = np.sort(y)[-min(TOP_N, y.size)] if y.size else 0.0     # ties with the 5th largest count too
+                colors = [HIGHLIGHT if v >= cut and v > 0 else BASE for v in y]
+            with mark.hold_sync():
+                if mark.scales["y"] is not y_scale:
+                    mark.scales = {"x": self.xs, "y": y_scale}
+                mark.x = x + (k - (len(names) - 1) / 2) * width
+                mark.y = y
+                mark.padding = 1 - width
+                mark.colors = colors
+                mark.labels = [name]
+                mark.display_legend = len(names) > 1
+            shown.append(mark)
+        with self.x_axis.hold_sync(), self.y_axis.hold_sync():
+            if self.y_axis.scale is not y_scale:
+                self.y_axis.scale = y_scale
             self.y_axis.label = label[self.mode.value]
-            self.bars.x, self.bars.y = x, y
-            self.bars.colors = colors
-            self.bars.labels = names
-            self.bars.display_legend = len(names) > 1
-            self.x_axis.tick_values = _ticks(len(x))
+            self.x_axis.tick_values = _ticks(n)
+        if self.sens_fig.marks != shown:
+            self.sens_fig.marks = shown
         params = np.array([l.params for l in base.layers], dtype=float) if base else np.zeros(0)
         if not np.array_equal(self.param_bars.y, params):         # selection changes rarely change params
             with self.param_bars.hold_sync(), self.param_x_axis.hold_sync():
                 self.param_bars.x, self.param_bars.y = x, params
-                self.param_x_axis.tick_values = _ticks(len(x))
+                self.param_x_axis.tick_values = _ticks(n)
         self.sens_fig.title = "Layer Sensitivities" + (f" — {', '.join(names)}" if names else "")
         self.draw_curve()
 

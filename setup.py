@@ -8,14 +8,16 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["losswidget", "losswidget.*"]) + ["losswidget.js"],
     package_dir={"losswidget.js": "js"},                 # the front end lives in js/ at the top level
-    package_data={"losswidget.js": ["*.js", "*.css"]},
+    package_data={"losswidget.js": ["*.js", "*.css"], "losswidget.demo": ["*.onnx", "*.npz"]},
     python_requires=">=3.10",
     install_requires=["numpy>=1.24", "onnx>=1.15", "blake3>=0.3", "onnxruntime>=1.16", "traitlets>=5",
                       "ipywidgets>=8", "bqplot>=0.12.40", "anywidget>=0.9", "sidecar>=0.7"],
     extras_require={
         "dask": ["distributed>=2023.1"],
-        "test": ["pytest>=7", "pandas>=1.5", "distributed>=2023.1"],
+        "test": ["pytest>=7", "pandas>=1.5", "distributed>=2023.1", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6"],
         "pandas": ["pandas>=1.5"],
+        "train": ["scikit-learn>=1.3"],
+        "app": ["voila>=0.5"],
     },
     entry_points={"console_scripts": ["losswidget=losswidget.cli:main"]},
 )

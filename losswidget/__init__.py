@@ -3,6 +3,7 @@
 Public API: `analyze`, `methods`, `LossProfile`, `LayerResult`, `load_profile`, `from_sparseml` and the errors.
 """
 from .analysis import analyze, methods
+from .demo import demo
 from .errors import (AnalysisCancelled, DataError, LossWidgetError, ModelError, ProfileError,
                      SettingsError)
 from .profile import LayerResult, LossProfile, from_sparseml, load_profile
@@ -18,5 +19,5 @@ def __getattr__(name):
         from .widget.app import LossProfileWidget
         return LossProfileWidget
     raise AttributeError(f"module 'losswidget' has no attribute {name!r}")
-__all__ = ["analyze", "methods", "LossProfile", "LossProfileWidget", "LayerResult", "load_profile", "from_sparseml",
+__all__ = ["analyze", "methods", "demo", "LossProfile", "LossProfileWidget", "LayerResult", "load_profile", "from_sparseml",
            "LossWidgetError", "ModelError", "DataError", "SettingsError", "ProfileError", "AnalysisCancelled"]

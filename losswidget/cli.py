@@ -69,7 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT", help="write the profile as JSON")
     p.add_argument("--csv", metavar="OUT", help="write the per-layer table as CSV")
     sub.add_parser("methods", help="list the analysis methods and their settings")
-    d = sub.add_parser("demo", help="profile a small model built on the spot (offline), both methods")
+    app = sub.add_parser("app", help="serve the widget as a standalone page on localhost (Voilà)")
+    app.add_argument("model", nargs="?", help="an .onnx file (default: the bundled demo model and its data)")
+    app.add_argument("--data", help="an .npz file for one-shot profiles (names like the model's inputs)")
+    app.add_argument("--profiles-dir", default="losswidget-profiles", help="where profiles are kept")
+    app.add_argument("--port", type=int, default=8866)
+    app.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    d = sub.add_parser("demo", help="profile the bundled demo model (trained on digits) three ways, offline")
     d.add_argument("--out", default="losswidget-demo", help="folder for the model and profiles")
     return ap
 
@@ -118,18 +124,18 @@ def print_profile(profile, top: int) -> None:
 
 
 def _demo(out: str) -> int:
+    """Profile the bundled digits model three ways (offline) and write the profiles as JSON."""
     from pathlib import Path
 
-    import onnx
-
     from .analysis import analyze
-    from .demo import demo_model
+    from .demo import ACCURACY, demo
+    path, data = demo()
+    print(f"Demo: an MLP trained on scikit-learn's digits ({ACCURACY:.1%} held-out accuracy), "
+          f"{len(data['y'])} held-out digits with labels\n")
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "demo_convnet.onnx"
-    onnx.save(demo_model(), str(path))
-    for method in ("approximated", "magnitude"):
-        profile = analyze(path, method)
+    for method, extra in (("approximated", {}), ("magnitude", {}),
+                          ("one-shot", {"data": data, "labels": "y", "metric": "loss"})):
+        profile = analyze(path, method, **extra)
         print_profile(profile, 5)
         profile.to_json(folder / f"{method}.json")
         print(f"\nWrote {folder / f'{method}.json'}\n")
@@ -153,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         from .analysis import analyze
         if args.command == "demo":
             return _demo(args.out)
+        if args.command == "app":
+            from .serve import serve
+            return serve(args.model, data=args.data, profiles_dir=args.profiles_dir, port=args.port,
+                         open_browser=not args.no_browser)
         bar = _Bar()
         extra = {}
         if args.method == "one-shot":

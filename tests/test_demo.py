@@ -1,14 +1,27 @@
 import subprocess
 import sys
 
+import numpy as np
+import onnxruntime as ort
+
 import losswidget
+
+
+def test_bundled_demo_is_a_trained_model_with_its_data():
+    path, data = losswidget.demo()
+    logits = ort.InferenceSession(path).run(None, {"image": data["image"]})[0]
+    assert data["image"].shape == (450, 64) and data["y"].shape == (450,)
+    from losswidget.demo import ACCURACY
+    assert abs((logits.argmax(1) == data["y"]).mean() - ACCURACY) < 1e-3 and ACCURACY > 0.95
 
 
 def test_demo_command_runs_offline_and_writes_profiles(tmp_path):
     out = subprocess.run([sys.executable, "-m", "losswidget", "demo", "--out", str(tmp_path)],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    approx, mag = (losswidget.load_profile(tmp_path / f"{m}.json") for m in ("approximated", "magnitude"))
-    assert [l.name for l in mag.layers] == ["features.conv0", "features.conv1", "features.conv2",
-                                            "classifier.fc1", "classifier.fc2"]
-    assert approx.model.hash == mag.model.hash and mag.model.total_params == 155_536
+    approx, mag, shot = (losswidget.load_profile(tmp_path / f"{m}.json") for m in ("approximated", "magnitude",
+                                                                                    "one-shot"))
+    assert [l.name for l in mag.layers] == ["fc1", "fc2", "fc3", "classifier"]
+    assert approx.model.hash == mag.model.hash == shot.model.hash
+    assert shot.settings["metric"] == "loss" and shot.settings["samples"] == 450
+    assert 0 < shot.measured_recovery <= 1

@@ -8,6 +8,7 @@ import anywidget
 import ipywidgets as w
 from traitlets import Unicode
 
+from ..errors import LossWidgetError
 from ..profile import LossProfile
 from .cards import _JS, SummaryCards, card_values
 from .charts import Charts
@@ -115,6 +116,27 @@ class LossProfileWidget(w.VBox):
 
     def remove_profile(self, name: str) -> None:
         self.store.remove(name)
+
+    def compare_profiles(self, *names: str) -> None:
+        """Draw these profiles side by side (the first becomes the selected one)."""
+        missing = [n for n in names if n not in self.store.profiles]
+        if missing:
+            raise KeyError(f"No profile named {missing[0]!r}; have {sorted(self.store.profiles)}")
+        with self.store.hold_trait_notifications():
+            self.store.selected = names[0]
+            self.store.compare = list(names)
+
+    def wait(self, timeout: float | None = None) -> dict[str, LossProfile]:
+        """Block until the queued analyses end; returns the profiles. For scripts and notebooks run top to
+        bottom (in a live notebook the widget fills in by itself)."""
+        for job in list(self.store._handles.values()):
+            try:
+                profile = job.result(timeout)
+            except LossWidgetError:
+                continue
+            if self.store.profiles.get(profile.name) is not profile:
+                self.store.put(profile, save=False)              # already saved by the job
+        return self.profiles
 
     def show_sidebar(self, anchor: str = "right"):
         """Open this widget in JupyterLab's sidebar (via sidecar); elsewhere say so and stay inline."""

@@ -1,0 +1,19 @@
+"""The quickstart notebook runs top to bottom in a real kernel, headless."""
+import shutil
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def test_quickstart_runs(tmp_path):
+    nb = nbformat.read(NOTEBOOKS / "quickstart.ipynb", as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert (tmp_path / "one_shot.json").exists() and (tmp_path / "one_shot.csv").exists()
+    assert len(list((tmp_path / "profiles").glob("*.json"))) == 3
+    widget_views = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(widget_views) >= 2                      # the widget inline, and again in the sidecar

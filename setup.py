@@ -14,7 +14,8 @@ setup(
                       "ipywidgets>=8", "bqplot>=0.12.40", "anywidget>=0.9", "sidecar>=0.7"],
     extras_require={
         "dask": ["distributed>=2023.1"],
-        "test": ["pytest>=7", "pandas>=1.5", "distributed>=2023.1", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6"],
+        "test": ["pytest>=7", "pandas>=1.5", "distributed>=2023.1", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6",
+                 "jupyterlab>=4", "voila>=0.5", "playwright>=1.40"],
         "pandas": ["pandas>=1.5"],
         "train": ["scikit-learn>=1.3"],
         "app": ["voila>=0.5"],

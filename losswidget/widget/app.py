@@ -72,6 +72,7 @@ class LossProfileWidget(w.VBox):
         self.target = w.FloatSlider(value=self.store.target, min=0.05, max=0.95, step=0.01, description="Target:",
                                     readout_format=".0%", continuous_update=True)
         self.target.add_class("lw-target-slider")
+        self.sidecar = None
         self.message = w.HTML()
         self.message.add_class("lw-message")
         controls = w.HBox([self.select, self.compare, self.target])
@@ -138,21 +139,22 @@ class LossProfileWidget(w.VBox):
                 self.store.put(profile, save=False)              # already saved by the job
         return self.profiles
 
-    def show_sidebar(self, anchor: str = "right"):
-        """Open this widget in JupyterLab's sidebar (via sidecar); elsewhere say so and stay inline."""
+    def show_sidebar(self, anchor: str = "right") -> None:
+        """Open this widget in JupyterLab's sidebar (via sidecar; `anchor` as sidecar takes it); elsewhere
+        say so and stay inline. Both views show the same widget, so they stay in sync."""
         where = frontend()
         if where != "jupyterlab":
             self.message.value = (f"<span class='lw-note'>No JupyterLab sidebar in {where}; "
                                   "the widget stays inline.</span>")
-            return None
+            return
         from IPython.display import display
         from sidecar import Sidecar
-        sidecar = Sidecar(title="Loss profiles", anchor=anchor)
-        sidecar.add_class("lw-sidecar")
-        with sidecar:
+        if self.sidecar is not None:
+            self.sidecar.close()
+        self.sidecar = Sidecar(title="Loss profiles", anchor=anchor)
+        with self.sidecar:
             display(self)
         self.message.value = "<span class='lw-note'>Also open in the sidebar.</span>"
-        return sidecar
 
     def close(self) -> None:
         self.store.close()

@@ -23,6 +23,7 @@ HIGHLIGHT = "#d62728"
 BASE = "#4c78a8"
 MAX_TICKS = 25
 TOP_N = 5                      # the most sensitive layers (and ties) are drawn in the highlight colour
+# (a fifth of the layers at most, so a small model does not turn all red)
 
 
 def _ticks(n: int) -> list[int]:
@@ -71,7 +72,6 @@ class Charts:
         self.y_axis = bq.Axis(scale=self.ys_lin, orientation="vertical", label="sensitivity", tick_format=".3g")
         self.sens_fig = bq.Figure(marks=[], axes=[self.x_axis, self.y_axis], title="Layer Sensitivities",
                                   fig_margin={"top": 40, "bottom": 60, "left": 70, "right": 20},
-                                  interaction=bq.interacts.PanZoom(scales={"x": [self.xs]}),
                                   layout=w.Layout(width="100%", height="340px"))
         self.sens_fig.add_class("lw-sensitivity-chart")
 
@@ -84,7 +84,6 @@ class Charts:
                                                                      label="params", tick_format=".3s")],
                                     title="Layer Params Counts",
                                     fig_margin={"top": 40, "bottom": 60, "left": 70, "right": 20},
-                                    interaction=bq.interacts.PanZoom(scales={"x": [self.pxs]}),
                                     layout=w.Layout(width="100%", height="260px"))
         self.params_fig.add_class("lw-params-chart")
 
@@ -159,7 +158,8 @@ class Charts:
             if len(names) > 1:
                 colors = [PALETTE[k % len(PALETTE)]]
             else:
-                cut = np.sort(y)[-min(TOP_N, y.size)] if y.size else 0.0     # ties with the 5th largest count too
+                top = min(TOP_N, max(1, y.size // 5))
+                cut = np.sort(y)[-top] if y.size else 0.0                   # ties with the last of them count too
                 colors = [HIGHLIGHT if v >= cut and v > 0 else BASE for v in y]
             with mark.hold_sync():
                 if mark.scales["y"] is not y_scale:
@@ -171,6 +171,10 @@ class Charts:
                 mark.labels = [name]
                 mark.display_legend = len(names) > 1
             shown.append(mark)
+        for scale in (self.xs, self.pxs):                         # keep the end bars whole
+            if (scale.min, scale.max) != (-0.5, n - 0.5):
+                with scale.hold_sync():
+                    scale.min, scale.max = -0.5, n - 0.5
         with self.x_axis.hold_sync(), self.y_axis.hold_sync():
             if self.y_axis.scale is not y_scale:
                 self.y_axis.scale = y_scale

@@ -176,6 +176,8 @@ def test_persistence_reload_and_remove(tmp_path, widget):
     assert len(list(folder.glob("*.json"))) == 2
     again = LossProfileWidget(widget.store.model, profiles_dir=folder)
     assert set(again.profiles) == {"Approximated", "Baseline"} and again.jobs == {}      # nothing recomputed
+    assert again.selected == "Approximated" and again.select.value == "Approximated"
+    assert again.cards.cards[0]["value"] == "1.5 k" and len(again.charts.bars.y) == 6    # drawn at once
     assert again.profiles["Baseline"].layers == widget.profiles["Baseline"].layers
     other = LossProfileWidget(net(tmp_path, name="other.onnx", seed=50), profiles_dir=folder, autostart=False)
     assert other.profiles == {}                                                          # matched by content hash

@@ -105,7 +105,10 @@ class ProfileStore(HasTraits):
             if p.model.hash == self.model_hash:
                 found[p.name] = p
         if found:
-            self.profiles = {**self.profiles, **found}
+            with self.hold_trait_notifications():
+                self.profiles = {**self.profiles, **found}
+                if not self.selected:
+                    self.selected = "Approximated" if "Approximated" in found else next(iter(found))
 
     def _path_for(self, name: str) -> Path:
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "profile"

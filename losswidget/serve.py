@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -51,7 +50,5 @@ def serve(model: str | None, *, data: str | None = None, profiles_dir: str = "lo
     env = dict(os.environ, LOSSWIDGET_FRONTEND="voila")
     cmd = [sys.executable, "-m", "voila", str(nb), f"--port={port}", "--Voila.ip=127.0.0.1",
            "--theme=light", "--show_tracebacks=False"] + ([] if open_browser else ["--no-browser"])
-    try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        return 0
+    sys.stdout.flush()
+    os.execve(sys.executable, cmd, env)     # become Voilà: a signal to this process reaches the server itself

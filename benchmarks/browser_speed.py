@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "e2e"))
 SHARED = HERE.parent.parent / "shared" / "bench"
 
-from conftest import CHROMIUM, TOKEN, free_port, notebook, open_notebook, wait_for_port  # noqa: E402
+from labtools import CHROMIUM, TOKEN, free_port, notebook, open_notebook, wait_for_port  # noqa: E402
 
 BARS = ".lw-sensitivity-chart .bargroup rect"
 

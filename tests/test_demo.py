@@ -1,7 +1,6 @@
 import subprocess
 import sys
 
-import numpy as np
 import onnxruntime as ort
 
 import losswidget

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 import losswidget
 from losswidget import ModelError, SettingsError
 
-from helpers import init, model, save, vi
+from helpers import model, save, vi
 
 
 def external_model(tmp_path, location, length=None):

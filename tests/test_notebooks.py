@@ -1,5 +1,4 @@
 """The quickstart notebook runs top to bottom in a real kernel, headless."""
-import shutil
 from pathlib import Path
 
 import nbformat

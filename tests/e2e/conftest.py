@@ -5,45 +5,15 @@ Screenshots of failed tests are kept in tests/e2e/artifacts/.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import nbformat
 import pytest
 
-CHROMIUM = os.environ.get("LOSSWIDGET_CHROMIUM", "/usr/bin/chromium")
+from labtools import CHROMIUM, TOKEN, free_port, wait_for_port
+
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-TOKEN = "losswidget-e2e"
-WIDGET_ERRORS = ("Failed to load model class", "Error: ", "Could not create a view", "widget error")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on {port}")
-
-
-def notebook(path: Path, *cells: str) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
 
 
 @pytest.fixture(scope="session")
@@ -103,26 +73,3 @@ def page(browser, request):
     context.close()
 
 
-def widget_errors(page) -> list[str]:
-    return [m for m in page.console_messages if any(e in m for e in WIDGET_ERRORS)
-            and ("widget" in m.lower() or "model" in m.lower() or "pageerror" in m)]
-
-
-def open_notebook(page, lab, name: str) -> None:
-    """Open a notebook and wait until its kernel is idle (accepting a kernel-selection dialog if shown)."""
-    page.goto(f"{lab['url']}/lab/tree/{name}?reset&token={TOKEN}")     # reset: no tabs restored from before
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if page.locator(".jp-Dialog .jp-mod-accept").count():
-            page.locator(".jp-Dialog .jp-mod-accept").first.click()
-        if any("Idle" in t for t in page.locator(".jp-StatusBar-TextItem").all_inner_texts()):
-            return
-        time.sleep(0.3)
-    raise TimeoutError("the notebook's kernel never became idle")
-
-
-def run_cell(page, index: int) -> None:
-    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
-    cell.locator(".jp-InputArea-editor").click(force=True)
-    page.keyboard.press("Shift+Enter")

@@ -3,9 +3,7 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-from conftest import TOKEN, free_port, notebook, open_notebook, run_cell, wait_for_port, widget_errors
+from labtools import free_port, notebook, open_notebook, run_cell, wait_for_port, widget_errors
 
 SETUP = ("from losswidget import LossProfileWidget, demo\n"
          "path, data = demo()\n"

@@ -265,7 +265,11 @@ def remote_recovery(model_path, key, dataset, settings, threads, sparsity):
 # -- the method ------------------------------------------------------------------------------------------
 def run(mf: ModelFile, layers: list[Layer], levels: np.ndarray, progress=None, cancel=None, *, dataset: Dataset,
         settings: Settings, target: float, executor: Executor | None = None, threads: int | None = None):
-    """(measurements per layer, errors per layer, measured recovery, partial flag)."""
+    """(measurements per layer or None, error per layer or None, measured recovery or None).
+
+    Without an executor the layers share one OneShotSession across a thread pool (its sessions run with one
+    intra-op thread each); with one, each worker process builds its own session from the model path.
+    """
     check_cancel(cancel)
     results: list[Measured | None] = [None] * len(layers)
     errors: list[str | None] = [None] * len(layers)

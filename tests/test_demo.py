@@ -24,3 +24,19 @@ def test_demo_command_runs_offline_and_writes_profiles(tmp_path):
     assert approx.model.hash == mag.model.hash == shot.model.hash
     assert shot.settings["metric"] == "loss" and shot.settings["samples"] == 450
     assert 0 < shot.measured_recovery <= 1
+
+
+def test_app_notebook_runs_the_widget_for_a_given_model(tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    from losswidget.serve import app_notebook
+    path, data = losswidget.demo()
+    np_path = tmp_path / "d.npz"
+    import numpy as np
+    np.savez(np_path, image=data["image"][:20])
+    nb = nbformat.from_dict(app_notebook(path, str(np_path), str(tmp_path / "profiles")))
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    outputs = nb.cells[0].outputs
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)

@@ -39,10 +39,8 @@ def _executor(args):
 
 
 def human(n: float) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:.0f}"
+    from .profile import human as fmt
+    return fmt(n, 2)
 
 
 def _parser() -> argparse.ArgumentParser:

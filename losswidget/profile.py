@@ -30,6 +30,14 @@ VERSION = 1
 SENSITIVITY_LEVEL = 0.95
 
 
+def human(n: float, digits: int = 1) -> str:
+    """A count as people read it: 25.5 M, 8.2 k, 512."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.{digits}f} {unit}"
+    return f"{n:.0f}"
+
+
 def value_at(levels, values, x: float = SENSITIVITY_LEVEL) -> float:
     """L(x) from a measured curve: linear interpolation, or extrapolation from the last two levels."""
     levels, values = np.asarray(levels, float), np.asarray(values, float)

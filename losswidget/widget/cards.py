@@ -6,16 +6,9 @@ from importlib.resources import files
 import anywidget
 from traitlets import Dict, List, Unicode
 
-from ..profile import LossProfile
+from ..profile import LossProfile, human
 
 _JS = files("losswidget.js")
-
-
-def human(n: float) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n:.0f}"
 
 
 def _levels_text(levels) -> str:

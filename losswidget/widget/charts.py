@@ -15,7 +15,7 @@ import bqplot as bq
 import ipywidgets as w
 import numpy as np
 
-from .cards import human
+from ..profile import human
 from .store import ProfileStore
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]

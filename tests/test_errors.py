@@ -129,3 +129,16 @@ def test_cli_bad_input_is_one_line(tmp_path, mlp_path, args, message):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("losswidget: error:") and message in lines[0]
     assert "Traceback" not in out.stderr
+
+
+def test_content_hash_follows_the_file(tmp_path, mlp_path):
+    import os
+    from losswidget.onnxfile import open_model
+    path, (w1, _) = mlp_path
+    first = open_model(path).content_hash()
+    assert open_model(path).content_hash() == first                       # unchanged file: same hash
+    data = bytearray(open(path, "rb").read())
+    data[data.find(w1.tobytes()) + 1] ^= 1                                   # one weight bit flipped
+    open(path, "wb").write(data)
+    os.utime(path, ns=(1, 1))
+    assert open_model(path).content_hash() != first

@@ -15,8 +15,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "e2e"))
-SHARED = HERE.parent.parent / "shared" / "bench"
 
+from common import make_model  # noqa: E402
 from labtools import CHROMIUM, TOKEN, free_port, notebook, open_notebook, wait_for_port  # noqa: E402
 
 BARS = ".lw-sensitivity-chart .bargroup rect"
@@ -30,8 +30,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = root / "t83.onnx"
-        subprocess.run([sys.executable, str(SHARED / "make_models.py"), "transformer", str(model), "--layers", "83",
-                        "--hidden", "64", "--vocab", "100"], check=True, capture_output=True)
+        make_model("transformer", model, "--layers", "83", "--hidden", "64", "--vocab", "100")
         warm = LossProfileWidget(model, profiles_dir=root / "profiles")
         layers = len(warm.wait()["Baseline"].layers)
         warm.close()

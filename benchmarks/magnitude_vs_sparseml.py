@@ -10,15 +10,11 @@ peak memory is the process's ru_maxrss. SparseML comes from ../shared/bench/spar
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-SHARED = HERE.parent.parent / "shared" / "bench"
+from common import make_model, peer_python, run_json
 
 OURS = r"""
 import json, resource, sys, time
@@ -43,14 +39,6 @@ print(json.dumps({"seconds": dt, "peak_mb": resource.getrusage(resource.RUSAGE_S
 """
 
 
-def run(python: str, code: str, model: str) -> dict:
-    env = dict(os.environ, NM_DISABLE_ANALYTICS="1")
-    out = subprocess.run([python, "-c", code, model], capture_output=True, text=True, env=env)
-    if out.returncode:
-        raise SystemExit(f"{python} failed on {model}:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def agreement(ours: dict, peer: dict) -> tuple[float, int]:
     """Largest relative difference over all (layer, level) measurements, and the number of layers."""
     if set(ours["layers"]) != set(peer["layers"]):
@@ -63,35 +51,28 @@ def agreement(ours: dict, peer: dict) -> tuple[float, int]:
     return worst, len(peer["layers"])
 
 
-def make(kind: str, out: Path, *args: str) -> str:
-    subprocess.run([sys.executable, str(SHARED / "make_models.py"), kind, str(out), *args], check=True,
-                   capture_output=True)
-    return str(out)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--suite", action="store_true")
     a = ap.parse_args()
-    peer = subprocess.run(["bash", str(SHARED / "sparseml_peer.sh")], capture_output=True, text=True,
-                          check=True).stdout.strip().splitlines()[-1]
+    peer = peer_python()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if a.suite:
-            models = [make("transformer", tmp / "t4.onnx", "--layers", "4", "--hidden", "256"),
-                      make("convnet", tmp / "c8.onnx", "--blocks", "8", "--width", "64"),
-                      make("convnet", tmp / "c3.onnx", "--blocks", "3", "--width", "24", "--classes", "7"),
-                      make("transformer", tmp / "t2x.onnx", "--layers", "2", "--hidden", "128", "--external")]
+            models = [make_model("transformer", tmp / "t4.onnx", "--layers", "4", "--hidden", "256"),
+                      make_model("convnet", tmp / "c8.onnx", "--blocks", "8", "--width", "64"),
+                      make_model("convnet", tmp / "c3.onnx", "--blocks", "3", "--width", "24", "--classes", "7"),
+                      make_model("transformer", tmp / "t2x.onnx", "--layers", "2", "--hidden", "128", "--external")]
             for m in models:
-                worst, n = agreement(run(sys.executable, OURS, m), run(peer, PEER, m))
+                worst, n = agreement(run_json(sys.executable, OURS, m)[1], run_json(peer, PEER, m)[1])
                 print(f"{Path(m).name}: {n} layers, max relative difference {worst:.2e}")
             return
-        model = a.model or make("transformer", tmp / "t12.onnx", "--layers", "12", "--hidden", "768")
+        model = a.model or make_model("transformer", tmp / "t12.onnx", "--layers", "12", "--hidden", "768")
         rows = []
         for i in range(a.repeat):
-            o, p = run(sys.executable, OURS, model), run(peer, PEER, model)
+            o, p = run_json(sys.executable, OURS, model)[1], run_json(peer, PEER, model)[1]
             rows.append((o, p))
             print(f"run {i + 1}: ours {o['seconds']:.3f} s {o['peak_mb']:.0f} MB | SparseML {p['seconds']:.3f} s "
                   f"{p['peak_mb']:.0f} MB | speed-up {p['seconds'] / o['seconds']:.2f}x, "

@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-SHARED = HERE.parent.parent / "shared" / "bench"
+from common import make_model, peer_python, run_json
 LEVELS = [0.0, 0.2, 0.4, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99]
 
 OURS = r"""
@@ -45,16 +41,6 @@ print(json.dumps({r.name: [float(v[0]) for v in r.sparse_measurements.values()] 
 """
 
 
-def timed(python: str, code: str, *args: str) -> tuple[float, dict]:
-    t0 = time.perf_counter()
-    out = subprocess.run([python, "-c", code, *args], capture_output=True, text=True,
-                         env=dict(os.environ, NM_DISABLE_ANALYTICS="1"))
-    seconds = time.perf_counter() - t0
-    if out.returncode:
-        raise SystemExit(f"{python} failed:\n{out.stderr[-3000:]}")
-    return seconds, json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def spearman(a: list[float], b: list[float]) -> float:
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     n = len(a)
@@ -72,20 +58,18 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--peer-json", help="reuse (or write) SparseML's result and time here")
     a = ap.parse_args()
-    peer_python = subprocess.run(["bash", str(SHARED / "sparseml_peer.sh")], capture_output=True, text=True,
-                                 check=True).stdout.strip().splitlines()[-1]
+    peer_py = peer_python()
     with tempfile.TemporaryDirectory() as tmp:
         model, data = Path(tmp) / "t.onnx", Path(tmp) / "x.npz"
-        subprocess.run([sys.executable, str(SHARED / "make_models.py"), "transformer", str(model), "--layers",
-                        str(a.layers), "--hidden", str(a.hidden)], check=True, capture_output=True)
+        make_model("transformer", model, "--layers", str(a.layers), "--hidden", str(a.hidden))
         rng = np.random.default_rng(1)
         np.savez(data, x=rng.standard_normal((a.samples, 64, a.hidden)).astype(np.float32))
-        ours_s, ours = timed(sys.executable, OURS, str(model), str(data), json.dumps(LEVELS))
+        ours_s, ours = run_json(sys.executable, OURS, str(model), str(data), json.dumps(LEVELS))
         if a.peer_json and Path(a.peer_json).exists():
             saved = json.loads(Path(a.peer_json).read_text())
             peer_s, peer = saved["seconds"], saved["layers"]
         else:
-            peer_s, peer = timed(peer_python, PEER, str(model), str(data), json.dumps(LEVELS))
+            peer_s, peer = run_json(peer_py, PEER, str(model), str(data), json.dumps(LEVELS))
             if a.peer_json:
                 Path(a.peer_json).write_text(json.dumps({"seconds": peer_s, "layers": peer}))
     names = list(peer)

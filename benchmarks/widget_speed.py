@@ -8,13 +8,11 @@ selected profile, and how many widget state messages a selection change sends.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "bench"
+from common import make_model
 
 
 def main() -> None:
@@ -25,8 +23,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "t83.onnx"
-        subprocess.run([sys.executable, str(SHARED / "make_models.py"), "transformer", str(model), "--layers", "83",
-                        "--hidden", "64", "--vocab", "100"], check=True, capture_output=True)
+        make_model("transformer", model, "--layers", "83", "--hidden", "64", "--vocab", "100")
         folder = Path(tmp) / "profiles"
         warm = LossProfileWidget(model, profiles_dir=folder)
         for job in warm.store._handles.values():

@@ -281,19 +281,38 @@ class ModelFile:
                 return onnx.numpy_helper.to_array(tensor)
             except Exception as exc:  # onnx raises assorted errors for odd tensors
                 raise ModelError(f"Cannot decode tensor '{tensor.name}': {exc}") from None
-        mm = self._map(blob.path)
-        native = _NATIVE.get(tensor.data_type)
-        if native is not None:
-            return np.frombuffer(mm, dtype=native, count=numel(tensor), offset=blob.offset).reshape(tuple(tensor.dims))
+        stored = self.stored(tensor)
+        if stored is not None:
+            return stored
         if tensor.data_type == _T.BFLOAT16:
-            raw = np.frombuffer(mm, dtype=np.uint16, count=numel(tensor), offset=blob.offset)
+            raw = np.frombuffer(self._map(blob.path), dtype=np.uint16, count=numel(tensor), offset=blob.offset)
             return (raw.astype(np.uint32) << 16).view(np.float32).reshape(tuple(tensor.dims))
+        return self.array(self.inline(tensor))
+
+    def stored(self, tensor: TensorProto) -> np.ndarray | None:
+        """A read-only view of the tensor's bytes in the file, in its stored dtype; None when the bytes are
+        inside the message or numpy has no such dtype (bfloat16, float8, 4-bit)."""
+        blob = self.blob(tensor)
+        native = _NATIVE.get(tensor.data_type)
+        if blob is None or native is None:
+            return None
+        self.check(tensor)
+        mm = self._map(blob.path)
+        return np.frombuffer(mm, dtype=native, count=numel(tensor), offset=blob.offset).reshape(tuple(tensor.dims))
+
+    def inline(self, tensor: TensorProto) -> TensorProto:
+        """The tensor with its bytes inside the message (copied from the file when they lie there)."""
+        blob = self.blob(tensor)
+        if blob is None:
+            return tensor
+        self.check(tensor)
+        mm = self._map(blob.path)
         full = TensorProto()
         full.CopyFrom(tensor)
         del full.external_data[:]
         full.data_location = TensorProto.DEFAULT
         full.raw_data = bytes(mm[blob.offset:blob.offset + blob.length])
-        return self.array(full)
+        return full
 
     def release(self, tensor: TensorProto) -> None:
         """Let the OS drop the tensor's mapped pages from this process (they stay in the page cache)."""

@@ -87,7 +87,7 @@ def normalize_levels(levels) -> np.ndarray:
     if bad.size:
         raise SettingsError(
             f"Sparsity levels must lie in [0, 1) (0.9 means 90% of a layer's weights pruned); got {bad.tolist()}.")
-    arr = np.unique(np.concatenate([[0.0], arr]))
+    arr = np.array(sorted({0.0, *arr.tolist()}))   # (np.unique would import numpy.ma: 20-50 ms)
     if arr.size < 2:
         raise SettingsError("Give at least one sparsity level above 0, e.g. 0.5,0.9.")
     return arr

@@ -101,7 +101,7 @@ def measure_sorted(values: np.ndarray, levels: np.ndarray) -> Measured:
         starts = np.empty(2 * len(lo), np.int64)
         starts[0::2], starts[1::2] = lo, np.minimum(hi, n - 1)
         out[seg_k] = np.add.reduceat(values, starts)[0::2].astype(np.float64) / (hi - lo)
-    bounds = np.unique(np.concatenate([[0], counts[counts < n], [n]]))  # pruned counts, as one-shot prunes
+    bounds = np.array(sorted({0, n, *counts[counts < n].tolist()}))  # pruned counts, as one-shot prunes
     # energy from each boundary to the next; einsum's SIMD sum of products reads the data once
     parts = np.array([np.einsum("i,i->", values[a:b], values[a:b]) for a, b in zip(bounds[:-1], bounds[1:])],
                      dtype=np.float64)

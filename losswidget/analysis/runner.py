@@ -1,22 +1,30 @@
 """Run a model in onnxruntime with one weight swapped, recomputing only what the swap can change.
 
-SparseML builds a new session for every (layer, level). Here the model is built once, split at the nodes
-that apply layer weights into consecutive chunks, one onnxruntime session each, with each layer's weight
-an overridable initializer (it is both an initializer and a graph input, so a run may feed a pruned copy).
-A dense run keeps every tensor that crosses a chunk boundary; a pruned run starts at the first chunk that
-reads the weight and re-runs only chunks whose inputs changed, feeding the rest from the dense cache.
+SparseML builds a new session for every (layer, level). Here the model is built once and split into
+consecutive chunks, cut right after nodes that read layer weights, one onnxruntime session each. In the
+chunks every weight is a constant, so onnxruntime prepacks it for its GEMMs (feeding weights as inputs cost
+up to a third more per MatMul, measured). A dense run keeps every tensor that crosses a chunk boundary.
+A run with one layer pruned starts in a small *entry* session made for that layer (its first reader to the
+end of that chunk, the weight a plain input fed the pruned copy) and then runs only the chunks whose inputs
+changed, feeding the rest from the dense cache. Entries are built when a layer is measured and dropped after.
+Recovery (every layer pruned at once) runs one session of the whole graph with all layer weights as inputs.
+
+Weights are never copied into the sessions: the large ones are handed to onnxruntime as external
+initializers that point at the model file's memory map (ModelFile.stored); small ones are embedded.
 """
 from __future__ import annotations
 
 import math
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, helper
 
 from ..errors import ModelError
+from ..onnxfile import ModelFile
 
 
 def _defined_in(graph: onnx.GraphProto) -> set[str]:
@@ -80,78 +88,157 @@ def hoist_weights(model: onnx.ModelProto, names: set[str]) -> None:
 @dataclass
 class Chunk:
     session: object
-    inputs: list[str]        # fed from the dense cache or from an earlier pruned chunk
-    weights: list[str]       # layer weights it reads (overridable initializers)
+    inputs: list[str]        # activations, fed from the dense cache or from an earlier pruned run
     outputs: list[str]
+    fed: list[str] = field(default_factory=list)   # layer weights fed on every run (entries, recovery)
+    next_chunk: int = 0      # entries: the first chunk after the nodes they cover
+    keep: tuple = ()         # the buffers behind its external initializers, alive as long as the session
 
 
 class ChunkedModel:
     """The model as a chain of onnxruntime sessions (see the module doc)."""
 
-    # onnxruntime's fixed cost per run() call, single-threaded, measured on the dev machines (~0.3-0.5 ms):
-    # more chunks recompute less of the graph but pay it more often
-    RUN_OVERHEAD_S = 0.0001
+    # onnxruntime's fixed cost per run() call with its feeds, single-threaded, measured on the dev machines
+    # (11-22 us): more chunks recompute less of the graph but pay it more often
+    RUN_OVERHEAD_S = 0.00005
+    # sessions cost ~5 ms each to make: a model with thousands of layers gets at most this many chunks
+    MAX_CHUNKS = 128
 
-    def __init__(self, model: onnx.ModelProto, weights: list[str], threads: int | None = None,
-                 probe: dict[str, np.ndarray] | None = None):
-        """`probe`: one batch of inputs; its dense run time decides how many chunks pay off."""
+    def __init__(self, mf: ModelFile, weights: list[str], threads: int | None = None,
+                 probe: dict[str, np.ndarray] | None = None, chunks: int | None = None):
+        """`probe`: one batch of inputs; its dense run time decides whether fewer chunks pay off (its dense
+        run is kept in `probe_env`). `chunks` forces a count: 1 for the whole graph."""
         import onnxruntime as ort
 
+        self._ort, self._threads, self._mf = ort, threads, mf
         self.weights = set(weights)
+        model = onnx.ModelProto()
+        model.CopyFrom(mf.model)             # light: the large weights stay in the file
         hoist_weights(model, self.weights)
-        missing = self.weights - {t.name for t in model.graph.initializer}
+        self._inits = {t.name: t for t in model.graph.initializer}
+        missing = self.weights - set(self._inits)
         if missing:
             raise ModelError(f"Cannot make weights {sorted(missing)[:3]} overridable for onnxruntime.")
-        self.graph_inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+        self._model = model
+        self.graph_inputs = [i.name for i in model.graph.input if i.name not in self._inits]
         self.graph_outputs = [o.name for o in model.graph.output]
-        types = _value_types(model)
+        self._types = _value_types(model)
+        self._nodes = nodes = list(model.graph.node)
+        self._used = used = [_used_names(n) for n in nodes]
+        readers: dict[str, list[int]] = {}
+        for i, u in enumerate(used):
+            for w in u & self.weights:
+                readers.setdefault(w, []).append(i)
+        self._readers = readers
+        self._entries: dict[str, Chunk] = {}
+        self._open: Chunk | None = None
+        self._lock = threading.Lock()
+        self.probe_env = None
+        n = len(nodes)
+        ends = {w: r[-1] + 1 for w, r in readers.items() if r[-1] + 1 < n}
+        sizes = {w: _numel(self._inits[w]) for w in ends}
+        # finest first (a cut after every layer, up to MAX_CHUNKS); a model so fast that run overheads
+        # dominate is re-cut into fewer chunks
+        self._build(_split(ends, n, chunks or self.MAX_CHUNKS, sizes))
+        if chunks is None and probe is not None and len(self.chunks) > 1:
+            self.probe_env = self.run_dense(probe)
+            t0 = time.perf_counter()                     # timed warm: first runs allocate
+            self.run_dense(probe)
+            wanted = int(round(math.sqrt((time.perf_counter() - t0) / self.RUN_OVERHEAD_S)))
+            if wanted < len(self.chunks) / 2:
+                self._build(_split(ends, n, wanted, sizes))
+                self.probe_env = None
+
+    def _build(self, bounds: list[tuple[int, int]]) -> None:
+        n = len(self._nodes)
+        if not all(t in self._types for t in _boundary_names(self._nodes, self._used, bounds, self.graph_outputs)):
+            bounds = [(0, n)]                  # types unknown: one chunk
+        self.bounds = bounds
+        self.chunks = [self._chunk(a, b) for a, b in bounds]
+
+    # -- building ----------------------------------------------------------------------------------------
+    def _produced(self, a: int, b: int) -> set[str]:
+        return {o for n in self._nodes[a:b] for o in n.output if o}
+
+    def _reads(self, a: int, b: int) -> set[str]:
+        return set().union(*self._used[a:b]) if b > a else set()
+
+    def _entry_span(self, w: str) -> tuple[int, int, int]:
+        """(first node, end node, next chunk) of the nodes the entry for weight w runs."""
+        r = self._readers[w]
+        last = next(k for k, (a, b) in enumerate(self.bounds) if a <= r[-1] < b)
+        first = r[0]
+        a = next(a for a, b in self.bounds if a <= first < b)
+        # values made between the chunk start and the first reader must be typed to be fed in
+        if not all(n in self._types for n in (self._reads(first, self.bounds[last][1]) & self._produced(a, first))):
+            first = a
+        return first, self.bounds[last][1], last + 1
+
+    def _chunk(self, a: int, b: int) -> Chunk:
+        """Nodes a..b with every weight a constant."""
+        later = self._reads(b, len(self._nodes))
+        # dense runs also keep what the entries starting inside this chunk read from it
+        for r in self._readers.values():
+            if a < r[0] < b:
+                later |= self._reads(r[0], b) & self._produced(a, r[0]) & set(self._types)
+        return self._session(a, b, later, fed=[])
+
+    def _session(self, a: int, b: int, later: set[str], fed: list[str], next_chunk: int = 0) -> Chunk:
+        """Nodes a..b as a session; `fed` weights become plain inputs, other initializers constants."""
+        ort, inits = self._ort, self._inits
+        produced, reads = self._produced(a, b), self._reads(a, b)
+        outputs = sorted(o for o in produced if o in later or o in self.graph_outputs)
+        inputs = sorted(n for n in reads - produced if n not in inits)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         # many sessions live side by side: spinning idle threads of one would steal the cores of another
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            options.intra_op_num_threads = threads
-        self._ort, self._options = ort, options
-        nodes = list(model.graph.node)
-        used = [_used_names(n) for n in nodes]
-        first_use = {w: next(i for i, u in enumerate(used) if w in u) for w in self.weights
-                     if any(w in u for u in used)}
-        whole = [(0, len(nodes))]
-        self.chunks = [self._chunk(model, nodes, used, [], types)]
-        wanted = 1
-        if probe is not None and len(set(first_use.values())) > 1:
-            self.run_dense(probe)                           # warm-up
-            t0 = time.perf_counter()
-            self.run_dense(probe)
-            wanted = int(round(math.sqrt((time.perf_counter() - t0) / self.RUN_OVERHEAD_S)))
-        bounds = _split(first_use, len(nodes), wanted, {w: _numel(model, w) for w in first_use})
-        if bounds != whole and all(t in types for t in _boundary_names(nodes, used, bounds, self.graph_outputs)):
-            self.chunks = [self._chunk(model, nodes[a:b], used[a:b], used[b:], types) for a, b in bounds]
-        self.first_chunk = {w: next(i for i, c in enumerate(self.chunks) if w in c.weights) for w in self.weights
-                            if any(w in c.weights for c in self.chunks)}
-
-    def _chunk(self, model, nodes, used, later_used, types) -> Chunk:
-        produced = {o for n in nodes for o in n.output if o}
-        reads = set().union(*used) if used else set()
-        inits = {t.name: t for t in model.graph.initializer}
-        later = set().union(*later_used) if later_used else set()
-        outputs = sorted(o for o in produced if o in later or o in self.graph_outputs)
-        inputs = sorted(n for n in reads - produced if n not in inits)
-        weights = sorted(n for n in reads if n in self.weights)
+        if self._threads:
+            options.intra_op_num_threads = self._threads
+        consts, names, values, keep = [], [], [], []
+        for name in sorted(reads & set(inits) - set(fed)):
+            t = inits[name]
+            view = self._mf.stored(t) if self._mf.blob(t) is not None else None
+            if view is None:
+                consts.append(self._mf.inline(t))
+                continue
+            # a stand-in that names the bytes; onnxruntime takes them from the memory map, uncopied
+            stub = TensorProto(name=name, data_type=t.data_type, dims=t.dims, data_location=TensorProto.EXTERNAL)
+            for key, value in (("location", "losswidget-memory"), ("offset", "0"), ("length", str(view.nbytes))):
+                stub.external_data.add(key=key, value=value)
+            consts.append(stub)
+            names.append(name)
+            values.append(ort.OrtValue.ortvalue_from_numpy(view))
+            keep.append(view)
+        if names:
+            options.add_external_initializers(names, values)
         g = helper.make_graph(
-            nodes, "chunk",
-            [_vi(n, types) for n in inputs] + [_vi(w, types, inits[w]) for w in weights],
-            [_vi(o, types) for o in outputs],
-            [inits[n] for n in sorted(reads & set(inits))])
-        m = helper.make_model(g, opset_imports=model.opset_import, ir_version=max(model.ir_version, 4))
-        m.functions.extend(model.functions)
+            self._nodes[a:b], "chunk",
+            [_vi(n, self._types) for n in inputs] + [_vi(w, self._types, inits[w]) for w in fed],
+            [_vi(o, self._types) for o in outputs], consts)
+        m = helper.make_model(g, opset_imports=self._model.opset_import, ir_version=max(self._model.ir_version, 4))
+        m.functions.extend(self._model.functions)
         try:
-            session = self._ort.InferenceSession(m.SerializeToString(), self._options,
-                                                 providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ModelError(f"onnxruntime cannot load this model: {str(exc).splitlines()[0][:300]}") from None
-        return Chunk(session, inputs, weights, outputs)
+        return Chunk(session, inputs, outputs, list(fed), next_chunk, (keep, values))
 
+    def _entry(self, w: str) -> Chunk:
+        entry = self._entries.get(w)
+        if entry is None:
+            a, b, next_chunk = self._entry_span(w)
+            entry = self._session(a, b, self._reads(b, len(self._nodes)), [w], next_chunk)
+            with self._lock:
+                self._entries[w] = entry
+        return entry
+
+    def release(self, w: str) -> None:
+        """Drop the entry session of weight w (once its layer is measured)."""
+        with self._lock:
+            self._entries.pop(w, None)
+
+    # -- running -----------------------------------------------------------------------------------------
     def run_dense(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         env = dict(feeds)
         for c in self.chunks:
@@ -160,41 +247,54 @@ class ChunkedModel:
 
     def run_with(self, env: dict[str, np.ndarray], swaps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Graph outputs with the given weights replaced; `env` is a dense run's cache."""
-        start = min(self.first_chunk[w] for w in swaps)
-        changed, local = set(swaps), {}
-        for c in self.chunks[start:]:
-            if changed.isdisjoint(c.inputs) and changed.isdisjoint(c.weights):
+        swaps = {w: a for w, a in swaps.items() if w in self._readers}
+        if not swaps:                                  # nothing reads them
+            return {o: env[o] for o in self.graph_outputs}
+        if len(swaps) == 1:
+            first = self._entry(next(iter(swaps)))
+        else:
+            with self._lock:
+                if self._open is None:
+                    n = len(self._nodes)
+                    self._open = self._session(0, n, set(), sorted(self._readers), len(self.chunks))
+            first = self._open
+        feeds = {n: env[n] for n in first.inputs}
+        for w in first.fed:
+            feeds[w] = swaps[w] if w in swaps else self._mf.array(self._inits[w])
+        local = dict(zip(first.outputs, first.session.run(first.outputs, feeds)))
+        changed = set(local)
+        for c in self.chunks[first.next_chunk:]:
+            if changed.isdisjoint(c.inputs):
                 continue
             feeds = {n: local[n] if n in local else env[n] for n in c.inputs}
-            feeds.update({w: swaps[w] for w in c.weights if w in swaps})
             local.update(zip(c.outputs, c.session.run(c.outputs, feeds)))
             changed.update(c.outputs)
-        return {o: local.get(o, env.get(o)) for o in self.graph_outputs}
+        return {o: local[o] if o in local else env[o] for o in self.graph_outputs}
 
 
-def _numel(model: onnx.ModelProto, name: str) -> int:
-    t = next(t for t in model.graph.initializer if t.name == name)
+def _numel(t: TensorProto) -> int:
     return int(np.prod(t.dims)) if len(t.dims) else 1
 
 
-def _split(first_use: dict[str, int], n_nodes: int, wanted: int, size: dict[str, int]) -> list[tuple[int, int]]:
-    """Up to `wanted` chunks, cut at nodes where a layer weight is first read, balanced by weight size.
+def _split(ends: dict[str, int], n_nodes: int, wanted: int, size: dict[str, int]) -> list[tuple[int, int]]:
+    """Up to `wanted` chunks, cut right after nodes that read a layer weight, balanced by weight size.
 
-    With K chunks, a pruned run costs about K/2 run overheads plus the compute after the chunk start; the
+    With K chunks, a pruned run costs about K/2 run overheads plus the compute after the pruned layer; the
     sqrt(dense time / overhead) chunks that `wanted` comes from balance the two.
     """
-    cuts = sorted(set(first_use.values()))
-    if wanted <= 1 or len(cuts) <= 1:
+    cuts = sorted(set(ends.values()))
+    if wanted <= 1 or not cuts:
         return [(0, n_nodes)]
-    weight_at = {}
-    for w, i in first_use.items():
+    if wanted > len(cuts):
+        return list(zip([0] + cuts, cuts + [n_nodes]))
+    weight_at: dict[int, int] = {}
+    for w, i in ends.items():
         weight_at[i] = weight_at.get(i, 0) + size[w]
-    total = sum(weight_at.values())
-    starts, acc, step = [0], 0, total / min(wanted, len(cuts))
+    starts, acc, step = [0], 0, sum(weight_at.values()) / wanted
     for i in cuts:
-        if i > 0 and acc >= step * len(starts):
-            starts.append(i)
         acc += weight_at[i]
+        if len(starts) < wanted and acc >= step * len(starts):
+            starts.append(i)
     return list(zip(starts, starts[1:] + [n_nodes]))
 
 

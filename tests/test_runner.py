@@ -1,0 +1,163 @@
+"""The chunked runner: a run with weights swapped equals a whole-model onnxruntime run with those weights
+written into the model, however the graph is cut and wherever the weights live."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
+
+from losswidget.analysis import runner
+from losswidget.analysis.runner import ChunkedModel
+from losswidget.graph import read_graph
+from losswidget.onnxfile import open_model
+
+from helpers import arr, init, model, save, vi
+
+W = 32  # 32 x 32 floats = 4 KB: large enough to stay in the file (memory-mapped, fed as external initializers)
+
+
+def residual(blocks=2):
+    nodes, inits, x = [], [], "x"
+    for b in range(blocks):
+        inits += [init(f"b{b}.w1", arr(W, W, seed=b)), init(f"b{b}.w2", arr(W, W, seed=10 + b))]
+        nodes += [helper.make_node("MatMul", [x, f"b{b}.w1"], [f"h{b}"], name=f"b{b}.fc1"),
+                  helper.make_node("Tanh", [f"h{b}"], [f"t{b}"]),
+                  helper.make_node("MatMul", [f"t{b}", f"b{b}.w2"], [f"m{b}"], name=f"b{b}.fc2"),
+                  helper.make_node("Add", [x, f"m{b}"], [f"r{b}"])]
+        x = f"r{b}"
+    inits.append(init("head", arr(W, 10, seed=99)))
+    nodes.append(helper.make_node("MatMul", [x, "head"], ["y"], name="head"))
+    return model(nodes, [vi("x", ["n", W])], [vi("y", ["n", 10])], inits), {"x": arr(6, W, seed=7)}
+
+
+def tied():
+    """One weight read by two nodes, a second output read from the middle of the graph."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc1"),
+             helper.make_node("Tanh", ["h"], ["t"]),
+             helper.make_node("MatMul", ["t", "v"], ["u"], name="fc2"),
+             helper.make_node("MatMul", ["u", "w"], ["y"], name="fc3")]
+    m = model(nodes, [vi("x", ["n", W])], [vi("y", ["n", W]), vi("t", ["n", W])],
+              [init("w", arr(W, W, seed=1)), init("v", arr(W, W, seed=2))])
+    return m, {"x": arr(5, W, seed=3)}
+
+
+def branches():
+    """A layer inside an If branch (its weight a subgraph initializer, its input from the outer scope) and a
+    weight given by a Constant node."""
+    then_g = helper.make_graph([helper.make_node("MatMul", ["a", "wt"], ["o1"], name="then_fc")], "then", [],
+                               [vi("o1", None)], [init("wt", arr(W, W, seed=4))])
+    else_g = helper.make_graph([helper.make_node("Neg", ["a"], ["o2"])], "else", [], [vi("o2", None)])
+    const = helper.make_node("Constant", [], ["wc"], value=numpy_helper.from_array(arr(W, W, seed=5)))
+    nodes = [const,
+             helper.make_node("MatMul", ["x", "w0"], ["a"], name="fc0"),
+             helper.make_node("If", ["cond"], ["b"], then_branch=then_g, else_branch=else_g),
+             helper.make_node("Relu", ["b"], ["c"]),
+             helper.make_node("MatMul", ["c", "wc"], ["y"], name="fc_const")]
+    m = model(nodes, [vi("x", ["n", W]), vi("cond", [], TensorProto.BOOL)], [vi("y", None)],
+              [init("w0", arr(W, W, seed=6))])
+    return m, {"x": arr(4, W, seed=8), "cond": np.array(True)}
+
+
+def quantized(tmp_path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    m, feeds = residual()
+    src, dst = save(m, tmp_path / "float.onnx"), str(tmp_path / "q.onnx")
+    quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+    return onnx.load(dst), feeds
+
+
+def build(kind, tmp_path):
+    if kind == "quantized":
+        m, feeds = quantized(tmp_path)
+    else:
+        m, feeds = {"residual": residual, "tied": tied, "branches": branches, "external": residual}[kind]()
+    path = tmp_path / f"{kind}.onnx"
+    if kind == "external":
+        onnx.save(m, str(path), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    else:
+        save(m, path)
+    return str(path), feeds
+
+
+def swapped(a):
+    """Any other values will do: the runner must give what onnxruntime gives with them."""
+    return (a // 2).astype(a.dtype) if np.issubdtype(a.dtype, np.integer) else (a * -0.5).astype(a.dtype)
+
+
+def whole_model_run(path, feeds, swaps):
+    m = onnx.load(path)
+
+    def visit(g):
+        for t in g.initializer:
+            if t.name in swaps:
+                t.CopyFrom(numpy_helper.from_array(swaps[t.name], t.name))
+        for n in g.node:
+            if n.op_type == "Constant" and n.output[0] in swaps:
+                n.attribute[0].t.CopyFrom(numpy_helper.from_array(swaps[n.output[0]]))
+            for a in n.attribute:
+                for sub in ([a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)):
+                    visit(sub)
+    visit(m.graph)
+    session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+
+
+def stored(mf, layer):
+    return np.array(mf.array(layer.ref.tensor))
+
+
+@pytest.mark.parametrize("kind", ["residual", "tied", "branches", "quantized", "external"])
+@pytest.mark.parametrize("chunks", [1, 2, 100])
+def test_swapped_runs_equal_whole_model_runs(tmp_path, kind, chunks):
+    path, feeds = build(kind, tmp_path)
+    mf = open_model(path)
+    layers = read_graph(mf).layers
+    weights = sorted({l.weight for l in layers})
+    cm = ChunkedModel(mf, weights, threads=1, chunks=chunks)
+    assert len(cm.chunks) <= chunks
+    env = cm.run_dense(feeds)
+    for name, want in whole_model_run(path, feeds, {}).items():
+        np.testing.assert_allclose(env[name], want, rtol=1e-5, atol=1e-5)
+    arrays = {l.weight: stored(mf, l) for l in layers}
+    for w in weights:                                        # one weight swapped: entry + later chunks
+        got = cm.run_with(env, {w: swapped(arrays[w])})
+        for name, want in whole_model_run(path, feeds, {w: swapped(arrays[w])}).items():
+            np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5, err_msg=f"{kind} {w} {name}")
+        cm.release(w)
+    every = {w: swapped(a) for w, a in arrays.items()}       # all at once: the recovery run
+    got = cm.run_with(env, every)
+    for name, want in whole_model_run(path, feeds, every).items():
+        np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5)
+
+
+def test_many_chunks_are_cut_after_layers_and_weights_stay_in_the_file(tmp_path):
+    path, feeds = build("residual", tmp_path)
+    mf = open_model(path)
+    cm = ChunkedModel(mf, [l.weight for l in read_graph(mf).layers], threads=1, chunks=100)
+    assert len(cm.chunks) == 5                               # a cut after each of the first four layers
+    for c in cm.chunks:                                      # each weight is a read-only view of the file
+        views = c.keep[0]
+        assert len(views) == 1 and not views[0].flags.writeable and views[0].nbytes >= 4 * W * 10
+
+
+def test_unknown_types_fall_back_to_one_chunk(tmp_path, monkeypatch):
+    path, feeds = build("residual", tmp_path)
+    # shape inference failed: only the graph's declared inputs and outputs have types
+    monkeypatch.setattr(runner, "_value_types", lambda m: {v.name: v.type for v in (*m.graph.input, *m.graph.output)})
+    mf = open_model(path)
+    cm = ChunkedModel(mf, [l.weight for l in read_graph(mf).layers], threads=1, chunks=100)
+    assert len(cm.chunks) == 1
+    env = cm.run_dense(feeds)
+    tensors = {t.name: t for t in mf.model.graph.initializer}
+    for w in ("b0.w1", "b1.w2"):
+        new = swapped(np.array(mf.array(tensors[w])))
+        np.testing.assert_allclose(cm.run_with(env, {w: new})["y"], whole_model_run(path, feeds, {w: new})["y"],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_a_fast_model_is_cut_into_fewer_chunks(tmp_path):
+    path, feeds = build("residual", tmp_path)
+    mf = open_model(path)
+    cm = ChunkedModel(mf, [l.weight for l in read_graph(mf).layers], threads=1, probe=feeds)
+    # microseconds of compute: run overheads dominate, so the finest cut is undone
+    assert len(cm.chunks) < 3 and cm.probe_env is None

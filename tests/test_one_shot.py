@@ -315,3 +315,22 @@ def test_energy_kept_agrees_with_the_magnitude_profile(tmp_path):
     for a, b in zip(one.layers, mag.layers):
         assert a.energy == pytest.approx(b.energy, rel=1e-6)
         np.testing.assert_allclose(a.energy_kept, b.energy_kept, rtol=1e-6, atol=1e-7)
+
+
+def test_levels_that_prune_the_same_weights_run_once(mlp, monkeypatch):
+    from losswidget.analysis import one_shot
+    from losswidget.analysis.runner import ChunkedModel
+    path, w1, w2, x = mlp
+    runs = []
+    real = ChunkedModel.run_with
+    monkeypatch.setattr(ChunkedModel, "run_with", lambda self, env, swaps: runs.append(sorted(swaps)) or
+                        real(self, env, swaps))
+    monkeypatch.setattr(one_shot.OneShotSession, "recovery", lambda self, sparsity: 1.0)  # count layer runs
+    # w1 has 24 weights: 0.02 -> 0 pruned, 0.05 and 0.06 -> 1; w2 has 30: 0.02 -> 1, 0.05 and 0.06 -> 2
+    p = losswidget.analyze(path, "one-shot", data={"x": x}, sparsity_levels=[0.02, 0.05, 0.06], metric="mse")
+    assert sorted(runs) == [["w1"], ["w2"], ["w2"]]
+    a, b = p.layers
+    assert a.values[1] == 0.0 and a.values[2] == a.values[3] > 0
+    assert b.values[1] > 0 and b.values[2] == b.values[3] > b.values[1]
+    want = ((forward(x, prune(w1, 0.05), w2) - forward(x, w1, w2)) ** 2).mean() / forward(x, w1, w2).var()
+    assert a.values[2] == pytest.approx(want, rel=1e-4)

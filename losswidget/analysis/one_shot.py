@@ -203,6 +203,7 @@ class OneShotSession:
         zero = _zero_value(self.mf, layer, stored.shape).reshape(-1)
         done, pruned_energy = 0, 0.0
         values, kept = [], []
+        measured = {0: 0.0}                           # pruned count -> value (small layers repeat counts)
         try:
             for level in levels:
                 k = int(round(level * mags.size))
@@ -214,8 +215,8 @@ class OneShotSession:
                 kept.append(1.0 - (pruned_energy / energy if k and energy > 0 else 0.0))
                 if step is not None:
                     step(level)
-                if level <= 0:
-                    values.append(0.0)
+                if k in measured:                     # the same weights as an earlier level: no run
+                    values.append(measured[k])
                     continue
                 work[idx] = zero[idx] if zero.size > 1 else zero
                 done = k
@@ -224,6 +225,7 @@ class OneShotSession:
                     s, n = scorer.score(self.model.run_with(env, {layer.weight: work.reshape(stored.shape)}))
                     total, count = total + s, count + n
                 values.append(total / max(count, 1))
+                measured[k] = values[-1]
         finally:
             self.model.release(layer.weight)
         return Measured(np.array(values), np.array(kept), energy)

@@ -41,3 +41,19 @@ def mlp(hidden=8, seed=0):
                  [init("w1", w1), init("b1", np.zeros(hidden, np.float32)), init("w2", w2)]), (w1, w2)
 
 
+
+
+def residual_mlp(blocks=3, width=8, classes=6):
+    """x[n, width] -> blocks of MatMul-Tanh-MatMul with a skip Add -> MatMul head: pruning one block changes
+    everything after it, through the skip connections too."""
+    nodes, inits, x = [], [], "x"
+    for b in range(blocks):
+        inits += [init(f"b{b}.w1", arr(width, width, seed=b)), init(f"b{b}.w2", arr(width, width, seed=10 + b))]
+        nodes += [helper.make_node("MatMul", [x, f"b{b}.w1"], [f"h{b}"], name=f"b{b}.fc1"),
+                  helper.make_node("Tanh", [f"h{b}"], [f"t{b}"]),
+                  helper.make_node("MatMul", [f"t{b}", f"b{b}.w2"], [f"m{b}"], name=f"b{b}.fc2"),
+                  helper.make_node("Add", [x, f"m{b}"], [f"r{b}"])]
+        x = f"r{b}"
+    inits.append(init("head", arr(width, classes, seed=99)))
+    nodes.append(helper.make_node("MatMul", [x, "head"], ["y"], name="head"))
+    return model(nodes, [vi("x", ["n", width])], [vi("y", ["n", classes])], inits)

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 import losswidget
 from losswidget import AnalysisCancelled, DataError, ModelError, SettingsError
 
-from helpers import arr, init, model, save, vi
+from helpers import arr, init, model, residual_mlp, save, vi
 
 LEVELS = [0.25, 0.5, 0.75]
 
@@ -123,18 +123,7 @@ def test_batches_npz_and_batch_size_give_the_same_numbers(mlp, tmp_path):
 
 
 def residual_net(tmp_path, blocks=3, width=8):
-    """A residual MLP: pruning one block changes everything after it, through the skip connections too."""
-    nodes, inits, x = [], [], "x"
-    for b in range(blocks):
-        inits += [init(f"b{b}.w1", arr(width, width, seed=b)), init(f"b{b}.w2", arr(width, width, seed=10 + b))]
-        nodes += [helper.make_node("MatMul", [x, f"b{b}.w1"], [f"h{b}"], name=f"b{b}.fc1"),
-                  helper.make_node("Tanh", [f"h{b}"], [f"t{b}"]),
-                  helper.make_node("MatMul", [f"t{b}", f"b{b}.w2"], [f"m{b}"], name=f"b{b}.fc2"),
-                  helper.make_node("Add", [x, f"m{b}"], [f"r{b}"])]
-        x = f"r{b}"
-    inits.append(init("head", arr(width, 6, seed=99)))
-    nodes.append(helper.make_node("MatMul", [x, "head"], ["y"], name="head"))
-    m = model(nodes, [vi("x", ["n", width])], [vi("y", ["n", 6])], inits)
+    m = residual_mlp(blocks, width)
     return save(m, tmp_path / "res.onnx"), m
 
 

@@ -11,23 +11,13 @@ from losswidget.analysis.runner import ChunkedModel
 from losswidget.graph import read_graph
 from losswidget.onnxfile import open_model
 
-from helpers import arr, init, model, save, vi
+from helpers import arr, init, model, residual_mlp, save, vi
 
 W = 32  # 32 x 32 floats = 4 KB: large enough to stay in the file (memory-mapped, fed as external initializers)
 
 
 def residual(blocks=2):
-    nodes, inits, x = [], [], "x"
-    for b in range(blocks):
-        inits += [init(f"b{b}.w1", arr(W, W, seed=b)), init(f"b{b}.w2", arr(W, W, seed=10 + b))]
-        nodes += [helper.make_node("MatMul", [x, f"b{b}.w1"], [f"h{b}"], name=f"b{b}.fc1"),
-                  helper.make_node("Tanh", [f"h{b}"], [f"t{b}"]),
-                  helper.make_node("MatMul", [f"t{b}", f"b{b}.w2"], [f"m{b}"], name=f"b{b}.fc2"),
-                  helper.make_node("Add", [x, f"m{b}"], [f"r{b}"])]
-        x = f"r{b}"
-    inits.append(init("head", arr(W, 10, seed=99)))
-    nodes.append(helper.make_node("MatMul", [x, "head"], ["y"], name="head"))
-    return model(nodes, [vi("x", ["n", W])], [vi("y", ["n", 10])], inits), {"x": arr(6, W, seed=7)}
+    return residual_mlp(blocks, W, classes=10), {"x": arr(6, W, seed=7)}
 
 
 def tied():

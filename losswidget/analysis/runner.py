@@ -9,7 +9,7 @@ end of that chunk, the weight a plain input fed the pruned copy) and then runs o
 changed, feeding the rest from the dense cache. Entries are built when a layer is measured and dropped after.
 Recovery (every layer pruned at once) runs one session of the whole graph with all layer weights as inputs.
 
-Weights are never copied into the sessions: the large ones are handed to onnxruntime as external
+Weights are never serialized into the sessions: the large ones are handed to onnxruntime as external
 initializers that point at the model file's memory map (ModelFile.stored); small ones are embedded.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import onnx
 from onnx import AttributeProto, TensorProto, helper
 
 from ..errors import ModelError
-from ..onnxfile import ModelFile
+from ..onnxfile import ModelFile, numel
 
 
 def _defined_in(graph: onnx.GraphProto) -> set[str]:
@@ -130,13 +130,14 @@ class ChunkedModel:
             for w in u & self.weights:
                 readers.setdefault(w, []).append(i)
         self._readers = readers
+        self._last_read = {name: i for i, u in enumerate(used) for name in u}   # index of the last reader
         self._entries: dict[str, Chunk] = {}
         self._open: Chunk | None = None
         self._lock = threading.Lock()
         self.probe_env = None
         n = len(nodes)
         ends = {w: r[-1] + 1 for w, r in readers.items() if r[-1] + 1 < n}
-        sizes = {w: _numel(self._inits[w]) for w in ends}
+        sizes = {w: numel(self._inits[w]) for w in ends}
         # finest first (a cut after every layer, up to MAX_CHUNKS); a model so fast that run overheads
         # dominate is re-cut into fewer chunks
         self._build(_split(ends, n, chunks or self.MAX_CHUNKS, sizes))
@@ -151,7 +152,8 @@ class ChunkedModel:
 
     def _build(self, bounds: list[tuple[int, int]]) -> None:
         n = len(self._nodes)
-        if not all(t in self._types for t in _boundary_names(self._nodes, self._used, bounds, self.graph_outputs)):
+        crossing = {o for a, b in bounds for o in self._produced(a, b) if self._needed_after(o, b)}
+        if not all(t in self._types for t in crossing):
             bounds = [(0, n)]                  # types unknown: one chunk
         self.bounds = bounds
         self.chunks = [self._chunk(a, b) for a, b in bounds]
@@ -159,6 +161,10 @@ class ChunkedModel:
     # -- building ----------------------------------------------------------------------------------------
     def _produced(self, a: int, b: int) -> set[str]:
         return {o for n in self._nodes[a:b] for o in n.output if o}
+
+    def _needed_after(self, name: str, b: int) -> bool:
+        """Whether a node from b on, or the caller, reads this value."""
+        return self._last_read.get(name, -1) >= b or name in self.graph_outputs
 
     def _reads(self, a: int, b: int) -> set[str]:
         return set().union(*self._used[a:b]) if b > a else set()
@@ -176,18 +182,19 @@ class ChunkedModel:
 
     def _chunk(self, a: int, b: int) -> Chunk:
         """Nodes a..b with every weight a constant."""
-        later = self._reads(b, len(self._nodes))
         # dense runs also keep what the entries starting inside this chunk read from it
+        keep: set[str] = set()
         for r in self._readers.values():
             if a < r[0] < b:
-                later |= self._reads(r[0], b) & self._produced(a, r[0]) & set(self._types)
-        return self._session(a, b, later, fed=[])
+                keep |= self._reads(r[0], b) & self._produced(a, r[0]) & set(self._types)
+        return self._session(a, b, fed=[], keep=keep)
 
-    def _session(self, a: int, b: int, later: set[str], fed: list[str], next_chunk: int = 0) -> Chunk:
-        """Nodes a..b as a session; `fed` weights become plain inputs, other initializers constants."""
+    def _session(self, a: int, b: int, fed: list[str], next_chunk: int = 0, keep: set[str] = frozenset()) -> Chunk:
+        """Nodes a..b as a session giving what later nodes, the caller or `keep` need; `fed` weights become
+        plain inputs, other initializers constants."""
         ort, inits = self._ort, self._inits
         produced, reads = self._produced(a, b), self._reads(a, b)
-        outputs = sorted(o for o in produced if o in later or o in self.graph_outputs)
+        outputs = sorted(o for o in produced if self._needed_after(o, b) or o in keep)
         inputs = sorted(n for n in reads - produced if n not in inits)
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -198,11 +205,11 @@ class ChunkedModel:
         consts, names, values, keep = [], [], [], []
         for name in sorted(reads & set(inits) - set(fed)):
             t = inits[name]
-            view = self._mf.stored(t) if self._mf.blob(t) is not None else None
+            view = self._mf.stored(t)
             if view is None:
                 consts.append(self._mf.inline(t))
                 continue
-            # a stand-in that names the bytes; onnxruntime takes them from the memory map, uncopied
+            # a stand-in that names the bytes; onnxruntime reads them from the memory map (not serialized)
             stub = TensorProto(name=name, data_type=t.data_type, dims=t.dims, data_location=TensorProto.EXTERNAL)
             for key, value in (("location", "losswidget-memory"), ("offset", "0"), ("length", str(view.nbytes))):
                 stub.external_data.add(key=key, value=value)
@@ -228,7 +235,7 @@ class ChunkedModel:
         entry = self._entries.get(w)
         if entry is None:
             a, b, next_chunk = self._entry_span(w)
-            entry = self._session(a, b, self._reads(b, len(self._nodes)), [w], next_chunk)
+            entry = self._session(a, b, [w], next_chunk)
             with self._lock:
                 self._entries[w] = entry
         return entry
@@ -256,7 +263,7 @@ class ChunkedModel:
             with self._lock:
                 if self._open is None:
                     n = len(self._nodes)
-                    self._open = self._session(0, n, set(), sorted(self._readers), len(self.chunks))
+                    self._open = self._session(0, n, sorted(self._readers), len(self.chunks))
             first = self._open
         feeds = {n: env[n] for n in first.inputs}
         for w in first.fed:
@@ -270,10 +277,6 @@ class ChunkedModel:
             local.update(zip(c.outputs, c.session.run(c.outputs, feeds)))
             changed.update(c.outputs)
         return {o: local[o] if o in local else env[o] for o in self.graph_outputs}
-
-
-def _numel(t: TensorProto) -> int:
-    return int(np.prod(t.dims)) if len(t.dims) else 1
 
 
 def _split(ends: dict[str, int], n_nodes: int, wanted: int, size: dict[str, int]) -> list[tuple[int, int]]:
@@ -296,15 +299,6 @@ def _split(ends: dict[str, int], n_nodes: int, wanted: int, size: dict[str, int]
         if len(starts) < wanted and acc >= step * len(starts):
             starts.append(i)
     return list(zip(starts, starts[1:] + [n_nodes]))
-
-
-def _boundary_names(nodes, used, bounds, graph_outputs) -> set[str]:
-    names = set()
-    for a, b in bounds:
-        produced = {o for n in nodes[a:b] for o in n.output if o}
-        later = set().union(*used[b:]) if b < len(nodes) else set()
-        names |= {o for o in produced if o in later or o in graph_outputs}
-    return names
 
 
 def _value_types(model: onnx.ModelProto) -> dict[str, int]:

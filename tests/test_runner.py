@@ -48,6 +48,27 @@ def branches():
     return m, {"x": arr(4, W, seed=8), "cond": np.array(True)}
 
 
+def biased():
+    """MatMul + bias Add + GELU written out (Div, Erf, Add, Mul, Mul), then a second MatMul and a skip Add
+    with the input: the nodes that finish fc1's output belong to its chunk, the skip Add does not."""
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Add", ["h", "b1"], ["hb"]),
+             helper.make_node("Div", ["hb", "sqrt2"], ["d"]),
+             helper.make_node("Erf", ["d"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["e1"]),
+             helper.make_node("Mul", ["hb", "e1"], ["g0"]),
+             helper.make_node("Mul", ["g0", "half"], ["g"]),
+             helper.make_node("MatMul", ["g", "w2"], ["m"], name="fc2"),
+             helper.make_node("Add", ["x", "m"], ["r"]),
+             helper.make_node("MatMul", ["r", "head"], ["y"], name="head")]
+    consts = [init("b1", arr(W, seed=11)), init("sqrt2", np.float32(np.sqrt(2))), init("one", np.float32(1)),
+              init("half", np.float32(0.5))]
+    m = model(nodes, [vi("x", ["n", W])], [vi("y", ["n", W])],
+              [init("w1", arr(W, W, seed=12)), init("w2", arr(W, W, seed=13)), init("head", arr(W, W, seed=14)),
+               *consts])
+    return m, {"x": arr(5, W, seed=15)}
+
+
 def quantized(tmp_path):
     from onnxruntime.quantization import QuantType, quantize_dynamic
     m, feeds = residual()
@@ -60,7 +81,8 @@ def build(kind, tmp_path):
     if kind == "quantized":
         m, feeds = quantized(tmp_path)
     else:
-        m, feeds = {"residual": residual, "tied": tied, "branches": branches, "external": residual}[kind]()
+        m, feeds = {"residual": residual, "tied": tied, "branches": branches, "biased": biased,
+                    "external": residual}[kind]()
     path = tmp_path / f"{kind}.onnx"
     if kind == "external":
         onnx.save(m, str(path), save_as_external_data=True, location="weights.bin", size_threshold=0)
@@ -96,7 +118,7 @@ def stored(mf, layer):
     return np.array(mf.array(layer.ref.tensor))
 
 
-@pytest.mark.parametrize("kind", ["residual", "tied", "branches", "quantized", "external"])
+@pytest.mark.parametrize("kind", ["residual", "tied", "branches", "biased", "quantized", "external"])
 @pytest.mark.parametrize("chunks", [1, 2, 100])
 def test_swapped_runs_equal_whole_model_runs(tmp_path, kind, chunks):
     path, feeds = build(kind, tmp_path)
@@ -128,6 +150,15 @@ def test_many_chunks_are_cut_after_layers_and_weights_stay_in_the_file(tmp_path)
     for c in cm.chunks:                                      # each weight is a read-only view of the file
         views = c.keep[0]
         assert len(views) == 1 and not views[0].flags.writeable and views[0].nbytes >= 4 * W * 10
+
+
+def test_a_chunk_ends_after_the_bias_and_activation_of_its_layer(tmp_path):
+    path, feeds = build("biased", tmp_path)
+    mf = open_model(path)
+    cm = ChunkedModel(mf, [l.weight for l in read_graph(mf).layers], threads=1, chunks=100)
+    # fc1 and the six nodes that finish it | fc2 (the skip Add reads the input: not fc2's) | skip Add, head
+    assert cm.bounds == [(0, 7), (7, 8), (8, 10)]
+    assert cm.chunks[0].outputs == ["g"]                      # the pre-activation tensors stay inside
 
 
 def test_unknown_types_fall_back_to_one_chunk(tmp_path, monkeypatch):

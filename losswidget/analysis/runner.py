@@ -1,9 +1,10 @@
 """Run a model in onnxruntime with one weight swapped, recomputing only what the swap can change.
 
 SparseML builds a new session for every (layer, level). Here the model is built once and split into
-consecutive chunks, cut right after nodes that read layer weights, one onnxruntime session each. In the
-chunks every weight is a constant, so onnxruntime prepacks it for its GEMMs (feeding weights as inputs cost
-up to a third more per MatMul, measured). A dense run keeps every tensor that crosses a chunk boundary.
+consecutive chunks, cut right after nodes that read layer weights (and the elementwise nodes that finish
+their outputs: bias, activation), one onnxruntime session each. In the chunks every weight is a constant,
+so onnxruntime prepacks it for its GEMMs (feeding weights as inputs cost up to a third more per MatMul,
+measured). A dense run keeps every tensor that crosses a chunk boundary.
 A run with one layer pruned starts in a small *entry* session made for that layer (its first reader to the
 end of that chunk, the weight a plain input fed the pruned copy) and then runs only the chunks whose inputs
 changed, feeding the rest from the dense cache. Entries are built when a layer is measured and dropped after.
@@ -131,12 +132,13 @@ class ChunkedModel:
                 readers.setdefault(w, []).append(i)
         self._readers = readers
         self._last_read = {name: i for i, u in enumerate(used) for name in u}   # index of the last reader
+        self._consts = set(self._inits) - self.weights
         self._entries: dict[str, Chunk] = {}
         self._open: Chunk | None = None
         self._lock = threading.Lock()
         self.probe_env = None
         n = len(nodes)
-        ends = {w: r[-1] + 1 for w, r in readers.items() if r[-1] + 1 < n}
+        ends = {w: e for w, r in readers.items() if (e := self._cut_after(r[-1])) < n}
         sizes = {w: numel(self._inits[w]) for w in ends}
         # finest first (a cut after every layer, up to MAX_CHUNKS); a model so fast that run overheads
         # dominate is re-cut into fewer chunks
@@ -149,6 +151,19 @@ class ChunkedModel:
             if wanted < len(self.chunks) / 2:
                 self._build(_split(ends, n, wanted, sizes))
                 self.probe_env = None
+
+    def _cut_after(self, i: int) -> int:
+        """Where a chunk ending with reader node i ends: after it and the elementwise nodes that only finish
+        its output (a bias Add, an activation), so that they run in place in its session instead of on a
+        fed copy at the start of the next one."""
+        nodes, region, e = self._nodes, {o for o in self._nodes[i].output if o}, i + 1
+        while e < len(nodes) and nodes[e].op_type in _FINISHING and nodes[e].domain in ("", "ai.onnx"):
+            reads = self._used[e]
+            if not reads & region or not reads <= region | self._consts:
+                break
+            region.update(o for o in nodes[e].output if o)
+            e += 1
+        return e
 
     def _build(self, bounds: list[tuple[int, int]]) -> None:
         n = len(self._nodes)
@@ -240,6 +255,13 @@ class ChunkedModel:
                 self._entries[w] = entry
         return entry
 
+    def open_session(self) -> Chunk:
+        """The whole graph with every layer weight fed (runs with several weights swapped: recovery)."""
+        with self._lock:
+            if self._open is None:
+                self._open = self._session(0, len(self._nodes), sorted(self._readers), len(self.chunks))
+            return self._open
+
     def release(self, w: str) -> None:
         """Drop the entry session of weight w (once its layer is measured)."""
         with self._lock:
@@ -260,11 +282,7 @@ class ChunkedModel:
         if len(swaps) == 1:
             first = self._entry(next(iter(swaps)))
         else:
-            with self._lock:
-                if self._open is None:
-                    n = len(self._nodes)
-                    self._open = self._session(0, n, sorted(self._readers), len(self.chunks))
-            first = self._open
+            first = self.open_session()
         feeds = {n: env[n] for n in first.inputs}
         for w in first.fed:
             feeds[w] = swaps[w] if w in swaps else self._mf.array(self._inits[w])
@@ -277,6 +295,11 @@ class ChunkedModel:
             local.update(zip(c.outputs, c.session.run(c.outputs, feeds)))
             changed.update(c.outputs)
         return {o: local[o] if o in local else env[o] for o in self.graph_outputs}
+
+
+# elementwise ops that commonly finish a layer's output (bias, activation, GELU's pieces)
+_FINISHING = frozenset({"Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "Tanh",
+                        "Erf", "Gelu", "Elu", "Selu", "Softplus", "HardSwish", "Clip", "Cast", "Neg", "Sqrt", "Pow"})
 
 
 def _split(ends: dict[str, int], n_nodes: int, wanted: int, size: dict[str, int]) -> list[tuple[int, int]]:

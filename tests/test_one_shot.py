@@ -170,7 +170,8 @@ def test_quantized_and_subgraph_layers(tmp_path):
     assert p.layers[1].values[1] > 0.0
 
 
-def test_progress_cancel_and_partial(tmp_path):
+def test_progress_cancel_and_partial(tmp_path, monkeypatch):
+    from losswidget.analysis import one_shot
     path, _ = residual_net(tmp_path)
     x = arr(4, 8)
     seen = []
@@ -179,15 +180,22 @@ def test_progress_cancel_and_partial(tmp_path):
     assert [s[0] for s in seen] == list(range(1, 15)) and seen[-1][1] == 14
     assert any("b0.w1 @ 0.5" in s[2] for s in seen)
     cancel = threading.Event()
+    real = one_shot.OneShotSession.measure
+
+    def held(self, index, levels, step=None):      # layers after the third wait until the user cancels
+        if index >= 3:
+            assert cancel.wait(10)
+        return real(self, index, levels, step)
+    monkeypatch.setattr(one_shot.OneShotSession, "measure", held)
 
     def stop_midway(done, total, msg):
-        if done >= 6:
+        if done >= 6:                               # the first three layers' two levels (0 and 0.5)
             cancel.set()
     with pytest.raises(AnalysisCancelled) as info:
         losswidget.analyze(path, "one-shot", data={"x": x}, sparsity_levels=[0.5], progress=stop_midway,
                            cancel=cancel)
     partial = info.value.partial
-    assert partial.partial and 0 < len(partial.layers) < 7 and "Partial" in partial.notes[0]
+    assert partial.partial and len(partial.layers) == 3 and "Partial" in partial.notes[0]
     assert all(l.values[1] > 0 for l in partial.layers)
 
 
@@ -323,3 +331,37 @@ def test_levels_that_prune_the_same_weights_run_once(mlp, monkeypatch):
     assert b.values[1] > 0 and b.values[2] == b.values[3] > b.values[1]
     want = ((forward(x, prune(w1, 0.05), w2) - forward(x, w1, w2)) ** 2).mean() / forward(x, w1, w2).var()
     assert a.values[2] == pytest.approx(want, rel=1e-4)
+
+
+def test_equal_magnitudes_are_pruned_in_index_order(tmp_path):
+    """Weights with many equal |w|: each level prunes exactly round(s * n) of them, ties by position, the
+    same in the per-layer runs and in the recovery run (which prunes by a mask below the cut)."""
+    from losswidget.analysis.one_shot import OneShotSession, Settings, sort_magnitudes
+    from losswidget.data import load_data
+    rng = np.random.default_rng(6)
+    w1 = rng.choice([-2.0, -1.0, 1.0, 2.0], size=(4, 6)).astype(np.float32)
+    w2 = rng.choice([-0.5, 0.5, 1.5], size=(6, 5)).astype(np.float32)
+    m = model([helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+               helper.make_node("Relu", ["h"], ["r"]),
+               helper.make_node("MatMul", ["r", "w2"], ["logits"], name="fc2")],
+              [vi("x", ["n", 4])], [vi("logits", ["n", 5])], [init("w1", w1), init("w2", w2)])
+    path = save(m, tmp_path / "ties.onnx")
+    x = arr(10, 4, seed=5)
+    levels = [0.1, 0.25, 0.5, 0.9]
+    session = OneShotSession(path, load_data({"x": x}, onnx.load(path)), Settings(metric="mse"), 1)
+    try:
+        for layer, w in zip(session.layers, (w1, w2)):
+            for level in levels:
+                np.testing.assert_array_equal(session._pruned(layer, level), prune(w, level))
+        dense = forward(x, w1, w2)
+        got = session.measure(0, levels).values
+        want = [((forward(x, prune(w1, s), w2) - dense) ** 2).mean() / dense.var() for s in levels]
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    finally:
+        session.close()
+    mags = np.abs(rng.standard_normal(1000)).astype(np.float32)
+    mags[::7] = 0.5
+    mags[3] = np.nan
+    values, order = sort_magnitudes(mags)
+    np.testing.assert_array_equal(order, np.argsort(mags, kind="stable"))
+    np.testing.assert_array_equal(values, np.sort(mags))

@@ -186,14 +186,32 @@ class OneShotSession:
         self.scorers = [_Scorer({n: e[n] for n in outs}, names, settings, lab, variance)
                         for e, lab in zip(self.envs, labels)]
 
-    def _pruned(self, layer: Layer, order: np.ndarray, level: float) -> np.ndarray:
-        """The stored weight with its round(level * n) smallest |w| set to zero (or to the zero point)."""
+    def _pruned(self, layer: Layer, level: float) -> np.ndarray:
+        """The stored weight with its round(level * n) smallest |w| set to zero (or to the zero point).
+
+        Everything below the k-th smallest magnitude goes by a mask, in memory order (a scatter through
+        the sorted order was 20x slower); only the values equal to it are picked from the sorted order
+        (equal magnitudes go in index order, as in measure())."""
+        sorted_mags, order = self._order(layer)
         stored = np.asarray(self.mf.array(layer.ref.tensor))
-        flat = stored.reshape(-1).copy()
-        idx = order[:int(round(level * flat.size))]
+        k = int(round(level * stored.size))
+        if k == 0:
+            return stored.copy()
         zero = _zero_value(self.mf, layer, stored.shape)
-        flat[idx] = zero.reshape(-1)[idx] if zero.ndim else zero
-        return flat.reshape(stored.shape)
+        cut = sorted_mags[k - 1]
+        below = int(np.searchsorted(sorted_mags, cut, side="left"))    # values < cut (NaN sorts last)
+        if below:
+            mags = magnitudes(self.mf, layer.ref)
+            keep = (np.isnan(mags) if np.isnan(cut) else mags >= cut).reshape(stored.shape)
+            if zero.ndim == 0 and stored.dtype in (np.float16, np.float32, np.float64):
+                out = stored * keep
+            else:
+                out = np.where(keep, stored, zero).astype(stored.dtype, copy=False)
+        else:
+            out = stored.copy()
+        ties, flat = order[below:k], out.reshape(-1)
+        flat[ties] = zero.reshape(-1)[ties] if zero.ndim else zero
+        return out
 
     # pruning orders are kept for recovery() while they add up to fewer elements than this
     ORDER_CACHE_LIMIT = 20_000_000
@@ -280,7 +298,7 @@ class OneShotSession:
         for index, level in sparsity.items():
             if level > 0:
                 layer = self.layers[index]
-                swaps[layer.weight] = self._pruned(layer, self._order(layer)[1], level)
+                swaps[layer.weight] = self._pruned(layer, level)
         if not swaps:
             return 1.0
         num = den = 0.0
@@ -398,8 +416,9 @@ def run(mf: ModelFile, layers: list[Layer], levels: np.ndarray, progress=None, c
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="losswidget-one-shot") as pool:
             # graph order: the earliest layers have the most graph after them, so the longest runs start first
             futures = [pool.submit(task, i) for i in range(len(layers))]
-            # the session recovery runs in, made by the first worker out of layers (errors show in recovery)
-            opening = pool.submit(lambda: contextlib.suppress(Exception)(session.model.open_session)())
+            # the session recovery runs in, made by the first worker out of layers (errors show in recovery);
+            # recovery runs alone, so it gets every worker's core
+            opening = pool.submit(lambda: contextlib.suppress(Exception)(session.model.open_session)(workers))
             for f in futures:
                 f.add_done_callback(lambda _: events.put(None))      # wakes the loop when a layer ends
             finished = 0

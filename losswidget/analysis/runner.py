@@ -204,7 +204,8 @@ class ChunkedModel:
                 keep |= self._reads(r[0], b) & self._produced(a, r[0]) & set(self._types)
         return self._session(a, b, fed=[], keep=keep)
 
-    def _session(self, a: int, b: int, fed: list[str], next_chunk: int = 0, keep: set[str] = frozenset()) -> Chunk:
+    def _session(self, a: int, b: int, fed: list[str], next_chunk: int = 0, keep: set[str] = frozenset(),
+                 threads: int | None = None) -> Chunk:
         """Nodes a..b as a session giving what later nodes, the caller or `keep` need; `fed` weights become
         plain inputs, other initializers constants."""
         ort, inits = self._ort, self._inits
@@ -215,8 +216,8 @@ class ChunkedModel:
         options.log_severity_level = 3
         # many sessions live side by side: spinning idle threads of one would steal the cores of another
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if self._threads:
-            options.intra_op_num_threads = self._threads
+        if threads or self._threads:
+            options.intra_op_num_threads = threads or self._threads
         consts, names, values, keep = [], [], [], []
         for name in sorted(reads & set(inits) - set(fed)):
             t = inits[name]
@@ -255,11 +256,13 @@ class ChunkedModel:
                 self._entries[w] = entry
         return entry
 
-    def open_session(self) -> Chunk:
-        """The whole graph with every layer weight fed (runs with several weights swapped: recovery)."""
+    def open_session(self, threads: int | None = None) -> Chunk:
+        """The whole graph with every layer weight fed (runs with several weights swapped: recovery), made
+        on first use with `threads` intra-op threads (default: as the chunks)."""
         with self._lock:
             if self._open is None:
-                self._open = self._session(0, len(self._nodes), sorted(self._readers), len(self.chunks))
+                self._open = self._session(0, len(self._nodes), sorted(self._readers), len(self.chunks),
+                                           threads=threads)
             return self._open
 
     def release(self, w: str) -> None:

@@ -24,6 +24,25 @@ def peer_python() -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+def compile_ours() -> None:
+    """Byte-compile losswidget as `pip install` does (SparseML's venv has its bytecode from pip): an
+    editable checkout run with PYTHONDONTWRITEBYTECODE=1 would otherwise compile it in every process."""
+    import compileall
+
+    import losswidget
+    compileall.compile_dir(str(Path(losswidget.__file__).parent), quiet=1)
+
+
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave to other guests, all cores together (Linux /proc/stat; 0 elsewhere):
+    what makes the same run vary on shared hosts."""
+    try:
+        with open("/proc/stat") as f:
+            return int(f.readline().split()[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def run_json(python: str, code: str, *args: str) -> tuple[float, dict]:
     """Run `code` in a fresh process; (whole-process seconds, the JSON it printed last)."""
     t0 = time.perf_counter()

@@ -6,7 +6,6 @@ import onnxruntime as ort
 import pytest
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-from losswidget.analysis import runner
 from losswidget.analysis.runner import ChunkedModel
 from losswidget.graph import read_graph
 from losswidget.onnxfile import open_model
@@ -161,16 +160,22 @@ def test_a_chunk_ends_after_the_bias_and_activation_of_its_layer(tmp_path):
     assert cm.chunks[0].outputs == ["g"]                      # the pre-activation tensors stay inside
 
 
-def test_unknown_types_fall_back_to_one_chunk(tmp_path, monkeypatch):
-    path, feeds = build("residual", tmp_path)
-    # shape inference failed: only the graph's declared inputs and outputs have types
-    monkeypatch.setattr(runner, "_value_types", lambda m: {v.name: v.type for v in (*m.graph.input, *m.graph.output)})
+def test_a_sequence_crossing_a_cut_gives_one_chunk(tmp_path):
+    """Chunks pass tensors only: a sequence made before a layer and read after it keeps the graph whole."""
+    nodes = [helper.make_node("SequenceConstruct", ["x"], ["seq"]),
+             helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("SequenceAt", ["seq", "zero"], ["t"]),
+             helper.make_node("Add", ["h", "t"], ["s"]),
+             helper.make_node("MatMul", ["s", "w2"], ["y"], name="fc2")]
+    m = model(nodes, [vi("x", ["n", W])], [vi("y", ["n", W])],
+              [init("w1", arr(W, W, seed=1)), init("w2", arr(W, W, seed=2)), init("zero", np.int64(0))])
+    path, feeds = save(m, tmp_path / "seq.onnx"), {"x": arr(3, W, seed=3)}
     mf = open_model(path)
     cm = ChunkedModel(mf, [l.weight for l in read_graph(mf).layers], threads=1, chunks=100)
     assert len(cm.chunks) == 1
     env = cm.run_dense(feeds)
     tensors = {t.name: t for t in mf.model.graph.initializer}
-    for w in ("b0.w1", "b1.w2"):
+    for w in ("w1", "w2"):
         new = swapped(np.array(mf.array(tensors[w])))
         np.testing.assert_allclose(cm.run_with(env, {w: new})["y"], whole_model_run(path, feeds, {w: new})["y"],
                                    rtol=1e-5, atol=1e-5)

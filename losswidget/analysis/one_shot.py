@@ -53,14 +53,25 @@ def _kl(p: np.ndarray, pruned: np.ndarray, dense: np.ndarray) -> np.ndarray:
     non-negative terms of the size of the change. The textbook form (sum p log p - sum p x + logsumexp x)
     subtracts numbers of the size of the logits and was off by 5-30% on slightly pruned layers in float32.
     Positions where e^u overflows or KL > 30 (the outputs changed beyond recognition) take the textbook
-    form in float64, exact enough there.
+    form in float64, exact enough there. Rows go in blocks of ~128 KB, so that u and e^u - 1 - u stay in
+    cache (a fifth less time than whole-array passes, in the measure loop).
     """
-    u = np.subtract(pruned, dense, dtype=np.promote_types(dense.dtype, np.float32))
-    u -= np.einsum("...j,...j->...", p, u)[..., None]
+    n = dense.shape[-1]
+    P, A, D = (x.reshape(-1, n) for x in (p, pruned, dense))
+    rows = max(1, 32768 // max(n, 1))
+    u = np.empty((min(rows, len(D)), n), np.promote_types(dense.dtype, np.float32))
+    phi = np.empty_like(u)
+    sums = np.empty(len(D))
     with np.errstate(over="ignore", invalid="ignore"):
-        phi = np.expm1(u)
-        phi -= u
-        kl = np.log1p(np.einsum("...j,...j->...", p, phi).astype(np.float64))  # terms >= 0: float32 sums hold
+        for a in range(0, len(D), rows):
+            b = min(a + rows, len(D))
+            ub, pb = u[:b - a], phi[:b - a]
+            np.subtract(A[a:b], D[a:b], out=ub)
+            ub -= np.einsum("ij,ij->i", P[a:b], ub)[:, None]
+            np.expm1(ub, out=pb)
+            pb -= ub
+            sums[a:b] = np.einsum("ij,ij->i", P[a:b], pb)       # terms >= 0: float32 sums hold
+        kl = np.log1p(sums).reshape(dense.shape[:-1])
     big = ~np.isfinite(kl) | (kl > 30)                 # e^u overflowed, or close to it in float32 sums
     if big.any():
         lp, lq = _log_softmax64(dense[big]), _log_softmax64(pruned[big])
@@ -158,13 +169,10 @@ class OneShotSession:
     def _setup(self, dataset: Dataset, settings: Settings, threads: int | None) -> None:
         from .runner import ChunkedModel
 
-        self.model = ChunkedModel(self.mf, [l.weight for l in self.layers], threads, probe=dataset.batches[0])
         self.settings = settings
-        outs = self.model.graph_outputs
-        if settings.output is not None and settings.output not in outs:
-            raise SettingsError(f"Unknown output '{settings.output}'; the model's outputs are {outs}.")
         self.dataset = dataset
-        try:
+        try:                                  # the model's first dense run comes with its chunks
+            self.model = ChunkedModel(self.mf, [l.weight for l in self.layers], threads, probe=dataset.batches[0])
             self.envs = [self.model.probe_env if i == 0 and self.model.probe_env is not None else
                          self.model.run_dense(b) for i, b in enumerate(dataset.batches)]
         except LossWidgetError:
@@ -172,6 +180,9 @@ class OneShotSession:
         except Exception as exc:
             raise DataError(f"onnxruntime could not run the model on this data: "
                             f"{str(exc).splitlines()[0][:300]}") from None
+        outs = self.model.graph_outputs
+        if settings.output is not None and settings.output not in outs:
+            raise SettingsError(f"Unknown output '{settings.output}'; the model's outputs are {outs}.")
         names = [settings.output] if settings.output else [
             o for o in outs if np.issubdtype(self.envs[0][o].dtype, np.floating)]
         if not names:

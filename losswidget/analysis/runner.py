@@ -102,6 +102,8 @@ class ChunkedModel:
     # onnxruntime's fixed cost per run() call with its feeds, single-threaded, measured on the dev machines
     # (11-22 us): more chunks recompute less of the graph but pay it more often
     RUN_OVERHEAD_S = 0.00005
+    # what a session's first run costs more than later ones, at most (~0.2 ms on the dev machines)
+    FIRST_RUN_EXTRA_S = 0.001
     # sessions cost ~5 ms each to make: a model with thousands of layers gets at most this many chunks
     MAX_CHUNKS = 128
 
@@ -123,7 +125,7 @@ class ChunkedModel:
         self._model = model
         self.graph_inputs = [i.name for i in model.graph.input if i.name not in self._inits]
         self.graph_outputs = [o.name for o in model.graph.output]
-        self._types = _value_types(model)
+        self._types = _declared_types(model)     # more as onnxruntime infers them, chunk by chunk
         self._nodes = nodes = list(model.graph.node)
         self._used = used = [_used_names(n) for n in nodes]
         readers: dict[str, list[int]] = {}
@@ -144,13 +146,18 @@ class ChunkedModel:
         # dominate is re-cut into fewer chunks
         self._build(_split(ends, n, chunks or self.MAX_CHUNKS, sizes))
         if chunks is None and probe is not None and len(self.chunks) > 1:
+            t0 = time.perf_counter()
             self.probe_env = self.run_dense(probe)
-            t0 = time.perf_counter()                     # timed warm: first runs allocate
-            self.run_dense(probe)
-            wanted = int(round(math.sqrt((time.perf_counter() - t0) / self.RUN_OVERHEAD_S)))
-            if wanted < len(self.chunks) / 2:
-                self._build(_split(ends, n, wanted, sizes))
-                self.probe_env = None
+            # a session's first run allocates (~0.2 ms, measured): a second run is timed only when the
+            # first leaves room for fewer chunks to pay off
+            first = time.perf_counter() - t0 - len(self.chunks) * self.FIRST_RUN_EXTRA_S
+            if first < (len(self.chunks) / 2) ** 2 * self.RUN_OVERHEAD_S:
+                t0 = time.perf_counter()
+                self.run_dense(probe)
+                wanted = int(round(math.sqrt((time.perf_counter() - t0) / self.RUN_OVERHEAD_S)))
+                if wanted < len(self.chunks) / 2:
+                    self._build(_split(ends, n, wanted, sizes))
+                    self.probe_env = None
 
     def _cut_after(self, i: int) -> int:
         """Where a chunk ending with reader node i ends: after it and the elementwise nodes that only finish
@@ -166,12 +173,26 @@ class ChunkedModel:
         return e
 
     def _build(self, bounds: list[tuple[int, int]]) -> None:
-        n = len(self._nodes)
-        crossing = {o for a, b in bounds for o in self._produced(a, b) if self._needed_after(o, b)}
-        if not all(t in self._types for t in crossing):
-            bounds = [(0, n)]                  # types unknown: one chunk
-        self.bounds = bounds
-        self.chunks = [self._chunk(a, b) for a, b in bounds]
+        """Sessions for the chunks, in order: each one's inputs are typed by what onnxruntime inferred for
+        the outputs of the ones before (no ONNX shape inference: it cost 25 ms in every process for its
+        schema tables). A value that is not a tensor (a sequence, an optional) crossing a cut: one chunk."""
+        self.bounds, self.chunks = bounds, []
+        for a, b in bounds:
+            chunk = self._chunk(a, b)
+            if not self._learn_types(chunk) and len(bounds) > 1:
+                return self._build([(0, len(self._nodes))])
+            self.chunks.append(chunk)
+
+    def _learn_types(self, chunk: Chunk) -> bool:
+        """Keep the element types onnxruntime inferred for the chunk's outputs; False if one is no tensor."""
+        tensors = True
+        for out in chunk.session.get_outputs():
+            elem = _elem_type(out.type)
+            if elem is None:
+                tensors = False
+            else:
+                self._types[out.name] = elem
+        return tensors
 
     # -- building ----------------------------------------------------------------------------------------
     def _produced(self, a: int, b: int) -> set[str]:
@@ -190,7 +211,7 @@ class ChunkedModel:
         last = next(k for k, (a, b) in enumerate(self.bounds) if a <= r[-1] < b)
         first = r[0]
         a = next(a for a, b in self.bounds if a <= first < b)
-        # values made between the chunk start and the first reader must be typed to be fed in
+        # values made between the chunk start and the first reader are fed in (its dense run keeps them)
         if not all(n in self._types for n in (self._reads(first, self.bounds[last][1]) & self._produced(a, first))):
             first = a
         return first, self.bounds[last][1], last + 1
@@ -201,7 +222,7 @@ class ChunkedModel:
         keep: set[str] = set()
         for r in self._readers.values():
             if a < r[0] < b:
-                keep |= self._reads(r[0], b) & self._produced(a, r[0]) & set(self._types)
+                keep |= self._reads(r[0], b) & self._produced(a, r[0])
         return self._session(a, b, fed=[], keep=keep)
 
     def _session(self, a: int, b: int, fed: list[str], next_chunk: int = 0, keep: set[str] = frozenset(),
@@ -327,21 +348,26 @@ def _split(ends: dict[str, int], n_nodes: int, wanted: int, size: dict[str, int]
     return list(zip(starts, starts[1:] + [n_nodes]))
 
 
-def _value_types(model: onnx.ModelProto) -> dict[str, int]:
+def _declared_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element types of the graph's inputs and outputs, as the model declares them."""
+    return {vi.name: vi.type.tensor_type.elem_type for vi in (*model.graph.input, *model.graph.output)
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
+
+
+def _elem_type(ort_type: str) -> int | None:
+    """TensorProto element type of an onnxruntime type name ('tensor(float16)'); None if not a tensor."""
+    if not (ort_type.startswith("tensor(") and ort_type.endswith(")")):
+        return None
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # best effort: unknown types make the runner fall back to one chunk
-        inferred = model
-    g = inferred.graph
-    types = {}
-    for vi in (*g.input, *g.output, *g.value_info):
-        if vi.type.tensor_type.elem_type:
-            types[vi.name] = vi.type
-    return types
+        return TensorProto.DataType.Value(ort_type[7:-1].upper())
+    except ValueError:
+        return None
 
 
 def _vi(name: str, types: dict, tensor: TensorProto | None = None) -> onnx.ValueInfoProto:
     if tensor is not None:
         return helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims))
-    # element type only: inferred shapes may pin the batch size, and the last batch may be smaller
-    return helper.make_tensor_value_info(name, types[name].tensor_type.elem_type, None)
+    if name not in types:                  # an output: onnxruntime infers its type
+        return helper.make_empty_tensor_value_info(name)
+    # element type only: shapes would pin the batch size, and the last batch may be smaller
+    return helper.make_tensor_value_info(name, types[name], None)

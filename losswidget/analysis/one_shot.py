@@ -282,7 +282,7 @@ class OneShotSession:
                 if k < done:                          # levels out of order: start again from the weight
                     work[:] = stored.reshape(-1)
                     done, pruned_energy = 0, 0.0
-                idx = order[done:k]
+                idx = order[done:k].astype(np.intp)       # numpy converts int32 indices slowly
                 pruned_energy += _energy(mags[done:k])
                 kept.append(1.0 - (pruned_energy / energy if k and energy > 0 else 0.0))
                 if step is not None:

@@ -32,12 +32,16 @@ def log_softmax(x):
 def mlp(tmp_path):
     """x[n, 4] -> MatMul(w1 [4, 6]) -> Relu -> MatMul(w2 [6, 5]) -> logits [n, 5]."""
     w1, w2 = arr(4, 6, seed=3), arr(6, 5, seed=4)
-    m = model([helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
-               helper.make_node("Relu", ["h"], ["r"]),
-               helper.make_node("MatMul", ["r", "w2"], ["logits"], name="fc2")],
-              [vi("x", ["n", 4])], [vi("logits", ["n", 5])], [init("w1", w1), init("w2", w2)])
     x = arr(10, 4, seed=5)
-    return save(m, tmp_path / "mlp.onnx"), w1, w2, x
+    return save(two_layers(w1, w2), tmp_path / "mlp.onnx"), w1, w2, x
+
+
+def two_layers(w1, w2):
+    """x -> MatMul(w1) -> Relu -> MatMul(w2) -> logits (numpy: forward())."""
+    return model([helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+                  helper.make_node("Relu", ["h"], ["r"]),
+                  helper.make_node("MatMul", ["r", "w2"], ["logits"], name="fc2")],
+                 [vi("x", ["n", w1.shape[0]])], [vi("logits", ["n", w2.shape[1]])], [init("w1", w1), init("w2", w2)])
 
 
 def forward(x, w1, w2):
@@ -72,17 +76,12 @@ def test_kl_is_exact_for_small_changes_of_large_logits(tmp_path):
     float32 probabilities lost it (off by 120% at 0.2% pruning); the reported value must match float64 on
     onnxruntime's own logits."""
     w1, w2 = arr(16, 64, seed=1), arr(64, 1000, seed=2) * 2
-    m = model([helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
-                helper.make_node("Relu", ["h"], ["r"]),
-                helper.make_node("MatMul", ["r", "w2"], ["logits"], name="fc2")],
-               [vi("x", ["n", 16])], [vi("logits", ["n", 1000])], [init("w1", w1), init("w2", w2)])
-    path = save(m, tmp_path / "big.onnx")
+    path = save(two_layers(w1, w2), tmp_path / "big.onnx")
     x = arr(256, 16, seed=3)
     levels = [0.002, 0.01, 0.05]
     p = losswidget.analyze(path, "one-shot", data={"x": x}, sparsity_levels=levels)
     run = lambda a, b: ort.InferenceSession(  # noqa: E731
-        save(model(m.graph.node, m.graph.input, m.graph.output, [init("w1", a), init("w2", b)]),
-             tmp_path / "p.onnx")).run(None, {"x": x})[0].astype(np.float64)
+        save(two_layers(a, b), tmp_path / "p.onnx")).run(None, {"x": x})[0].astype(np.float64)
     dense = run(w1, w2)
     assert np.abs(dense).max() > 50
     lp = log_softmax(dense)
@@ -341,11 +340,7 @@ def test_equal_magnitudes_are_pruned_in_index_order(tmp_path):
     rng = np.random.default_rng(6)
     w1 = rng.choice([-2.0, -1.0, 1.0, 2.0], size=(4, 6)).astype(np.float32)
     w2 = rng.choice([-0.5, 0.5, 1.5], size=(6, 5)).astype(np.float32)
-    m = model([helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
-               helper.make_node("Relu", ["h"], ["r"]),
-               helper.make_node("MatMul", ["r", "w2"], ["logits"], name="fc2")],
-              [vi("x", ["n", 4])], [vi("logits", ["n", 5])], [init("w1", w1), init("w2", w2)])
-    path = save(m, tmp_path / "ties.onnx")
+    path = save(two_layers(w1, w2), tmp_path / "ties.onnx")
     x = arr(10, 4, seed=5)
     levels = [0.1, 0.25, 0.5, 0.9]
     session = OneShotSession(path, load_data({"x": x}, onnx.load(path)), Settings(metric="mse"), 1)

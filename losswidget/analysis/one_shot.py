@@ -21,10 +21,9 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExec
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 
 from ..data import Dataset
-from ..errors import AnalysisCancelled, DataError, LossWidgetError, ModelError, SettingsError
+from ..errors import AnalysisCancelled, DataError, LossWidgetError, SettingsError
 from ..graph import Layer, read_graph
 from ..onnxfile import ModelFile, open_model
 from ..plan import CAP, allocate
@@ -282,7 +281,6 @@ class OneShotSession:
                 if k < done:                          # levels out of order: start again from the weight
                     work[:] = stored.reshape(-1)
                     done, pruned_energy = 0, 0.0
-                idx = order[done:k].astype(np.intp)       # numpy converts int32 indices slowly
                 pruned_energy += _energy(mags[done:k])
                 kept.append(1.0 - (pruned_energy / energy if k and energy > 0 else 0.0))
                 if step is not None:
@@ -290,6 +288,7 @@ class OneShotSession:
                 if k in measured:                     # the same weights as an earlier level: no run
                     values.append(measured[k])
                     continue
+                idx = order[done:k].astype(np.intp)   # numpy converts int32 indices slowly
                 work[idx] = zero[idx] if zero.size > 1 else zero
                 done = k
                 total, count = 0.0, 0

@@ -327,7 +327,7 @@ _FINISHING = frozenset({"Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "PRelu"
 
 
 def _split(ends: dict[str, int], n_nodes: int, wanted: int, size: dict[str, int]) -> list[tuple[int, int]]:
-    """Up to `wanted` chunks, cut right after nodes that read a layer weight, balanced by weight size.
+    """Up to `wanted` chunks, cut at the given ends of layers (ChunkedModel._cut_after), balanced by weight size.
 
     With K chunks, a pruned run costs about K/2 run overheads plus the compute after the pruned layer; the
     sqrt(dense time / overhead) chunks that `wanted` comes from balance the two.

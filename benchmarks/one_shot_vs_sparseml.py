@@ -3,9 +3,9 @@ the agreement of the per-layer sensitivity rankings (Spearman).
 
 Both sides get the same model, the same 10 levels (SparseML's defaults) and the same samples, and each runs
 as a fresh process, timed from start to exit (imports included), from bytecode as pip installs it.
-SparseML comes from ../shared/bench/sparseml_peer.sh. The machines are noisy (shared hosts: the same run varies by 1.5x within
-minutes; each run of ours shows the steal time the host took meanwhile), so --repeat N alternates the two N
-times and reports each pair's ratio, their median, and the best time against the best time.
+SparseML comes from ../shared/bench/sparseml_peer.sh. The machines are noisy (shared hosts: the same run
+varies by 1.5x within minutes; each run of ours shows the steal time the host took meanwhile), so --repeat N
+alternates the two N times and reports each pair's ratio, their median, and the best time against the best.
 On t12 SparseML takes about 25 minutes: --peer-json keeps its result.
 
   python benchmarks/one_shot_vs_sparseml.py --repeat 5               # t4: 25 layers, hidden 256

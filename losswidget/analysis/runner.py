@@ -102,7 +102,8 @@ class ChunkedModel:
     # onnxruntime's fixed cost per run() call with its feeds, single-threaded, measured on the dev machines
     # (11-22 us): more chunks recompute less of the graph but pay it more often
     RUN_OVERHEAD_S = 0.00005
-    # what a session's first run costs more than later ones, at most (~0.2 ms on the dev machines)
+    # what a session's first run costs more than later ones (allocation), at most: 0.2 ms on the dev
+    # machines, 0.4-1.1 ms per t4 chunk on the 2-core hosts
     FIRST_RUN_EXTRA_S = 0.001
     # sessions cost ~5 ms each to make: a model with thousands of layers gets at most this many chunks
     MAX_CHUNKS = 128
@@ -148,8 +149,8 @@ class ChunkedModel:
         if chunks is None and probe is not None and len(self.chunks) > 1:
             t0 = time.perf_counter()
             self.probe_env = self.run_dense(probe)
-            # a session's first run allocates (~0.2 ms, measured): a second run is timed only when the
-            # first leaves room for fewer chunks to pay off
+            # a second run is timed only when the first, less its allocation, leaves room for fewer
+            # chunks to pay off
             first = time.perf_counter() - t0 - len(self.chunks) * self.FIRST_RUN_EXTRA_S
             if first < (len(self.chunks) / 2) ** 2 * self.RUN_OVERHEAD_S:
                 t0 = time.perf_counter()

@@ -1,13 +1,15 @@
-"""losswidget: layer-by-layer pruning sensitivity (loss profiles) of ONNX models, in Jupyter.
+"""losswidget: layer-by-layer pruning sensitivity (loss profiles) of ONNX models, and plans of what to prune.
 
-Public API: `analyze`, `methods`, `LossProfile`, `LayerResult`, `load_profile`, `from_sparseml` and the errors.
+Public API: `analyze`, `methods`, `load_profile`, `from_sparseml`, `load_plan`, `prune`, `demo`, `LossProfile`,
+`LayerResult`, `Plan`, `LossProfileWidget` and the errors.
 """
-from .analysis import analyze, methods
+from .analysis import analyze, from_sparseml, methods
 from .demo import demo
 from .errors import (AnalysisCancelled, DataError, LossWidgetError, ModelError, ProfileError,
                      SettingsError)
-from .profile import LayerResult, LossProfile, from_sparseml, load_profile
-from .analysis import approximated as _approximated, magnitude as _magnitude  # noqa: F401 (ready for analyze)
+from .plan import Plan, load_plan
+from .profile import LayerResult, LossProfile, load_profile
+from .prune import prune
 
 __version__ = "0.1.0"
 
@@ -19,5 +21,8 @@ def __getattr__(name):
         from .widget.app import LossProfileWidget
         return LossProfileWidget
     raise AttributeError(f"module 'losswidget' has no attribute {name!r}")
-__all__ = ["analyze", "methods", "demo", "LossProfile", "LossProfileWidget", "LayerResult", "load_profile", "from_sparseml",
-           "LossWidgetError", "ModelError", "DataError", "SettingsError", "ProfileError", "AnalysisCancelled"]
+
+
+__all__ = ["analyze", "methods", "demo", "LossProfile", "LossProfileWidget", "LayerResult", "load_profile",
+           "from_sparseml", "Plan", "load_plan", "prune", "LossWidgetError", "ModelError", "DataError", "SettingsError",
+           "ProfileError", "AnalysisCancelled"]

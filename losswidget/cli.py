@@ -5,20 +5,6 @@ import argparse
 import sys
 
 
-def _levels(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"levels must be comma-separated numbers, e.g. 0,0.5,0.9 (got {text!r})")
-
-
-def _dims(text: str) -> dict[str, int]:
-    try:
-        return {k.strip(): int(v) for k, v in (part.split("=") for part in text.split(",") if part.strip())}
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"dims must look like batch=4,seq=64 (got {text!r})")
-
-
 def _executor(args):
     """A concurrent.futures executor for --workers / --scheduler, or None to run in this process."""
     if args.workers:
@@ -43,29 +29,60 @@ def human(n: float) -> str:
     return fmt(n, 2)
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="losswidget", description="Pruning loss profiles of ONNX models.")
-    sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("profile", help="profile a model and print its summary and most sensitive layers")
+def _setting_type(setting):
+    """argparse type for a declared setting: its own parser, errors as argparse's one-line usage errors."""
+    from .errors import SettingsError
+
+    def parse(text: str):
+        try:
+            return setting.parse(text)
+        except SettingsError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = setting.kind
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr and exit status 2 (argparse prints the whole usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog.split()[0]}: error: {message} (see {self.prog} --help)\n")
+
+
+def _parser(settings: bool = True) -> argparse.ArgumentParser:
+    """The CLI; `settings=False` leaves out the methods' setting flags (they need the analysis modules, whose
+    imports only `profile` pays for)."""
+    ap = _Parser(prog="losswidget", description="Pruning loss profiles of ONNX models, and plans of what to prune.")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("profile", help="profile a model and print its summary, plan and most sensitive layers")
     p.add_argument("model", help="path of an .onnx file")
-    p.add_argument("--method", default="magnitude", help="approximated | magnitude | one-shot (default: magnitude)")
     p.add_argument("--name", help="profile name (default: the method's label)")
-    p.add_argument("--levels", type=_levels, help="sparsity levels, e.g. 0,0.5,0.9 (default: the method's)")
-    p.add_argument("--target", type=float, default=0.85, help="target sparsity for the estimates (default 0.85)")
+    if settings:
+        _add_settings(p)
     p.add_argument("--top", type=int, default=10, help="how many of the most sensitive layers to list")
-    o = p.add_argument_group("one-shot (data-driven) options")
-    o.add_argument("--data", help="an .npz file whose arrays are named like the model's inputs, or 'random'")
-    o.add_argument("--labels", metavar="KEY", help="the array in --data that holds the labels")
-    o.add_argument("--metric", default="kl", help="kl | mse | loss (default: kl; loss needs --labels)")
-    o.add_argument("--output", help="compare this model output only (default: all float outputs)")
-    o.add_argument("--samples", type=int, help="use at most this many samples")
-    o.add_argument("--batch-size", type=int, help="samples per onnxruntime run")
-    o.add_argument("--random-dims", type=_dims, help="sizes of symbolic dims for --data random, e.g. batch=4,seq=64")
-    where = o.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, help="measure layers in this many local processes")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive, help="share the layers out to this many local processes")
     where.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler to share the layers out on")
     p.add_argument("--json", metavar="OUT", help="write the profile as JSON")
     p.add_argument("--csv", metavar="OUT", help="write the per-layer table as CSV")
+    pl = sub.add_parser("plan", help="per-layer sparsities at a target from a profile; export JSON, CSV, recipe")
+    pl.add_argument("profile", help="a profile JSON (from `losswidget profile --json`, the widget or the API)")
+    pl.add_argument("--target", type=float, help="target sparsity of prunable params (default: the profile's)")
+    pl.add_argument("--exclude", type=_names, default=(), metavar="A,B", help="layers kept dense (names or indices)")
+    pl.add_argument("--cap", type=float, default=0.95, help="no layer past this sparsity (default 0.95)")
+    pl.add_argument("--json", metavar="OUT", help="write the plan as JSON (what `losswidget prune --plan` reads)")
+    pl.add_argument("--csv", metavar="OUT", help="write the plan as CSV")
+    pl.add_argument("--recipe", metavar="OUT", help="write a SparseML-style YAML recipe")
+
+    pr = sub.add_parser("prune", help="write the model pruned by a plan (or a profile's plan at a target)")
+    pr.add_argument("model", help="path of the .onnx file to prune")
+    src = pr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--plan", help="a plan JSON")
+    src.add_argument("--profile", help="a profile JSON; its plan at --target is applied")
+    pr.add_argument("--target", type=float, help="with --profile: target sparsity (default: the profile's)")
+    pr.add_argument("--exclude", type=_names, default=(), metavar="A,B", help="with --profile: layers kept dense")
+    pr.add_argument("--out", required=True, help="where to write the pruned .onnx")
+
     sub.add_parser("methods", help="list the analysis methods and their settings")
     app = sub.add_parser("app", help="serve the widget as a standalone page on localhost (Voilà)")
     app.add_argument("model", nargs="?", help="an .onnx file (default: the bundled demo model and its data)")
@@ -73,9 +90,41 @@ def _parser() -> argparse.ArgumentParser:
     app.add_argument("--profiles-dir", default="losswidget-profiles", help="where profiles are kept")
     app.add_argument("--port", type=int, default=8866)
     app.add_argument("--no-browser", action="store_true", help="do not open a browser")
-    d = sub.add_parser("demo", help="profile the bundled demo model (trained on digits) three ways, offline")
-    d.add_argument("--out", default="losswidget-demo", help="folder for the model and profiles")
+    d = sub.add_parser("demo", help="profile the bundled demo model three ways, offline, and write the profiles")
+    d.add_argument("--out", default="losswidget-demo", help="folder for the profiles (JSON)")
     return ap
+
+
+def _add_settings(p: argparse.ArgumentParser) -> None:
+    """--method, and one flag per declared setting; analyze() refuses settings the chosen method does not take."""
+    from .analysis import all_settings, registry
+
+    methods = registry()
+    p.add_argument("--method", default="magnitude", choices=list(methods),
+                   help="analysis method (default: magnitude); `losswidget methods` describes them")
+    for s in all_settings().values():
+        help_ = s.help
+        users = [m.name for m in methods.values() if m.setting(s.name) is not None]
+        if len(users) < len(methods):
+            help_ += f" [{', '.join(users)}]"
+        if s.choices:
+            help_ += f" ({' | '.join(s.choices)}; default {s.default})"
+        p.add_argument(s.cli_flag, dest=s.name, type=_setting_type(s), default=None, help=help_,
+                       metavar="L1,L2,..." if s.kind == "levels" else s.name.upper())
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (got {text!r})")
+    return value
+
+
+def _names(text: str) -> tuple:
+    return tuple(int(x) if x.strip().isdigit() else x.strip() for x in text.split(",") if x.strip())
 
 
 class _Bar:
@@ -96,39 +145,69 @@ class _Bar:
             sys.stderr.write("\r" + " " * 80 + "\r")
 
 
+def estimate_text(est_recovery, kind, energy, measured_at=()) -> str:
+    """What a plan keeps, named as what it is: measured recovery, or (data-free) weight energy."""
+    if est_recovery is not None:
+        where = f", measured at {min(measured_at):g}-{max(measured_at):g}" if measured_at else ""
+        return f"est. recovery {est_recovery:.3f} ({kind}{where})"
+    if energy is not None:
+        return f"weight energy kept {energy:.3f} (data-free: not a recovery estimate)"
+    return "no recovery estimate"
+
+
 def print_profile(profile, top: int) -> None:
     s = profile.summary
     m = profile.model
     print(f"Model:        {m.path or '(in memory)'}  {m.hash[:19]}")
-    levels = profile.settings.get("sparsity_levels", [])
-    print(f"Profile:      {profile.name!r}, method {profile.method}, {len(levels)} levels, "
-          f"target {s.target_sparsity:g}")
+    levels = profile.levels
+    extra = f", scoring {', '.join(f'{k}: {v}' for k, v in profile.settings['scoring'].items())}" \
+        if profile.settings.get("scoring") else ""
+    print(f"Profile:      {profile.name!r}, method {profile.method}, {len(levels)} levels{extra}")
     share = f" ({s.prunable_params / s.total_params:.1%})" if s.total_params else ""
     print(f"Params:       {human(s.total_params)} total, {human(s.prunable_params)} prunable{share}, "
           f"{len(profile.layers)} layers")
     print(f"Sensitivity:  {s.avg_sensitivity:.4g} on average (L(0.95) - L(0) per layer)")
-    print(f"Estimates:    params reduction {s.est_params_reduction:.2f}x at target {s.target_sparsity:g}, "
-          f"recovery {'n/a' if s.est_recovery is None else f'{s.est_recovery:.3f}'} ({profile.recovery_note})")
-    for note in profile.notes:
+    targets = profile.recovery.targets if profile.recovery is not None else ()
+    print(f"Plan:         target {s.target_sparsity:.0%} -> {s.achieved_sparsity:.1%} of prunable params, "
+          f"params reduction {s.est_params_reduction:.2f}x, "
+          f"{estimate_text(s.est_recovery, s.recovery_kind, s.weight_energy_kept, targets)}")
+    for note in (*profile.notes, *profile.plan().warnings):
         print(f"Note:         {note}")
     if profile.layers and top > 0:
         rows = profile.most_sensitive(top)
+        planned = profile.plan().sparsity
         width = min(max(len(l.name) for l in rows), 48)
-        print(f"\nMost sensitive layers:\n  {'#':>4}  {'layer':<{width}}  {'op':<12} {'params':>10}  sensitivity")
+        print(f"\nMost sensitive layers:\n  {'#':>4}  {'layer':<{width}}  {'op':<12} {'params':>10}  "
+              f"{'sensitivity':>11}  planned")
         for l in rows:
             flags = f"  [{', '.join(l.flags)}]" if l.flags else ""
             print(f"  {l.index:>4}  {l.name[:width]:<{width}}  {l.op_type:<12} {human(l.params):>10}  "
-                  f"{l.sensitivity:.4g}{flags}")
+                  f"{l.sensitivity:>11.4g}  {planned[l.name]:>7.1%}{flags}")
+
+
+def print_plan(plan) -> None:
+    print(f"Plan:         profile {plan.profile!r} ({plan.method}), target {plan.target:.0%} -> "
+          f"{plan.achieved:.2%} of prunable params, params reduction {plan.est_params_reduction:.2f}x")
+    measured = plan.est_recovery is not None
+    print(f"Expected:     {estimate_text(plan.est_recovery, plan.recovery_kind, plan.weight_energy_kept)}"
+          + ("" if measured else ""))
+    for note in (*plan.warnings, *plan.notes):
+        print(f"Note:         {note}")
+    width = min(max((len(l.name) for l in plan.layers), default=5), 48)
+    print(f"\n  {'#':>4}  {'layer':<{width}}  {'params':>10}  sparsity")
+    for l in plan.layers:
+        mark = "  (excluded)" if l.excluded else ""
+        print(f"  {l.index:>4}  {l.name[:width]:<{width}}  {human(l.params):>10}  {l.sparsity:>7.1%}{mark}")
 
 
 def _demo(out: str) -> int:
-    """Profile the bundled digits model three ways (offline) and write the profiles as JSON."""
+    """Profile the bundled demo model three ways (offline) and write the profiles as JSON."""
     from pathlib import Path
 
     from .analysis import analyze
     from .demo import ACCURACY, demo
     path, data = demo()
-    print(f"Demo: an MLP trained on scikit-learn's digits ({ACCURACY:.1%} held-out accuracy), "
+    print(f"Demo: a model trained on scikit-learn's digits ({ACCURACY:.1%} held-out accuracy), "
           f"{len(data['y'])} held-out digits with labels\n")
     folder = Path(out)
     for method, extra in (("approximated", {}), ("magnitude", {}),
@@ -140,8 +219,67 @@ def _demo(out: str) -> int:
     return 0
 
 
+def _profile(args) -> int:
+    from .analysis import all_settings, analyze, get_method
+    from .errors import SettingsError
+
+    method = get_method(args.method)
+    given = {name: getattr(args, name) for name in all_settings() if getattr(args, name, None) is not None}
+    stray = [all_settings()[n].cli_flag for n in given if method.setting(n) is None]
+    if stray:
+        own = ", ".join(s.cli_flag for s in method.settings)
+        raise SettingsError(f"{', '.join(stray)} does not apply to method {method.name} (its options: {own}).")
+    if (args.workers or args.scheduler) and not method.executor:
+        raise SettingsError(f"--workers / --scheduler do not apply to method {method.name}: it runs in this process.")
+    executor = _executor(args)
+    bar = _Bar()
+    try:
+        profile = analyze(args.model, method.name, name=args.name, progress=bar, executor=executor, **given)
+    finally:
+        bar.close()
+        if executor is not None and hasattr(executor, "shutdown"):
+            executor.shutdown()
+    print_profile(profile, args.top)
+    if args.json:
+        profile.to_json(args.json)
+        print(f"\nWrote {args.json}")
+    if args.csv:
+        profile.to_csv(args.csv)
+        print(f"Wrote {args.csv}")
+    return 0
+
+
+def _plan(args) -> int:
+    from .profile import load_profile
+
+    plan = load_profile(args.profile).plan(args.target, exclude=args.exclude, cap=args.cap)
+    print_plan(plan)
+    for flag, write in (("json", plan.to_json), ("csv", plan.to_csv), ("recipe", plan.to_recipe)):
+        path = getattr(args, flag)
+        if path:
+            write(path)
+            print(f"Wrote {path}")
+    return 0
+
+
+def _prune(args) -> int:
+    from .plan import load_plan
+    from .profile import load_profile
+    from .prune import prune
+
+    if args.plan and (args.target is not None or args.exclude):
+        from .errors import SettingsError
+        raise SettingsError("--target and --exclude go with --profile; a plan file already fixes them.")
+    plan = load_plan(args.plan) if args.plan else load_profile(args.profile).plan(args.target, exclude=args.exclude)
+    out = prune(args.model, plan, args.out)
+    print(f"Pruned {plan.pruned_params:,} of {plan.prunable_params:,} prunable params ({plan.achieved:.2%}); "
+          f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser(settings="profile" in argv).parse_args(argv)
     from .errors import LossWidgetError
 
     try:
@@ -152,36 +290,17 @@ def main(argv: list[str] | None = None) -> int:
                 for key, spec in m["settings"].items():
                     default = spec["default"]
                     shown = f"{len(default)} levels" if isinstance(default, list) else default
-                    print(f"{'':<16}{key} ({spec['type']}, default {shown})")
+                    limits = f", {spec['range']}" if "range" in spec else ""
+                    limits += f", one of {' | '.join(spec['choices'])}" if "choices" in spec else ""
+                    print(f"{'':<16}{key} ({spec['type']}, default {shown}{limits}): {spec['help']}")
             return 0
-        from .analysis import analyze
         if args.command == "demo":
             return _demo(args.out)
         if args.command == "app":
             from .serve import serve
             return serve(args.model, data=args.data, profiles_dir=args.profiles_dir, port=args.port,
                          open_browser=not args.no_browser)
-        bar = _Bar()
-        extra = {}
-        if args.method == "one-shot":
-            extra = dict(data=args.data, labels=args.labels, metric=args.metric, output=args.output,
-                         samples=args.samples, batch_size=args.batch_size, random_dims=args.random_dims,
-                         executor=_executor(args))
-        try:
-            profile = analyze(args.model, args.method, name=args.name, sparsity_levels=args.levels,
-                              target_sparsity=args.target, progress=bar, **extra)
-        finally:
-            bar.close()
-            if extra.get("executor") is not None and hasattr(extra["executor"], "shutdown"):
-                extra["executor"].shutdown()
-        print_profile(profile, args.top)
-        if args.json:
-            profile.to_json(args.json)
-            print(f"\nWrote {args.json}")
-        if args.csv:
-            profile.to_csv(args.csv)
-            print(f"Wrote {args.csv}")
-        return 0
+        return {"profile": _profile, "plan": _plan, "prune": _prune}[args.command](args)
     except LossWidgetError as exc:
         print(f"losswidget: error: {exc}", file=sys.stderr)
         return 2

@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass, field
 
 import onnx
-from onnx import AttributeProto, NodeProto, TensorProto
+from onnx import NodeProto, TensorProto
 
-from .onnxfile import PARAM_TYPES, ModelFile, numel
+from .onnxfile import PARAM_TYPES, ModelFile, constant_tensor, numel, stored_tensors, subgraphs
 
 _PASS_THROUGH = {"Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "CastLike"}
 
@@ -47,7 +47,7 @@ _EITHER_OPERAND = {"Gemm", "MatMul", "FusedMatMul", "QLinearMatMul", "MatMulInte
 @dataclass(frozen=True)
 class WeightRef:
     """A stored weight tensor and how to turn it into the values the layer applies."""
-    key: tuple[int, str]            # (graph scope id, tensor name): unique per stored tensor
+    key: tuple[int, str]            # (graph number, tensor name) as onnxfile.stored_tensors keys stored tensors
     tensor: TensorProto             # initializer or Constant value (large data may be left on disk)
     scale: TensorProto | None = None
     zero_point: TensorProto | None = None
@@ -82,11 +82,8 @@ class ModelGraph:
 
 
 class _Scope:
-    _ids = 0
-
-    def __init__(self, graph: onnx.GraphProto, parent: _Scope | None):
-        _Scope._ids += 1
-        self.id = _Scope._ids
+    def __init__(self, graph: onnx.GraphProto, parent: _Scope | None, number: int):
+        self.id = number             # graphs numbered in walk order, as onnxfile.stored_tensors numbers them
         self.parent = parent
         self.inits = {t.name: t for t in graph.initializer}
         self.producers: dict[str, NodeProto] = {}
@@ -106,16 +103,6 @@ class _Scope:
         return None, None, None
 
 
-def _constant_tensor(node: NodeProto) -> TensorProto | None:
-    for attr in node.attribute:
-        if attr.name == "value" and attr.type == AttributeProto.TENSOR:
-            t = TensorProto()
-            t.CopyFrom(attr.t)
-            t.name = node.output[0]
-            return t
-    return None
-
-
 def _attr_int(node: NodeProto, name: str, default: int) -> int:
     for attr in node.attribute:
         if attr.name == name:
@@ -133,7 +120,7 @@ def _resolve(name: str, scope: _Scope, depth: int = 0) -> WeightRef | None:
     if node is None:
         return None
     if node.op_type == "Constant":
-        tensor = _constant_tensor(node)
+        tensor = constant_tensor(node)
         return WeightRef((owner.id, name), tensor) if tensor is not None else None
     if node.op_type in _PASS_THROUGH and node.input:
         return _resolve(node.input[0], scope, depth + 1)
@@ -196,33 +183,6 @@ def _layer_slots(node: NodeProto, scope: _Scope) -> list[tuple[WeightRef, str, s
     return [(ref, slot[3], data) for ref, slot in zip(refs, slots)]
 
 
-_BRANCH_ORDER = {"then_branch": 0, "else_branch": 1}
-
-
-def _subgraphs(node: NodeProto):
-    """A node's subgraphs; an If's then-branch before its else-branch (helper.make_node sorts by name)."""
-    for attr in sorted(node.attribute, key=lambda a: _BRANCH_ORDER.get(a.name, 2)):
-        if attr.type == AttributeProto.GRAPH:
-            yield attr.name, attr.g
-        elif attr.type == AttributeProto.GRAPHS:
-            for i, g in enumerate(attr.graphs):
-                yield f"{attr.name}[{i}]", g
-
-
-def all_tensors(graph: onnx.GraphProto, parent: _Scope | None = None):
-    """Every stored tensor of the graph and its subgraphs: (tensor, unique key)."""
-    scope = _Scope(graph, parent)
-    for t in graph.initializer:
-        yield t, (scope.id, t.name)
-    for node in graph.node:
-        if node.op_type == "Constant":
-            tensor = _constant_tensor(node)
-            if tensor is not None:
-                yield tensor, (scope.id, node.output[0])
-        for _, sub in _subgraphs(node):
-            yield from all_tensors(sub, scope)
-
-
 _GENERATED = re.compile(r"^(onnx::|val_|\d+$|c\d+$|const_?\d*$|.*(_output_\d+|constant|initializer))", re.I)
 
 
@@ -246,9 +206,12 @@ def read_graph(mf: ModelFile) -> ModelGraph:
     layers: list[Layer] = []
     seen: set[tuple[int, str]] = set()
     ids: set[str] = set()
+    graphs = 0
 
     def walk(graph: onnx.GraphProto, parent: _Scope | None, prefix: str) -> None:
-        scope = _Scope(graph, parent)
+        nonlocal graphs
+        scope = _Scope(graph, parent, graphs)
+        graphs += 1
         for node in graph.node:
             for ref, role, data in _layer_slots(node, scope):
                 if ref.key in seen:
@@ -266,16 +229,15 @@ def read_graph(mf: ModelFile) -> ModelGraph:
                     shape=tuple(int(d) for d in ref.tensor.dims), params=numel(ref.tensor),
                     dtype=onnx.helper.tensor_dtype_to_string(ref.tensor.data_type).replace("TensorProto.", "").lower(),
                     ref=ref, input_name=data, output_name=out, scope=scope.id))
-            for _, sub in _subgraphs(node):
+            for _, sub in subgraphs(node):
                 walk(sub, scope, prefix)
 
     walk(mf.model.graph, None, "")
     total = 0
     counted: set[tuple[int, str]] = set()
-    for tensor, key in all_tensors(mf.model.graph):
+    for tensor, key in stored_tensors(mf.model.graph):
         if tensor.data_type in PARAM_TYPES and key not in counted:
             counted.add(key)
             mf.check(tensor)
             total += numel(tensor)
-    # scope ids differ between the two walks; layer keys were only used for de-duplication above
     return ModelGraph(layers, total)

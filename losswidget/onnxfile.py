@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from blake3 import blake3
 from google.protobuf.message import DecodeError
-from onnx import TensorProto
+from onnx import AttributeProto, NodeProto, TensorProto
 
 from .errors import ModelError
 
@@ -314,6 +314,12 @@ class ModelFile:
         full.raw_data = bytes(mm[blob.offset:blob.offset + blob.length])
         return full
 
+    def read_chunks(self, blob: Blob, chunk: int = 1 << 26):
+        """The blob's bytes in chunks of at most `chunk` bytes (for copying large tensors without holding them)."""
+        mm = self._map(blob.path)
+        for start in range(blob.offset, blob.offset + blob.length, chunk):
+            yield mm[start:min(start + chunk, blob.offset + blob.length)]
+
     def release(self, tensor: TensorProto) -> None:
         """Let the OS drop the tensor's mapped pages from this process (they stay in the page cache)."""
         blob = self.blob(tensor)
@@ -338,7 +344,7 @@ class ModelFile:
             if self.path is None:
                 self._hash = "blake3:" + blake3(self.model.SerializeToString()).hexdigest()
                 return self._hash
-            files = [self.path] + sorted({Path(b.path) for b in self._external_blobs()})
+            files = [self.path] + sorted(Path(p) for p in self.external_paths())
             stats = tuple((str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
                           for f in files for st in [f.stat()])
             cached = _HASHES.get(stats)
@@ -352,9 +358,12 @@ class ModelFile:
             self._hash = cached
         return self._hash
 
+    def external_paths(self) -> set[str]:
+        """The external data files the model's tensors point into."""
+        return {b.path for b in self._external_blobs()}
+
     def _external_blobs(self):
-        from .graph import all_tensors  # local: graph imports this module
-        for tensor, _ in all_tensors(self.model.graph):
+        for tensor, _ in stored_tensors(self.model.graph):
             if tensor.data_location == TensorProto.EXTERNAL:
                 yield self._external_blob(tensor)
 
@@ -373,6 +382,59 @@ class ModelFile:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def constant_tensor(node: NodeProto) -> TensorProto | None:
+    """The tensor a Constant node holds (named like its output), or None for other value kinds."""
+    for attr in node.attribute:
+        if attr.name == "value" and attr.type == AttributeProto.TENSOR:
+            t = TensorProto()
+            t.CopyFrom(attr.t)
+            t.name = node.output[0] if node.output else ""
+            return t
+    return None
+
+
+_BRANCH_ORDER = {"then_branch": 0, "else_branch": 1}
+
+
+def subgraphs(node: NodeProto):
+    """A node's subgraphs as (attribute name, graph); an If's then-branch before its else-branch
+    (helper.make_node sorts attributes by name)."""
+    for attr in sorted(node.attribute, key=lambda a: _BRANCH_ORDER.get(a.name, 2)):
+        if attr.type == AttributeProto.GRAPH:
+            yield attr.name, attr.g
+        elif attr.type == AttributeProto.GRAPHS:
+            for i, g in enumerate(attr.graphs):
+                yield f"{attr.name}[{i}]", g
+
+
+def stored_tensors(graph: onnx.GraphProto, copy: bool = True):
+    """Every stored tensor of the graph and its subgraphs (initializers and Constant nodes), with a key
+    unique per stored tensor: (graph number in walk order, name); subgraphs may reuse an outer name.
+    A Constant's tensor is a copy named like the node's output, or with `copy=False` the node's own
+    (mutable) tensor, whatever its name."""
+    count = 0
+
+    def walk(g: onnx.GraphProto):
+        nonlocal count
+        scope = count
+        count += 1
+        for t in g.initializer:
+            yield t, (scope, t.name)
+        for node in g.node:
+            if node.op_type == "Constant" and node.output:
+                if copy:
+                    tensor = constant_tensor(node)
+                else:
+                    tensor = next((a.t for a in node.attribute if a.name == "value" and a.type == AttributeProto.TENSOR),
+                                  None)
+                if tensor is not None:
+                    yield tensor, (scope, node.output[0])
+            for _, sub in subgraphs(node):
+                yield from walk(sub)
+
+    yield from walk(graph)
 
 
 def _has_inline_data(tensor: TensorProto) -> bool:

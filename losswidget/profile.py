@@ -1,11 +1,13 @@
-"""Loss profiles as plain data: per-layer results, the summary metrics, and the versioned file format.
+"""Loss profiles as plain data: per-layer results, summary metrics, plans, and the versioned file format.
 
+This module imports no engine module: profiles are made by `losswidget.analysis` and read from files.
 Summary metrics (README "Summary metrics" documents them for users):
 - sensitivity of a layer: L(0.95) - L(0), linearly interpolated (or extrapolated from the last two levels);
 - avg_sensitivity: the mean over layers with a finite sensitivity;
-- est_params_reduction: total params / params left after `plan.allocate` at the target;
-- est_recovery: share of weight energy (sum of w^2) the allocation keeps (data-free profiles), or the value
-  measured on data (one-shot profiles, stored in `measured_recovery`).
+- the plan at the target (plan.py): per-layer sparsities, est_params_reduction = total params / params left;
+- est_recovery: measured on data by data methods at several targets (interpolated between them, with its
+  kind: top-1 agreement, accuracy ratio, ...); data-free profiles have none and report the weight energy
+  (sum of w^2) the plan keeps under that name instead.
 """
 from __future__ import annotations
 
@@ -13,21 +15,22 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 
 from .errors import LossWidgetError, ProfileError
-from .plan import CAP, allocate
+from .files import atomic_write, read_json
+from .plan import CAP, PLAN_COSTS, Plan, PlannedLayer, allocate, cost_curves, energy_kept_at, grid_for
 
 FORMAT = "losswidget.profile"
-VERSION = 1
+VERSION = 2
 SENSITIVITY_LEVEL = 0.95
+# version 1 files named no plan cost: it followed from the method
+_V1_PLAN_COST = {"approximated": "modelled", "magnitude": "energy"}
+_V1_RECOVERY_KIND = {"kl": "top-1 agreement", "mse": "1 - normalised MSE", "loss": "accuracy ratio"}
 
 
 def human(n: float, digits: int = 1) -> str:
@@ -92,15 +95,25 @@ class LayerResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> LayerResult:
-        meas = {float(k): (math.nan if v is None else float(v)) for k, v in d["measurements"].items()}
+        meas = {_level(k): (math.nan if v is None else float(v)) for k, v in d["measurements"].items()}
         levels = tuple(sorted(meas))
-        kept = {float(k): (math.nan if v is None else float(v)) for k, v in (d.get("energy_kept") or {}).items()}
+        kept = {_level(k): (math.nan if v is None else float(v)) for k, v in (d.get("energy_kept") or {}).items()}
+        flags = d.get("flags", [])
+        if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+            raise ValueError(f"layer flags must be a list of strings, got {flags!r}")
         return cls(index=int(d["index"]), id=str(d["id"]), name=str(d.get("name", d["id"])),
                    op_type=str(d.get("op_type", "")), weight=str(d.get("weight", "")),
                    shape=tuple(int(x) for x in d.get("shape", ())), params=int(d.get("params", 0)),
                    levels=levels, values=tuple(meas[l] for l in levels),
                    energy_kept=tuple(kept[l] for l in levels) if set(kept) >= set(levels) else (),
-                   energy=float(d.get("energy") or 0.0), flags=tuple(d.get("flags", ())), error=d.get("error"))
+                   energy=float(d.get("energy") or 0.0), flags=tuple(flags), error=d.get("error"))
+
+
+def _level(key) -> float:
+    v = float(key)
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"sparsity level {key!r} is not in [0, 1)")
+    return v
 
 
 @dataclass(frozen=True)
@@ -112,20 +125,48 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class Recovery:
+    """Recovery measured on data: at each target, the default plan (no exclusions, cap 0.95) applied to the
+    model and compared with the dense model. `kind` says what the number is."""
+    kind: str                                  # top-1 agreement | accuracy ratio | loss ratio | 1 - normalised MSE
+    points: tuple[tuple[float, float], ...]    # (target sparsity, measured value), targets ascending
+
+    def at(self, sparsity: float) -> float | None:
+        """Linear between measured points (and 1.0 at sparsity 0, where nothing is pruned); None past the
+        last measured target: not measured, and no other kind of number stands in for it."""
+        pts = sorted(self.points)
+        if not pts or sparsity > pts[-1][0] + 1e-9:
+            return None
+        xs = [0.0] + [t for t, _ in pts if t > 0]
+        ys = [1.0] + [v for t, v in pts if t > 0]
+        return float(np.interp(sparsity, xs, ys))
+
+    @property
+    def targets(self) -> tuple[float, ...]:
+        return tuple(t for t, _ in sorted(self.points))
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "points": {_level_key(t): _num(v) for t, v in sorted(self.points)}}
+
+
+@dataclass(frozen=True)
 class Summary:
     total_params: int
     prunable_params: int
     avg_sensitivity: float
-    est_params_reduction: float
-    est_recovery: float | None
     target_sparsity: float
-    allocation: tuple[float, ...]             # sparsity given to each layer at the target
-    recovery_note: str
+    achieved_sparsity: float               # of prunable params, under the plan at the target
+    est_params_reduction: float            # total params / params left under the plan
+    est_recovery: float | None             # measured recovery (data profiles), interpolated; None otherwise
+    recovery_kind: str | None
+    weight_energy_kept: float | None       # share of sum(w^2) the plan keeps (not a recovery estimate)
 
     def to_dict(self) -> dict:
         return {"total_params": self.total_params, "prunable_params": self.prunable_params,
-                "avg_sensitivity": _num(self.avg_sensitivity), "est_params_reduction": _num(self.est_params_reduction),
-                "est_recovery": _num(self.est_recovery)}
+                "avg_sensitivity": _num(self.avg_sensitivity), "target_sparsity": self.target_sparsity,
+                "achieved_sparsity": _num(self.achieved_sparsity),
+                "est_params_reduction": _num(self.est_params_reduction), "est_recovery": _num(self.est_recovery),
+                "recovery_kind": self.recovery_kind, "weight_energy_kept": _num(self.weight_energy_kept)}
 
 
 @dataclass(frozen=True)
@@ -138,30 +179,9 @@ class LossProfile:
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     notes: tuple[str, ...] = ()
     partial: bool = False
-    measured_recovery: float | None = None    # one-shot profiles: recovery measured on data at the target
-    recovery_note: str = "fraction of weight energy (sum of w^2) kept by the allocation"
-
-    # -- construction ----------------------------------------------------------------------------------
-    @classmethod
-    def build(cls, *, name, method, mf, graph, levels, measured, settings, recovery_note, errors=None,
-              **extra) -> LossProfile:
-        lv = tuple(float(x) for x in levels)
-        errors = errors or [None] * len(measured)
-        layers = tuple(LayerResult(
-            index=l.index, id=l.id, name=l.name, op_type=l.op_type, weight=l.weight, shape=l.shape,
-            params=l.params, levels=lv, values=tuple(float(v) for v in m.values),
-            energy_kept=tuple(float(v) for v in m.energy_kept), energy=float(m.energy), flags=tuple(m.flags),
-            error=e) for l, m, e in zip(graph.layers, measured, errors))
-        notes = list(extra.pop("notes", ()))
-        if not layers:
-            notes.append("No prunable layers found (no Conv / Gemm / MatMul / ... node applies a stored weight).")
-        flagged = [l.name for l in layers if set(l.flags) & {"non_finite", "all_zero"}]
-        if flagged:
-            notes.append(f"{len(flagged)} layer(s) have NaN/Inf or all-zero weights: {', '.join(flagged[:5])}"
-                         + (" ..." if len(flagged) > 5 else ""))
-        info = ModelInfo(str(mf.path) if mf.path else None, mf.content_hash(), graph.total_params, graph.prunable_params)
-        return cls(name=name, method=method, model=info, settings=settings, layers=layers, notes=tuple(notes),
-                   recovery_note=recovery_note, **extra)
+    recovery: Recovery | None = None          # data methods: measured at several targets
+    plan_cost: str = "measured"               # what plans weigh layers by (plan.py)
+    criterion: str = "magnitude"              # the order prune removes weights in
 
     # -- metrics ---------------------------------------------------------------------------------------
     @property
@@ -181,36 +201,83 @@ class LossProfile:
         return self.summary_at(self.target_sparsity)
 
     def summary_at(self, target: float) -> Summary:
-        """The summary metrics with the allocation made at `target` (cheap: the slider calls this)."""
-        total, prunable = self.model.total_params, sum(l.params for l in self.layers)
+        """The summary metrics under the plan at `target` (cheap: the widget's slider calls this)."""
         sens = self.sensitivities
         avg = float(np.mean(sens[np.isfinite(sens)])) if np.isfinite(sens).any() else math.nan
-        if not self.layers:
-            return Summary(total, prunable, avg, 1.0, 1.0, target, (), self.recovery_note)
-        levels = np.array(self.levels)
-        curves = np.array([l.values for l in self.layers], dtype=float)
-        params = np.array([l.params for l in self.layers], dtype=float)
-        chosen = allocate(levels, curves, params, target, CAP)
-        sparsity = levels[chosen]
-        remaining = total - float((sparsity * params).sum())
-        reduction = total / remaining if remaining > 0 else math.inf
-        note = self.recovery_note
-        if self.measured_recovery is not None and math.isclose(target, self.target_sparsity):
-            recovery = self.measured_recovery
-        else:
-            recovery = self._energy_recovery(chosen)
-            if self.measured_recovery is not None:
-                note = (f"fraction of weight energy (sum of w^2) kept; recovery was measured on data only at the "
-                        f"profile's target {self.target_sparsity:g}")
-        return Summary(total, prunable, avg, reduction, recovery, target, tuple(sparsity.tolist()), note)
+        plan = self.plan(target)
+        return Summary(self.model.total_params, plan.prunable_params, avg, float(target), plan.achieved,
+                       plan.est_params_reduction, plan.est_recovery, plan.recovery_kind, plan.weight_energy_kept)
 
-    def _energy_recovery(self, chosen: np.ndarray) -> float | None:
-        if any(len(l.energy_kept) != len(l.levels) for l in self.layers):
-            return None
-        energy = np.array([l.energy if math.isfinite(l.energy) else 0.0 for l in self.layers])
-        kept = np.array([l.energy_kept[c] for l, c in zip(self.layers, chosen)])
-        kept = np.where(np.isfinite(kept), kept, 1.0)
-        return float((energy * kept).sum() / energy.sum()) if energy.sum() > 0 else 1.0
+    def plan(self, target: float | None = None, *, exclude=(), cap: float = CAP) -> Plan:
+        """Per-layer sparsities reaching `target` (default: the profile's) of prunable params at the least
+        cost by this profile's curves; `exclude`: layer names, weight names or indices kept dense; no layer
+        past `cap`. See plan.py for the rule."""
+        target = self.target_sparsity if target is None else _check_fraction(target, "target", high=cap)
+        cap = _check_fraction(cap, "cap", high=1.0)
+        keep = self._excluded(exclude)
+        sparsity = self._allocate(target, cap, keep)
+        params = np.array([l.params for l in self.layers], dtype=float)
+        prunable = params.sum()
+        pruned = float(np.round(sparsity * params).sum())
+        achieved = float(pruned / prunable) if prunable else 0.0
+        warnings = []
+        unplanned = [l.name for l, k, s in zip(self.layers, keep, self._plannable()) if not s and not k]
+        if unplanned:
+            warnings.append(f"{len(unplanned)} layer(s) have no usable measurements and stay dense: "
+                            + ", ".join(unplanned[:5]) + (" ..." if len(unplanned) > 5 else ""))
+        if achieved < target - 0.005:
+            warnings.append(f"Target {target:.0%} cannot be reached with {int(keep.sum())} layer(s) excluded and "
+                            f"no layer past {cap:.0%}: the plan reaches {achieved:.1%}.")
+        if self.plan_cost == "modelled":
+            warnings.append("Modelled from the architecture only (no weight or data was read): check this plan on "
+                            "data before relying on it.")
+        if self.layers and (sparsity > max(self.levels) + 1e-9).any():
+            warnings.append(f"Some layers are planned past the highest measured level ({max(self.levels):g}); "
+                            "their costs there are extrapolated.")
+        notes = []
+        recovery = self.recovery.at(achieved) if self.recovery is not None else None
+        if recovery is not None and keep.any():
+            notes.append("Recovery was measured for plans without exclusions; this plan's is interpolated from them.")
+        levels = list(self.levels)
+        layers = tuple(PlannedLayer(l.index, l.name, l.weight, l.op_type, l.params, float(s), bool(k))
+                       for l, s, k in zip(self.layers, sparsity, keep))
+        energy = energy_kept_at(levels, [l.energy_kept for l in self.layers], [l.energy for l in self.layers],
+                                sparsity) if self.layers else None
+        return Plan(target=float(target), achieved=achieved, layers=layers, total_params=self.model.total_params,
+                    cap=cap, est_recovery=recovery, recovery_kind=self.recovery.kind if recovery is not None else None,
+                    weight_energy_kept=energy, criterion=self.criterion, profile=self.name, method=self.method,
+                    model_hash=self.model.hash, model_path=self.model.path, warnings=tuple(warnings),
+                    notes=tuple(notes))
+
+    def _excluded(self, exclude) -> np.ndarray:
+        if isinstance(exclude, (str, int)):
+            exclude = [exclude]
+        keep = np.zeros(len(self.layers), dtype=bool)
+        known = {}
+        for i, l in enumerate(self.layers):
+            for key in (l.name, l.weight, l.id, l.index):
+                known.setdefault(key, i)
+        for item in exclude:
+            if item not in known:
+                raise LossWidgetError(f"Cannot exclude {item!r}: no layer of profile {self.name!r} has that name, "
+                                      "weight name or index.")
+            keep[known[item]] = True
+        return keep
+
+    def _plannable(self) -> np.ndarray:
+        return np.isfinite(self._costs(CAP)).all(axis=1) if self.layers else np.zeros(0, bool)
+
+    def _costs(self, cap: float) -> np.ndarray:
+        cache = self.__dict__.setdefault("_cost_cache", {})
+        if cap not in cache:
+            cache[cap] = cost_curves(self.plan_cost, self.levels, [l.values for l in self.layers],
+                                     [l.energy_kept for l in self.layers], grid_for(cap))
+        return cache[cap]
+
+    def _allocate(self, target: float, cap: float, keep: np.ndarray) -> np.ndarray:
+        if not self.layers:
+            return np.zeros(0)
+        return allocate(grid_for(cap), self._costs(cap), [l.params for l in self.layers], target, keep)
 
     def most_sensitive(self, n: int = 10) -> list[LayerResult]:
         order = np.argsort(-np.nan_to_num(self.sensitivities, nan=-np.inf), kind="stable")
@@ -218,14 +285,21 @@ class LossProfile:
 
     # -- files -----------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
+        plan = self.plan()
+        layers = []
+        for l, p in zip(self.layers, plan.layers):
+            d = l.to_dict()
+            d["planned_sparsity"] = p.sparsity
+            layers.append(d)
         return {"format": FORMAT, "version": VERSION, "name": self.name, "method": self.method,
                 "created": self.created,
                 "model": {"path": self.model.path, "hash": self.model.hash,
                           "total_params": self.model.total_params, "prunable_params": self.model.prunable_params},
                 "settings": dict(self.settings), "summary": self.summary.to_dict(),
                 "notes": list(self.notes), "partial": self.partial,
-                "measured_recovery": _num(self.measured_recovery), "recovery_note": self.recovery_note,
-                "layers": [l.to_dict() for l in self.layers]}
+                "recovery": self.recovery.to_dict() if self.recovery is not None else None,
+                "plan_cost": self.plan_cost, "criterion": self.criterion,
+                "plan_warnings": list(plan.warnings), "layers": layers}
 
     def to_json(self, path=None) -> str:
         """The profile as JSON text; with `path`, also written there atomically (temp file + rename)."""
@@ -238,23 +312,51 @@ class LossProfile:
     def from_dict(cls, d: dict, source: str = "profile") -> LossProfile:
         if d.get("format") != FORMAT:
             if isinstance(d.get("results"), list):
-                return from_sparseml(d, source=source)
+                return from_sparseml_dict(d, source=source)
             raise ProfileError(f"{source} is not a losswidget profile (no \"format\": \"{FORMAT}\").")
         version = d.get("version")
-        if not isinstance(version, int) or version > VERSION:
-            raise ProfileError(f"{source} has profile format version {version!r}; this losswidget reads up to "
-                               f"version {VERSION}. Upgrade losswidget to open it.")
+        if type(version) is not int or not 1 <= version <= VERSION:
+            if type(version) is int and version > VERSION:
+                raise ProfileError(f"{source} has profile format version {version}; this losswidget reads up to "
+                                   f"version {VERSION}. Upgrade losswidget to open it.")
+            raise ProfileError(f"{source} has an invalid profile format version {version!r}.")
         try:
             m = d["model"]
+            settings = dict(d.get("settings") or {})
+            layers = tuple(LayerResult.from_dict(l) for l in d["layers"])
+            if len({l.levels for l in layers}) > 1:
+                raise ValueError("the layers were measured at different sparsity levels")
+            if version == 1:
+                recovery = None
+                if d.get("measured_recovery") is not None:
+                    kind = _V1_RECOVERY_KIND.get(settings.get("metric"), "top-1 agreement")
+                    recovery = Recovery(kind, ((float(settings.get("target_sparsity", 0.85)),
+                                                float(d["measured_recovery"])),))
+                plan_cost = _V1_PLAN_COST.get(d["method"], "measured")
+                criterion = "magnitude"
+            else:
+                rec = d.get("recovery")
+                recovery = None if rec is None else Recovery(
+                    str(rec["kind"]), tuple(sorted((_fraction(k), float(v)) for k, v in rec["points"].items()
+                                                   if v is not None)))
+                plan_cost, criterion = str(d.get("plan_cost", "measured")), str(d.get("criterion", "magnitude"))
+                if plan_cost not in PLAN_COSTS:
+                    raise ValueError(f"unknown plan_cost {plan_cost!r}")
+            if "target_sparsity" in settings:
+                settings["target_sparsity"] = _check_fraction(settings["target_sparsity"], "target_sparsity", high=CAP)
+            total, prunable = int(m["total_params"]), int(m["prunable_params"])
+            if total < 0 or prunable < 0:
+                raise ValueError("negative param counts")
+            flags = [l.flags for l in layers]
+            if any(not all(isinstance(f, str) for f in fl) for fl in flags):
+                raise ValueError("layer flags must be strings")
             return cls(name=str(d["name"]), method=str(d["method"]), created=str(d.get("created", "")),
-                       model=ModelInfo(m.get("path"), str(m.get("hash", "")), int(m["total_params"]),
-                                       int(m["prunable_params"])),
-                       settings=dict(d.get("settings", {})), notes=tuple(d.get("notes", ())),
-                       partial=bool(d.get("partial", False)),
-                       measured_recovery=d.get("measured_recovery"),
-                       recovery_note=str(d.get("recovery_note", cls.recovery_note)),
-                       layers=tuple(LayerResult.from_dict(l) for l in d["layers"]))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                       model=ModelInfo(None if m.get("path") is None else str(m["path"]), str(m.get("hash", "")),
+                                       total, prunable),
+                       settings=settings, notes=tuple(map(str, d.get("notes", ()))),
+                       partial=bool(d.get("partial", False)), recovery=recovery, plan_cost=plan_cost,
+                       criterion=criterion, layers=layers)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, LossWidgetError) as exc:
             raise ProfileError(f"{source} is a damaged profile file ({type(exc).__name__}: {exc}).") from None
 
     @classmethod
@@ -262,14 +364,16 @@ class LossProfile:
         return load_profile(path)
 
     def to_csv(self, path=None) -> str:
-        """One row per layer: identity, params, sensitivity, flags, then L(s) for every level."""
+        """One row per layer: identity, params, sensitivity, planned sparsity at the profile's target, flags,
+        then L(s) for every level."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["index", "id", "name", "op_type", "weight", "shape", "params", "sensitivity", "flags"]
-                   + [f"L@{l:g}" for l in self.levels])
-        for l in self.layers:
+        w.writerow(["index", "id", "name", "op_type", "weight", "shape", "params", "sensitivity",
+                    f"planned_sparsity@{self.target_sparsity:g}", "flags"] + [f"L@{l:g}" for l in self.levels])
+        plan = self.plan()
+        for l, p in zip(self.layers, plan.layers):
             w.writerow([l.index, l.id, l.name, l.op_type, l.weight, "x".join(map(str, l.shape)), l.params,
-                        repr(l.sensitivity), ";".join(l.flags)] + [repr(v) for v in l.values])
+                        repr(l.sensitivity), f"{p.sparsity:.6f}", ";".join(l.flags)] + [repr(v) for v in l.values])
         text = buf.getvalue()
         if path is not None:
             atomic_write(path, text)
@@ -281,88 +385,70 @@ class LossProfile:
             import pandas as pd
         except ImportError:
             raise LossWidgetError("to_dataframe needs pandas: pip install pandas") from None
+        plan = self.plan()
         rows = [{"index": l.index, "id": l.id, "name": l.name, "op_type": l.op_type, "weight": l.weight,
-                 "shape": l.shape, "params": l.params, "sensitivity": l.sensitivity, "flags": l.flags,
-                 **{f"L@{lv:g}": v for lv, v in zip(l.levels, l.values)}} for l in self.layers]
+                 "shape": l.shape, "params": l.params, "sensitivity": l.sensitivity,
+                 "planned_sparsity": p.sparsity, "flags": l.flags,
+                 **{f"L@{lv:g}": v for lv, v in zip(l.levels, l.values)}} for l, p in zip(self.layers, plan.layers)]
         return pd.DataFrame(rows).set_index("index") if rows else pd.DataFrame()
 
     def with_name(self, name: str) -> LossProfile:
         return replace(self, name=name)
 
 
-def atomic_write(path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _fraction(x) -> float:
+    v = float(x)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{x!r} is not a fraction in [0, 1]")
+    return v
+
+
+def _check_fraction(x, what: str, high: float) -> float:
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        v = float(x)
+    except (TypeError, ValueError):
+        raise LossWidgetError(f"{what} must be a number in (0, {high:g}], got {x!r}.") from None
+    if not 0.0 < v <= high + 1e-12:
+        raise LossWidgetError(f"{what} must lie in (0, {high:g}], got {x!r}.")
+    return v
 
 
 def load_profile(path) -> LossProfile:
     """Read a losswidget profile JSON, or a SparseML sensitivity JSON ({"results": [...]})."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ProfileError(f"Profile file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProfileError(f"Cannot read profile {path}: {exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ProfileError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); "
-                           "the file is damaged or not a profile.") from None
-    if not isinstance(data, dict):
-        raise ProfileError(f"{path} is not a losswidget profile.")
-    return LossProfile.from_dict(data, source=str(path))
+    return LossProfile.from_dict(read_json(path, "profile"), source=str(path))
 
 
-def from_sparseml(data, *, name: str | None = None, model=None, source: str = "SparseML analysis") -> LossProfile:
+def from_sparseml_dict(data, *, name: str | None = None, layer_info: dict | None = None, total_params: int = 0,
+                       model_hash: str = "", source: str = "SparseML analysis") -> LossProfile:
     """A SparseML `PruningLossSensitivityAnalysis` JSON (dict or path) as a profile.
 
-    Each result's measurement lists are averaged per level (as SparseML's `averages`). With `model` (a path
-    or ModelProto), params, op types and shapes are filled in by matching weight names.
+    Each result's measurement lists are averaged per level (as SparseML's `averages`). `layer_info` (weight
+    name -> (op type, shape, params)) fills in what SparseML's file does not hold.
     """
     if not isinstance(data, dict):
-        return from_sparseml(json.loads(Path(data).read_text()), name=name, model=model, source=str(data))
-    info = {}
-    total = 0
-    sha = ""
-    if model is not None:
-        from .graph import read_graph
-        from .onnxfile import open_model
-        with open_model(model) as mf:
-            graph = read_graph(mf)
-            info = {l.weight: l for l in graph.layers}
-            total, sha = graph.total_params, mf.content_hash()
+        source = str(data)
+        data = read_json(data, "SparseML analysis")
+    info = layer_info or {}
     layers = []
     try:
         for i, res in enumerate(data["results"]):
             meas = {}
             for level, values in res["sparse_measurements"]:
                 vals = values if isinstance(values, list) else [values]
-                meas[float(level)] = float(np.mean(vals)) if vals else math.nan
+                meas[_fraction(level)] = float(np.mean([float(v) for v in vals])) if vals else math.nan
             meas.setdefault(0.0, 0.0)
             levels = tuple(sorted(meas))
-            known = info.get(res.get("name"))
+            op_type, shape, params = info.get(res.get("name"), ("", (), 0))
             layers.append(LayerResult(
                 index=i, id=str(res.get("id") or res.get("name")), name=str(res.get("name") or res.get("id")),
-                op_type=known.op_type if known else "", weight=str(res.get("name", "")),
-                shape=known.shape if known else (), params=known.params if known else 0,
+                op_type=op_type, weight=str(res.get("name", "")), shape=tuple(shape), params=int(params),
                 levels=levels, values=tuple(meas[l] for l in levels)))
-    except (KeyError, TypeError, ValueError) as exc:
+        if len({l.levels for l in layers}) > 1:
+            raise ValueError("the layers were measured at different sparsity levels")
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as exc:
         raise ProfileError(f"{source} is not a readable SparseML sensitivity analysis ({exc}).") from None
     prunable = sum(l.params for l in layers)
     return LossProfile(name=name or "SparseML import", method="sparseml", layers=tuple(layers),
-                       model=ModelInfo(None, sha, total or prunable, prunable),
-                       settings={"sparsity_levels": list(layers[0].levels) if layers else [], "target_sparsity": 0.85,
-                                 "metric": None, "samples": None},
-                       notes=("Imported from a SparseML sensitivity analysis.",),
-                       recovery_note="not available for imported profiles")
+                       model=ModelInfo(None, model_hash, total_params or prunable, prunable),
+                       settings={"sparsity_levels": list(layers[0].levels) if layers else [], "target_sparsity": 0.85},
+                       notes=("Imported from a SparseML sensitivity analysis.",), plan_cost="measured")

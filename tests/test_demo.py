@@ -23,7 +23,8 @@ def test_demo_command_runs_offline_and_writes_profiles(tmp_path):
     assert [l.name for l in mag.layers] == ["fc1", "fc2", "fc3", "classifier"]
     assert approx.model.hash == mag.model.hash == shot.model.hash
     assert shot.settings["metric"] == "loss" and shot.settings["samples"] == 450
-    assert 0 < shot.measured_recovery <= 1
+    assert shot.recovery.kind == "accuracy ratio" and all(0 < v <= 1 for _, v in shot.recovery.points)
+    assert mag.recovery is None and mag.summary.weight_energy_kept is not None
 
 
 def test_app_notebook_runs_the_widget_for_a_given_model(tmp_path):

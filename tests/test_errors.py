@@ -94,8 +94,17 @@ def test_levels_are_normalised(mlp_path):
 def test_bad_settings(mlp_path):
     with pytest.raises(SettingsError, match="Unknown method 'magic'; available: approximated, magnitude"):
         losswidget.analyze(mlp_path[0], method="magic")
-    with pytest.raises(SettingsError, match="Target sparsity must lie in"):
+    with pytest.raises(SettingsError, match=r"target_sparsity of method 'magnitude' must lie in \(0, 0.95\], got 1.5"):
         losswidget.analyze(mlp_path[0], target_sparsity=1.5)
+    with pytest.raises(SettingsError, match=r"must lie in \(0, 0.95\], got 0.99"):      # past the per-layer cap
+        losswidget.analyze(mlp_path[0], target_sparsity=0.99)
+    with pytest.raises(SettingsError, match="'metric' is not a setting of method 'magnitude'; its settings are "
+                                            "sparsity_levels, target_sparsity"):
+        losswidget.analyze(mlp_path[0], metric="kl")
+    with pytest.raises(SettingsError, match="'levels' is not a setting"):                 # a typo is not ignored
+        losswidget.analyze(mlp_path[0], levels=[0.5])
+    with pytest.raises(SettingsError, match="Sparsity levels must lie in"):
+        losswidget.analyze(mlp_path[0], sparsity_levels=[0.5, 1.0])
     with pytest.raises(ModelError, match="Expected a path"):
         losswidget.analyze(42)
 
@@ -117,7 +126,12 @@ def test_cli_profile_writes_files_and_prints_summary(tmp_path, mlp_path):
 @pytest.mark.parametrize("args, message", [
     (["profile", "missing.onnx"], "Model file not found"),
     (["profile", "{model}", "--levels", "0,2"], "Sparsity levels must lie in [0, 1)"),
-    (["profile", "{model}", "--method", "nope"], "Unknown method"),
+    (["profile", "{model}", "--method", "nope"], "invalid choice: 'nope' (choose from 'approximated'"),
+    (["profile", "{model}", "--metric", "kl"], "--metric does not apply to method magnitude"),
+    (["profile", "{model}", "--target", "abc"], "--target must be a number"),
+    (["profile", "{model}", "--workers", "-1"], "must be a positive integer"),
+    (["profile"], "the following arguments are required: model"),
+    (["plan", "{garbage}"], "is not valid JSON"),
     (["profile", "{garbage}"], "is not a readable ONNX model"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, mlp_path, args, message):
@@ -125,7 +139,7 @@ def test_cli_bad_input_is_one_line(tmp_path, mlp_path, args, message):
     garbage.write_bytes(b"\x07" * 100)
     args = [a.format(model=mlp_path[0], garbage=garbage) for a in args]
     out = run_cli(*args)
-    assert out.returncode != 0
+    assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("losswidget: error:") and message in lines[0]
     assert "Traceback" not in out.stderr

@@ -48,6 +48,11 @@ def forward(x, w1, w2):
     return np.maximum(x @ w1, 0) @ w2
 
 
+def std_mse(out, dense):
+    """What metric="mse" promises for [n, k] outputs: squared error, each column over its dense variance."""
+    return (((out - dense) ** 2) / dense.var(axis=0)).mean()
+
+
 def test_kl_mse_and_loss_match_numpy_by_hand(mlp):
     path, w1, w2, x = mlp
     dense = forward(x, w1, w2)
@@ -61,13 +66,15 @@ def test_kl_mse_and_loss_match_numpy_by_hand(mlp):
             out = forward(x, prune(w1, level) if a else w1, prune(w2, level) if b else w2)
             lp, lq = log_softmax(dense), log_softmax(out)
             want_kl = (np.exp(lp) * (lp - lq)).sum(-1).mean()
-            want_mse = ((out - dense) ** 2).mean() / dense.var()
+            want_mse = std_mse(out, dense)
             ce = lambda logp: -logp[np.arange(10), labels].mean()  # noqa: E731
             want_loss = ce(lq) - ce(lp)
             assert kl.layers[li].values[k] == pytest.approx(want_kl, rel=1e-4, abs=1e-7)
             assert mse.layers[li].values[k] == pytest.approx(want_mse, rel=1e-4, abs=1e-7)
             assert loss.layers[li].values[k] == pytest.approx(want_loss, rel=1e-4, abs=1e-6)
-    assert kl.settings["metric"] == "kl" and kl.settings["samples"] == 10 and kl.settings["random"] is False
+    assert kl.settings["metric"] == "auto" and kl.settings["samples"] == 10 and kl.settings["random"] is False
+    assert kl.settings["scoring"] == {"logits": "KL over axis 1 (logits)"}         # [n, classes] logits: KL
+    assert mse.settings["scoring"] == {"logits": "MSE standardised per index of axis 1"}
     assert kl.layers[0].values[0] == 0.0 and kl.method == "one-shot"
 
 
@@ -92,19 +99,27 @@ def test_kl_is_exact_for_small_changes_of_large_logits(tmp_path):
     assert 0 < p.layers[0].values[1] < 1e-6             # a small change, measured, not rounding noise
 
 
-def test_measured_recovery(mlp):
+def test_recovery_is_measured_at_several_targets_with_the_plan_of_each(mlp):
     path, w1, w2, x = mlp
-    p = losswidget.analyze(path, "one-shot", data={"x": x}, sparsity_levels=LEVELS, metric="mse",
-                           target_sparsity=0.5)
-    alloc = p.summary.allocation
-    out = forward(x, prune(w1, alloc[0]), prune(w2, alloc[1]))
     dense = forward(x, w1, w2)
-    assert p.measured_recovery == pytest.approx(max(0.0, 1 - ((out - dense) ** 2).mean() / dense.var()), rel=1e-4)
-    assert p.summary.est_recovery == p.measured_recovery
-    kl = losswidget.analyze(path, "one-shot", data={"x": x}, sparsity_levels=LEVELS, target_sparsity=0.5)
-    a = kl.summary.allocation
-    agree = (forward(x, prune(w1, a[0]), prune(w2, a[1])).argmax(-1) == dense.argmax(-1)).mean()
-    assert kl.measured_recovery == pytest.approx(agree)
+    mse = losswidget.analyze(path, "one-shot", data={"x": x}, sparsity_levels=LEVELS, metric="mse",
+                             target_sparsity=0.6)
+    kl = losswidget.analyze(path, "one-shot", data={"x": x}, sparsity_levels=LEVELS, target_sparsity=0.6)
+    assert mse.recovery.kind == "1 - normalised MSE" and kl.recovery.kind == "top-1 agreement"
+    assert mse.recovery.targets == (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)      # the profile's target too
+    for t, value in mse.recovery.points:
+        s1, s2 = mse.plan(t).sparsity.values()
+        out = forward(x, prune(w1, s1), prune(w2, s2))
+        assert value == pytest.approx(max(0.0, 1 - std_mse(out, dense)), rel=1e-4, abs=1e-7)
+    for t, value in kl.recovery.points:
+        s1, s2 = kl.plan(t).sparsity.values()
+        agree = (forward(x, prune(w1, s1), prune(w2, s2)).argmax(-1) == dense.argmax(-1)).mean()
+        assert value == pytest.approx(agree)
+    # the summary at a measured target is that measurement; between targets it interpolates, past them None
+    assert kl.summary.est_recovery == pytest.approx(dict(kl.recovery.points)[0.6], abs=0.02)
+    a, b = dict(kl.recovery.points)[0.7], dict(kl.recovery.points)[0.8]
+    assert min(a, b) - 1e-9 <= kl.summary_at(0.75).est_recovery <= max(a, b) + 1e-9
+    assert kl.recovery.at(0.97) is None and kl.summary.recovery_kind == "top-1 agreement"
 
 
 def test_batches_npz_and_batch_size_give_the_same_numbers(mlp, tmp_path):
@@ -140,7 +155,7 @@ def test_cached_partial_runs_equal_whole_model_runs(tmp_path):
                 if t.name == layer.weight:
                     t.CopyFrom(numpy_helper.from_array(prune(weights[t.name], level), t.name))
             out = ort.InferenceSession(pruned.SerializeToString()).run(None, {"x": x})[0]
-            assert layer.values[k] == pytest.approx(((out - dense) ** 2).mean() / dense.var(), rel=1e-4)
+            assert layer.values[k] == pytest.approx(std_mse(out, dense), rel=1e-4)
 
 
 def test_quantized_and_subgraph_layers(tmp_path):
@@ -244,7 +259,7 @@ def test_bad_settings(mlp, tmp_path):
     path, _, _, x = mlp
     with pytest.raises(SettingsError, match="metric='loss' needs labels"):
         losswidget.analyze(path, "one-shot", data={"x": x}, metric="loss")
-    with pytest.raises(SettingsError, match="Unknown metric 'l1'"):
+    with pytest.raises(SettingsError, match="metric of method 'one-shot' must be one of auto, kl, mse, loss; got 'l1'"):
         losswidget.analyze(path, "one-shot", data={"x": x}, metric="l1")
     with pytest.raises(SettingsError, match="Unknown output 'nope'"):
         losswidget.analyze(path, "one-shot", data={"x": x}, output="nope")
@@ -280,7 +295,9 @@ def test_process_pool_and_dask_give_the_same_profile(tmp_path):
         assert [l.weight for l in other.layers] == [l.weight for l in local.layers]
         for a, b in zip(local.layers, other.layers):
             np.testing.assert_allclose(a.values, b.values, rtol=1e-5, atol=1e-9)
-        assert other.measured_recovery == pytest.approx(local.measured_recovery, rel=1e-5)
+        assert other.recovery.kind == local.recovery.kind
+        np.testing.assert_allclose([v for _, v in other.recovery.points], [v for _, v in local.recovery.points],
+                                   rtol=1e-5)
     with pytest.raises(SettingsError, match="needs the model as a file path"):
         with ProcessPoolExecutor(1) as pool:
             losswidget.analyze(onnx.load(path), "one-shot", data={"x": x}, executor=pool)
@@ -295,7 +312,7 @@ def test_cli_one_shot(tmp_path, mlp):
                           str(tmp_path / "d.npz"), "--labels", "y", "--metric", "loss", "--levels", "0.5,0.9",
                           "--workers", "2", "--json", str(tmp_path / "p.json")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "method one-shot" in out.stdout and "measured on the data" in out.stdout
+    assert "method one-shot" in out.stdout and "est. recovery" in out.stdout and "accuracy ratio" in out.stdout
     p = losswidget.load_profile(tmp_path / "p.json")
     assert p.settings["metric"] == "loss" and p.settings["samples"] == 10 and len(p.layers) == 2
     bad = subprocess.run([sys.executable, "-m", "losswidget", "profile", path, "--method", "one-shot", "--data",
@@ -321,21 +338,23 @@ def test_levels_that_prune_the_same_weights_run_once(mlp, monkeypatch):
     real = ChunkedModel.run_with
     monkeypatch.setattr(ChunkedModel, "run_with", lambda self, env, swaps: runs.append(sorted(swaps)) or
                         real(self, env, swaps))
-    monkeypatch.setattr(one_shot.OneShotSession, "recovery", lambda self, sparsity: 1.0)  # count layer runs
+    monkeypatch.setattr(one_shot.OneShotSession, "recovery",                  # count the layers' runs only
+                        lambda self, sparsity: ("1 - normalised MSE", 1.0))
     # w1 has 24 weights: 0.02 -> 0 pruned, 0.05 and 0.06 -> 1; w2 has 30: 0.02 -> 1, 0.05 and 0.06 -> 2
     p = losswidget.analyze(path, "one-shot", data={"x": x}, sparsity_levels=[0.02, 0.05, 0.06], metric="mse")
     assert sorted(runs) == [["w1"], ["w2"], ["w2"]]
     a, b = p.layers
     assert a.values[1] == 0.0 and a.values[2] == a.values[3] > 0
     assert b.values[1] > 0 and b.values[2] == b.values[3] > b.values[1]
-    want = ((forward(x, prune(w1, 0.05), w2) - forward(x, w1, w2)) ** 2).mean() / forward(x, w1, w2).var()
+    want = std_mse(forward(x, prune(w1, 0.05), w2), forward(x, w1, w2))
     assert a.values[2] == pytest.approx(want, rel=1e-4)
 
 
 def test_equal_magnitudes_are_pruned_in_index_order(tmp_path):
     """Weights with many equal |w|: each level prunes exactly round(s * n) of them, ties by position, the
     same in the per-layer runs and in the recovery run (which prunes by a mask below the cut)."""
-    from losswidget.analysis.one_shot import OneShotSession, Settings, sort_magnitudes
+    from losswidget.analysis.one_shot import OneShotSession, Settings
+    from losswidget.weights import sort_magnitudes
     from losswidget.data import load_data
     rng = np.random.default_rng(6)
     w1 = rng.choice([-2.0, -1.0, 1.0, 2.0], size=(4, 6)).astype(np.float32)
@@ -350,7 +369,7 @@ def test_equal_magnitudes_are_pruned_in_index_order(tmp_path):
                 np.testing.assert_array_equal(session._pruned(layer, level), prune(w, level))
         dense = forward(x, w1, w2)
         got = session.measure(0, levels).values
-        want = [((forward(x, prune(w1, s), w2) - dense) ** 2).mean() / dense.var() for s in levels]
+        want = [std_mse(forward(x, prune(w1, s), w2), dense) for s in levels]
         np.testing.assert_allclose(got, want, rtol=1e-5)
     finally:
         session.close()

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 import losswidget
-from losswidget.plan import allocate
-from losswidget.profile import LayerResult, LossProfile, ModelInfo, value_at
+from dataclasses import replace
+
+from losswidget.plan import allocate, grid_for
+from losswidget.profile import LayerResult, LossProfile, ModelInfo, Recovery, value_at
 
 
 def layer(i, values, levels=(0.0, 0.5, 0.9), params=100, energy=1.0, kept=None):
@@ -29,19 +31,69 @@ def test_sensitivity_interpolates_and_extrapolates():
     assert layer(0, [0.2, 1.0, 2.0]).sensitivity == pytest.approx(1.925)  # minus L(0)
 
 
-def test_allocation_takes_cheapest_steps_until_target():
-    levels = np.array([0.0, 0.5, 0.9])
-    curves = np.array([[0, 1, 2], [0, 0.1, 0.2]], float)
-    # scaled costs: A .5 -> .5, A .9 -> 1; B .5 -> .05, B .9 -> .1. Need 100 of 200 params:
-    # B@.5 (+50), B@.9 (+40), A@.5 (+50) -> 140 >= 100
-    chosen = allocate(levels, curves, np.array([100.0, 100.0]), 0.5)
-    assert levels[chosen].tolist() == [0.5, 0.9]
-    # running max: A's dip at .9 (raw 0) stays at cost 2, so B takes both steps (50 + 40 >= 60)
-    chosen = allocate(levels, np.array([[0, 2, 0.0], [0, 1, 1.5]]), np.array([100.0, 100.0]), 0.3)
-    assert levels[chosen].tolist() == [0.0, 0.9]
-    # the cap: nothing is pruned past 0.95 even when asked for more
-    lv = np.array([0.0, 0.9, 0.99])
-    assert lv[allocate(lv, np.zeros((1, 3)), np.array([10.0]), 0.99)].tolist() == [0.9]
+def measured(values_a, values_b, params=(100, 100), levels=(0.0, 0.5, 0.9), **kw):
+    """A two-layer profile whose plans weigh layers by the measurements themselves."""
+    layers = [layer(0, values_a, levels, params[0]), layer(1, values_b, levels, params[1])]
+    return replace(profile(layers, **kw), plan_cost="measured", method="one-shot")
+
+
+def test_plan_takes_the_cheapest_cost_per_pruned_parameter_and_lands_on_the_target():
+    # A: c(s) = s, B: c(s) = 2 s (linear, extended past 0.9): A is cheaper per parameter, so it goes to the
+    # cap (95 of 200 params) and B takes the rest of 0.6 x 200 = 120: 25 params, 0.25
+    p = measured([0, 0.5, 0.9], [0, 1.0, 1.8])
+    plan = p.plan(0.6)
+    assert plan.sparsity == pytest.approx({"layer 0": 0.95, "layer 1": 0.25})
+    assert plan.achieved == pytest.approx(0.6) and plan.target == 0.6
+    assert plan.warnings == ("Some layers are planned past the highest measured level (0.9); their costs there "
+                             "are extrapolated.",)
+    # convex A: slope 0.2 to 0.5, then 2.25; B: slope 1. A's first segment, then B, then A's second
+    p = measured([0, 0.1, 1.0], [0, 0.5, 0.9])
+    assert p.plan(0.5).sparsity == pytest.approx({"layer 0": 0.5, "layer 1": 0.5})
+    assert p.plan(0.6).sparsity == pytest.approx({"layer 0": 0.5, "layer 1": 0.7})
+    # per *parameter*: with 300 params A's steep segment (2.25 / 300) is cheaper than B's (1 / 100)
+    big = measured([0, 0.1, 1.0], [0, 0.5, 0.9], params=(300, 100), total=400)
+    assert big.plan(0.8).sparsity == pytest.approx({"layer 0": 0.95, "layer 1": 0.35})
+
+
+def test_plan_exclusions_cap_and_an_unreachable_target():
+    p = measured([0, 0.5, 0.9], [0, 1.0, 1.8])
+    plan = p.plan(0.6, exclude=["layer 0"])
+    assert plan.sparsity == {"layer 0": 0.0, "layer 1": pytest.approx(0.95)}
+    assert plan.layers[0].excluded and plan.achieved == pytest.approx(0.475)
+    assert "cannot be reached" in plan.warnings[0] and "47.5%" in plan.warnings[0]
+    assert p.plan(0.4, cap=0.5).sparsity == pytest.approx({"layer 0": 0.5, "layer 1": 0.3})
+    assert p.plan(0.6, exclude=[1]).sparsity["layer 1"] == 0.0                # by index too
+    with pytest.raises(losswidget.LossWidgetError, match="Cannot exclude 'nope'"):
+        p.plan(0.5, exclude=["nope"])
+    with pytest.raises(losswidget.LossWidgetError, match="target must lie in"):
+        p.plan(0.97)
+
+
+def test_plan_cost_rules():
+    levels = (0.0, 0.5, 0.9)
+    # energy: 1 - energy kept; A loses energy faster than B, so B is pruned first whatever the values say
+    a = layer(0, [0, 9, 9], levels, kept=(1.0, 0.5, 0.1))
+    b = layer(1, [0, 0, 0], levels, kept=(1.0, 0.9, 0.8))
+    assert profile([a, b]).plan(0.3).sparsity == pytest.approx({"layer 0": 0.0, "layer 1": 0.6})
+    # modelled: L(1) x (1 - kept), so equal energy curves are split by the architecture scores
+    m = replace(profile([layer(0, [0, 0.5, 0.9], levels, kept=(1, 0.9, 0.5)),
+                         layer(1, [0, 5.0, 9.0], levels, kept=(1, 0.9, 0.5))]), plan_cost="modelled")
+    plan = m.plan(0.3)
+    assert plan.sparsity["layer 0"] > plan.sparsity["layer 1"] and "architecture only" in plan.warnings[0]
+    # a layer without measurements stays dense and is named
+    bad = measured([0, np.nan, np.nan], [0, 0.5, 0.9])
+    plan = bad.plan(0.3)
+    assert plan.sparsity["layer 0"] == 0.0 and "no usable measurements" in plan.warnings[0]
+
+
+def test_allocate_by_hand_on_the_grid():
+    grid = grid_for(0.05)
+    assert grid.tolist() == pytest.approx([0, 0.01, 0.02, 0.03, 0.04, 0.05])
+    assert grid_for(0.955)[-1] == 0.955
+    costs = np.array([[0, 1, 2, 3, 4, 5], [0, 0, 0, 10, 10, 10]], float)
+    # B is free up to 0.02 (2 of its 100 params), then A at 1 per 0.01, B's jump to 0.03 costs 10
+    s = allocate(grid, costs, [100, 100], 0.03)
+    assert s.tolist() == pytest.approx([0.04, 0.02])
 
 
 def test_summary_metrics():
@@ -50,12 +102,41 @@ def test_summary_metrics():
     s = p.summary
     assert s.total_params == 250 and s.prunable_params == 200
     assert s.avg_sensitivity == pytest.approx((2.125 + 0.2125) / 2)
-    assert s.allocation == (0.5, 0.9)
-    assert s.est_params_reduction == pytest.approx(250 / (250 - 140))
-    assert s.est_recovery == pytest.approx((3.0 * 0.8 + 1.0 * 0.6) / 4.0)
-    low = p.summary_at(0.1)                                     # the slider: less pruning, more recovery
-    assert low.est_params_reduction < s.est_params_reduction and low.est_recovery > s.est_recovery
-    assert p.summary_at(0.0001).allocation == (0.0, 0.5)
+    plan = p.plan()
+    assert s.achieved_sparsity == pytest.approx(0.5) == plan.achieved
+    assert s.est_params_reduction == pytest.approx(250 / (250 - 100))
+    kept = {l.name: np.interp(plan.sparsity[l.name], l.levels, l.energy_kept) for l in p.layers}
+    assert s.weight_energy_kept == pytest.approx((3.0 * kept["layer 0"] + 1.0 * kept["layer 1"]) / 4.0)
+    assert s.est_recovery is None and s.recovery_kind is None              # data-free: no recovery estimate
+    low = p.summary_at(0.1)                                     # the slider: less pruning, more energy kept
+    assert low.est_params_reduction < s.est_params_reduction and low.weight_energy_kept > s.weight_energy_kept
+
+
+def test_recovery_points_interpolate_and_stop_at_the_last_measured_target():
+    r = Recovery("top-1 agreement", ((0.5, 0.9), (0.7, 0.7)))
+    assert r.at(0.0) == 1.0 and r.at(0.25) == pytest.approx(0.95) and r.at(0.6) == pytest.approx(0.8)
+    assert r.at(0.7) == pytest.approx(0.7) and r.at(0.75) is None
+    p = replace(measured([0, 0.5, 0.9], [0, 1.0, 1.8]), recovery=r)
+    assert p.summary_at(0.6).est_recovery == pytest.approx(0.8) and p.summary_at(0.6).recovery_kind == r.kind
+    assert p.summary_at(0.8).est_recovery is None                          # never swapped for another number
+
+
+def test_plan_files(tmp_path):
+    p = replace(measured([0, 0.5, 0.9], [0, 1.0, 1.8]), recovery=Recovery("accuracy ratio", ((0.6, 0.93),)))
+    plan = p.plan(0.6)
+    plan.to_json(tmp_path / "plan.json")
+    back = losswidget.load_plan(tmp_path / "plan.json")
+    assert back.sparsity == plan.sparsity and back.est_recovery == pytest.approx(0.93)
+    assert back.recovery_kind == "accuracy ratio" and back.achieved == plan.achieved
+    rows = plan.to_csv(tmp_path / "plan.csv").strip().split("\n")
+    assert rows[0] == "index,name,weight,op_type,params,sparsity,pruned,excluded"
+    assert rows[1] == "0,layer 0,w0,MatMul,100,0.950000,95,0"
+    recipe = plan.to_recipe(tmp_path / "r.yaml")
+    assert "!GMPruningModifier" in recipe and "final_sparsity: 0.95" in recipe and '- "w0"' in recipe
+    assert recipe.index("final_sparsity: 0.95") < recipe.index('- "w0"') < recipe.index("final_sparsity: 0.25")
+    (tmp_path / "bad.json").write_text(json.dumps({**plan.to_dict(), "version": 7}))
+    with pytest.raises(losswidget.ProfileError, match="plan format version 7"):
+        losswidget.load_plan(tmp_path / "bad.json")
 
 
 def test_json_round_trip_atomic_and_versioned(tmp_path, mlp_path):
@@ -65,17 +146,33 @@ def test_json_round_trip_atomic_and_versioned(tmp_path, mlp_path):
     p.to_json(out)
     assert [f.name for f in out.parent.iterdir()] == ["p.json"]      # no temp file left behind
     d = json.loads(out.read_text())
-    assert d["format"] == "losswidget.profile" and d["version"] == 1
-    assert set(d["summary"]) == {"total_params", "prunable_params", "avg_sensitivity", "est_params_reduction",
-                                 "est_recovery"}
+    assert d["format"] == "losswidget.profile" and d["version"] == 2
+    assert set(d["summary"]) == {"total_params", "prunable_params", "avg_sensitivity", "target_sparsity",
+                                 "achieved_sparsity", "est_params_reduction", "est_recovery", "recovery_kind",
+                                 "weight_energy_kept"}
+    assert d["plan_cost"] == "energy" and d["recovery"] is None
+    assert [l["planned_sparsity"] for l in d["layers"]] == list(p.plan().sparsity.values())
     assert d["layers"][0]["measurements"] == {"0.0": 0.0, "0.5": p.layers[0].values[1], "0.9": p.layers[0].values[2]}
     assert d["model"]["hash"].startswith("blake3:") and len(d["model"]["hash"]) == 7 + 64
     q = losswidget.load_profile(out)
     assert q.layers == p.layers and q.name == "mine" and q.summary.to_dict() == p.summary.to_dict()
-    d["version"] = 2
+    d["version"] = 3
     out.write_text(json.dumps(d))
-    with pytest.raises(losswidget.ProfileError, match="version 2.*Upgrade"):
+    with pytest.raises(losswidget.ProfileError, match="version 3.*Upgrade"):
         losswidget.load_profile(out)
+
+
+def test_version_1_files_still_load(tmp_path):
+    v1 = {"format": "losswidget.profile", "version": 1, "name": "old", "method": "one-shot", "created": "",
+          "model": {"path": "m.onnx", "hash": "blake3:00", "total_params": 200, "prunable_params": 200},
+          "settings": {"sparsity_levels": [0.0, 0.5, 0.9], "target_sparsity": 0.7, "metric": "loss"},
+          "measured_recovery": 0.91, "recovery_note": "measured",
+          "layers": [{"index": i, "id": f"l{i}", "name": f"l{i}", "params": 100,
+                      "measurements": {"0.0": 0.0, "0.5": 0.1 * (i + 1), "0.9": 0.5 * (i + 1)}} for i in range(2)]}
+    (tmp_path / "v1.json").write_text(json.dumps(v1))
+    p = losswidget.load_profile(tmp_path / "v1.json")
+    assert p.recovery == Recovery("accuracy ratio", ((0.7, 0.91),)) and p.plan_cost == "measured"
+    assert p.summary.est_recovery == pytest.approx(0.91, abs=1e-3) and p.summary.achieved_sparsity == pytest.approx(0.7)
 
 
 def test_failed_write_keeps_the_old_file(tmp_path, mlp_path, monkeypatch):
@@ -109,7 +206,7 @@ def test_csv_and_dataframe(tmp_path, mlp_path):
     p = losswidget.analyze(path, sparsity_levels=[0.5])
     text = p.to_csv(tmp_path / "p.csv")
     rows = text.strip().split("\n")
-    assert rows[0] == "index,id,name,op_type,weight,shape,params,sensitivity,flags,L@0,L@0.5"
+    assert rows[0] == "index,id,name,op_type,weight,shape,params,sensitivity,planned_sparsity@0.85,flags,L@0,L@0.5"
     assert rows[1].startswith("0,h,w1,Gemm,w1,8x4,32,") and len(rows) == 3
     df = p.to_dataframe()
     assert list(df["name"]) == ["w1", "w2"] and df["sensitivity"].tolist() == pytest.approx(list(p.sensitivities))
@@ -134,7 +231,8 @@ def test_empty_profile_for_a_model_without_layers(tmp_path):
     m = model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [1, 2])], [vi("y", [1, 2])])
     p = losswidget.analyze(save(m, tmp_path / "relu.onnx"))
     assert p.layers == () and "No prunable layers" in p.notes[0]
-    assert p.summary.est_params_reduction == 1.0 and p.summary.est_recovery == 1.0
+    assert p.summary.est_params_reduction == 1.0 and p.summary.est_recovery is None
+    assert p.plan().layers == () and p.summary.achieved_sparsity == 0.0
     assert math.isnan(p.summary.avg_sensitivity)
     p.to_json(tmp_path / "e.json")
     assert losswidget.load_profile(tmp_path / "e.json").layers == ()

@@ -51,7 +51,8 @@ def test_auto_profiles_cards_and_bars(widget):
     cards = {c["key"]: c for c in widget.cards.cards}
     s = p.summary_at(widget.store.target)
     assert cards["params"]["value"] == "1.5 k" and cards["reduction"]["value"] == f"{s.est_params_reduction:.2f}×"
-    assert cards["recovery"]["value"] == f"{s.est_recovery:.1%}" and "weight energy" in cards["recovery"]["tooltip"]
+    assert cards["recovery"]["label"] == "Weight energy kept" and s.est_recovery is None     # data-free
+    assert cards["recovery"]["value"] == f"{s.weight_energy_kept:.1%}" and "not a recovery" in cards["recovery"]["detail"]
     assert cards["quantization"]["value"] == "not analysed" and cards["settings"]["value"] == "magnitude"
     bars = widget.charts.bars
     assert widget.charts.sens_fig.marks == [bars]
@@ -104,7 +105,7 @@ def test_target_slider_updates_cards(widget):
     widget.target.value = 0.5
     cards = {c["key"]: c["value"] for c in widget.cards.cards}
     assert cards["reduction"] == f"{p.summary_at(0.5).est_params_reduction:.2f}×"
-    assert cards["recovery"] == f"{p.summary_at(0.5).est_recovery:.1%}"
+    assert cards["recovery"] == f"{p.summary_at(0.5).weight_energy_kept:.1%}"
 
 
 def test_selection_sends_only_what_changed(widget):
@@ -123,23 +124,25 @@ def test_panel_validation_run_and_errors(widget):
     panel.name.value = "Baseline"
     assert "exists" in panel.name_message.value
     panel.name.value = "coarse"
-    panel.preset.value = "coarse (0, .5, .9)"
+    levels = panel.fields["sparsity_levels"]
+    levels.input.value = "coarse (0, .5, .9)"
     job = panel.submit()
     assert job.result(60).levels == (0.0, 0.5, 0.9)
     wait(widget)
     assert "coarse" in widget.select.options and widget.jobs["coarse"]["status"] == "done"
     panel.name.value = "custom bad"
-    panel.preset.value = "custom"
-    panel.custom.value = "0.5, 1.5"
+    levels.input.value = "custom"
+    levels.extra.value = "0.5, 1.5"
     panel.run.click()
     wait(widget)
     assert "Sparsity levels must lie in [0, 1)" in panel.error.value
     panel.name.value = "oneshot missing file"
-    panel.preset.value = "method default"
+    levels.input.value = "method default"
+    assert panel.fields["data"].box.layout.display == "none"           # magnitude takes no data
     panel.method.value = "one-shot"
-    assert panel.data_box.layout.display == ""
-    panel.data_source.value = ".npz file"
-    panel.data_path.value = "/nonexistent/data.npz"
+    assert panel.fields["data"].box.layout.display == "" and panel.fields["metric"].box.layout.display == ""
+    panel.fields["data"].input.value = ".npz file"
+    panel.fields["data"].extra.value = "/nonexistent/data.npz"
     panel.run.click()
     wait(widget)
     assert widget.jobs["oneshot missing file"]["status"] == "failed"
@@ -151,10 +154,11 @@ def test_panel_validation_run_and_errors(widget):
 def test_one_shot_from_widget_data_and_cancel(widget):
     job = widget.add_profile("kl", "one-shot", sparsity_levels=[0.5, 0.9])
     p = job.result(60)
-    assert p.method == "one-shot" and p.settings["samples"] == 8 and p.measured_recovery is not None
+    assert p.method == "one-shot" and p.settings["samples"] == 8 and p.recovery is not None
     wait(widget)
     cards = {c["key"]: c for c in card_values(p, p.target_sparsity)}
-    assert cards["recovery"]["detail"] == "measured" and cards["settings"]["value"] == "one-shot (kl)"
+    assert cards["recovery"]["label"] == "Est. recovery"
+    assert cards["recovery"]["detail"].startswith(p.recovery.kind) and cards["settings"]["value"] == "one-shot (auto)"
     slow = widget.add_profile("slow", "one-shot", sparsity_levels=[i / 100 for i in range(100)])
     queued = widget.add_profile("queued", "magnitude")
     queued.cancel()

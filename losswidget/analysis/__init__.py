@@ -1,233 +1,187 @@
-"""The analysis methods, and `analyze`, which runs one of them on a model and returns a LossProfile.
+"""The analysis methods and `analyze`, which runs one of them on a model and returns a LossProfile.
 
-Each method module exposes `run(mf, layers, levels, progress=, cancel=, **settings) -> list[Measured]`,
-one Measured per layer, aligned with `levels`. METHODS describes them (and their settings) so that the
-CLI and the widget's add-profile form are built from it, not hard-coded.
+The registry below lists the method modules; each declares itself with `METHOD` (see base.py). Adding a
+method touches its own module and this list, nothing else: `analyze`, `methods()`, the CLI's flags and the
+widget's form are all built from the declarations.
 """
 from __future__ import annotations
 
 import importlib
-import os
 import threading
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from ..errors import AnalysisCancelled, SettingsError
-from ..graph import read_graph
+from ..graph import ModelGraph, read_graph
 from ..onnxfile import open_model
+from ..profile import LayerResult, LossProfile, ModelInfo, Recovery, from_sparseml_dict
+from .base import Context, Measured, Method, Progress, Result, Setting
 
-SPARSEML_LEVELS = tuple(i / 100 for i in range(100))
-ONE_SHOT_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
+# display order; each module exposes METHOD
+REGISTRY = ("approximated", "magnitude", "one_shot")
 
-Progress = Callable[[int, int, str], None]
-
-
-@dataclass(frozen=True)
-class Measured:
-    """One layer's result: a value per level, the fraction of weight energy kept per level, and flags."""
-    values: np.ndarray
-    energy_kept: np.ndarray
-    energy: float
-    flags: tuple[str, ...] = ()
+_METHODS: dict[str, Method] | None = None
 
 
-METHODS: dict[str, dict] = {
-    "approximated": {
-        "label": "Approximated",
-        "description": "From the architecture alone (activation and weight shapes); instant, reads no weights.",
-        "module": "approximated",
-        "needs_data": False,
-        "settings": {"sparsity_levels": {"type": "levels", "default": list(ONE_SHOT_LEVELS)},
-                     "target_sparsity": {"type": "float", "default": 0.85, "min": 0.0, "max": 0.95}},
-        "recovery": "modelled: weight energy kept, weights taken as Gaussian",
-    },
-    "magnitude": {
-        "label": "Baseline (weight magnitude)",
-        "description": "Mean |w| pruned at each level, as SparseML's pruning_loss_sens_magnitude computes it.",
-        "module": "magnitude",
-        "needs_data": False,
-        "settings": {"sparsity_levels": {"type": "levels", "default": list(SPARSEML_LEVELS)},
-                     "target_sparsity": {"type": "float", "default": 0.85, "min": 0.0, "max": 0.95}},
-        "recovery": "fraction of weight energy (sum of w^2) kept by the allocation",
-    },
-    "one-shot": {
-        "label": "One-shot",
-        "description": "Prunes one layer at a time and runs your data through onnxruntime; compares the outputs "
-                       "with the dense model's.",
-        "module": "one_shot",
-        "needs_data": True,
-        "settings": {"sparsity_levels": {"type": "levels", "default": list(ONE_SHOT_LEVELS)},
-                     "target_sparsity": {"type": "float", "default": 0.85, "min": 0.0, "max": 0.95},
-                     "data": {"type": "data", "default": None},
-                     "labels": {"type": "labels", "default": None},
-                     "metric": {"type": "choice", "default": "kl", "choices": ["kl", "mse", "loss"]},
-                     "output": {"type": "output", "default": None},
-                     "samples": {"type": "int", "default": None},
-                     "batch_size": {"type": "int", "default": None}},
-        "recovery": "measured on the data with every layer pruned at its allocated sparsity",
-    },
-}
+def registry() -> dict[str, Method]:
+    """name -> Method, in display order (modules are imported on first use)."""
+    global _METHODS
+    if _METHODS is None:
+        found = {}
+        for module in REGISTRY:
+            method = importlib.import_module(f"{__name__}.{module}").METHOD
+            found[method.name] = method
+        _METHODS = found
+    return _METHODS
+
+
+def get_method(method: str) -> Method:
+    methods_ = registry()
+    if not isinstance(method, str) or method not in methods_:
+        raise SettingsError(f"Unknown method {method!r}; available: {', '.join(methods_)}.")
+    return methods_[method]
 
 
 def methods() -> list[dict]:
-    """The available methods: name, label, description, whether they need data, and their settings."""
-    return [{"name": name, **{k: v for k, v in spec.items() if k != "module"}} for name, spec in METHODS.items()]
+    """The available methods: name, label, description, whether they need data, and their settings
+    (name, type, default, range or choices, help)."""
+    return [m.describe() for m in registry().values()]
 
 
-def normalize_levels(levels) -> np.ndarray:
-    """Sorted unique levels in [0, 1), always including 0.0 (the dense reference)."""
-    try:
-        arr = np.asarray([float(x) for x in levels], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise SettingsError(f"Sparsity levels must be numbers in [0, 1), got {levels!r}.") from None
-    bad = arr[~np.isfinite(arr) | (arr < 0) | (arr >= 1)]
-    if bad.size:
-        raise SettingsError(
-            f"Sparsity levels must lie in [0, 1) (0.9 means 90% of a layer's weights pruned); got {bad.tolist()}.")
-    arr = np.array(sorted({0.0, *arr.tolist()}))   # (np.unique would import numpy.ma: 20-50 ms)
-    if arr.size < 2:
-        raise SettingsError("Give at least one sparsity level above 0, e.g. 0.5,0.9.")
-    return arr
+def all_settings() -> dict[str, Setting]:
+    """Every setting any method declares, by name (the first declaration wins): the CLI's flags."""
+    out: dict[str, Setting] = {}
+    for m in registry().values():
+        for s in m.settings:
+            out.setdefault(s.name, s)
+    return out
 
 
-def check_target(target) -> float:
-    try:
-        target = float(target)
-    except (TypeError, ValueError):
-        raise SettingsError(f"Target sparsity must be a number in (0, 1), got {target!r}.") from None
-    if not 0 < target < 1:
-        raise SettingsError(f"Target sparsity must lie in (0, 1) (a fraction of prunable params), got {target}.")
-    return target
-
-
-def check_cancel(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise AnalysisCancelled("The analysis was cancelled; no profile was made.")
-
-
-def run_layers(fn: Callable, layers: list, progress: Progress | None, cancel: threading.Event | None,
-               workers: int | None = None) -> list:
-    """fn(layer) for every layer on a thread pool, largest first; progress per finished layer, in this thread.
-
-    Cancel is checked before each layer starts; a cancelled or failed run stops the pool and raises.
-    """
-    check_cancel(cancel)
-    results: list = [None] * len(layers)
-    if not layers:
-        return results
-    workers = workers or min(len(layers), os.cpu_count() or 1, 8)
-    stop = threading.Event()
-
-    def task(i: int):
-        if stop.is_set() or (cancel is not None and cancel.is_set()):
-            return i, None
-        return i, fn(layers[i])
-
-    order = sorted(range(len(layers)), key=lambda i: -layers[i].params)
-    done = 0
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="losswidget") as pool:
-        pending = {pool.submit(task, i) for i in order}
-        try:
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    i, result = fut.result()
-                    if result is None:
-                        continue
-                    check_cancel(cancel)
-                    results[i] = result
-                    done += 1
-                    if progress is not None:
-                        progress(done, len(layers), layers[i].name)
-                check_cancel(cancel)
-        finally:
-            stop.set()
-            for fut in pending:
-                fut.cancel()
-    check_cancel(cancel)
-    return results
-
-
-def get_method(method: str):
-    if method not in METHODS:
-        raise SettingsError(f"Unknown method {method!r}; available: {', '.join(METHODS)}.")
-    return importlib.import_module(f"{__name__}.{METHODS[method]['module']}")
-
-
-def analyze(model, method: str = "magnitude", *, name: str | None = None, sparsity_levels=None,
-            target_sparsity: float = 0.85, progress: Progress | None = None,
-            cancel: threading.Event | None = None, data=None, labels=None, metric: str = "kl",
-            output: str | None = None, samples: int | None = None, batch_size: int | None = None,
-            random_dims: dict | None = None, executor=None):
+def analyze(model, method: str = "magnitude", *, name: str | None = None, progress: Progress | None = None,
+            cancel: threading.Event | None = None, executor=None, on_layer=None, **settings) -> LossProfile:
     """Profile `model` (a path or an onnx.ModelProto) with `method`; returns a LossProfile.
 
-    `progress(done, total, message)` is called per layer (one-shot: per layer and level); `cancel` (a
-    threading.Event) is checked between steps, and setting it raises AnalysisCancelled (one-shot: its
-    `partial` attribute holds the layers measured so far, as a profile marked partial).
-    One-shot only: `data` (dict of arrays, iterable of dicts, .npz path, or "random"), `labels`, `metric`
-    (kl | mse | loss), `output`, `samples`, `batch_size`, `random_dims` (symbolic dim -> size for random
-    data), `executor` (any concurrent.futures.Executor, e.g. a Dask client's; workers load the model by path).
+    `settings` are the method's declared settings (`losswidget.methods()` lists them; e.g.
+    `sparsity_levels`, `target_sparsity`, and for data methods `data`, `labels`, `samples`, ...); anything
+    else is a SettingsError. `progress(done, total, message)` is called as work finishes; `on_layer(index,
+    measured)` as each layer finishes; setting the `cancel` event (threading.Event) stops the run with
+    AnalysisCancelled, whose `partial` holds the layers finished so far as a profile marked partial (or
+    None). `executor`: any concurrent.futures.Executor for methods that share layers out (workers load the
+    model by path).
     """
-    from ..profile import LossProfile
-
-    module = get_method(method)
-    spec = METHODS[method]
-    levels = normalize_levels(spec["settings"]["sparsity_levels"]["default"] if sparsity_levels is None
-                              else sparsity_levels)
-    target = check_target(target_sparsity)
-    settings = {"sparsity_levels": levels.tolist(), "target_sparsity": target, "metric": None, "samples": None}
+    spec = get_method(method)
+    values = spec.check(settings)
+    if executor is not None and not spec.executor:
+        raise SettingsError(f"Method '{spec.name}' runs in this process; it takes no executor.")
+    levels = np.asarray(values["sparsity_levels"], dtype=np.float64)
+    target = float(values["target_sparsity"])
+    name = name or spec.label
     with open_model(model) as mf:
         graph = read_graph(mf)
         hasher = threading.Thread(target=mf.content_hash, daemon=True)  # overlaps the hash with the measurements
         hasher.start()
-        extra = {}
         try:
-            if spec["needs_data"]:
-                measured, extra = _run_with_data(module, mf, graph, levels, target, settings, progress, cancel,
-                                                 data=data, labels=labels, metric=metric, output=output,
-                                                 samples=samples, batch_size=batch_size, random_dims=random_dims,
-                                                 executor=executor, name=name or spec["label"])
-            else:
-                measured = module.run(mf, graph.layers, levels, progress=progress, cancel=cancel)
+            dataset = None
+            if spec.needs_data:
+                from ..data import load_data
+                dataset = load_data(values["data"], mf.model, labels=values["labels"], samples=values["samples"],
+                                    batch_size=values["batch_size"], random_dims=values["random_dims"])
+            ctx = Context(mf, graph.layers, levels, target, values, dataset, progress, cancel, executor, on_layer)
+            record = _recorded(spec, values, dataset)
+            try:
+                result = spec.run(ctx)
+            except AnalysisCancelled as exc:
+                partial = getattr(exc, "result", None)
+                exc.partial = _partial_profile(spec, name, mf, graph, levels, record, partial)
+                exc.args = ("The analysis was cancelled; "
+                            + (f"the {len(exc.partial.layers)} layer(s) finished are in .partial."
+                               if exc.partial is not None else "no layer had finished."),)
+                raise
         finally:
             hasher.join()
-        return LossProfile.build(name=name or spec["label"], method=method, mf=mf, graph=graph, levels=levels,
-                                 measured=measured, settings=settings, recovery_note=spec["recovery"], **extra)
+        return build_profile(spec, name, mf, graph, levels, {**record, **result.record}, result)
 
 
-def _run_with_data(module, mf, graph, levels, target, settings, progress, cancel, *, data, labels, metric, output,
-                   samples, batch_size, random_dims, executor, name):
-    from ..data import load_data
-    from ..profile import LossProfile
+def _recorded(spec: Method, values: dict, dataset) -> dict:
+    """The settings as written into the profile: data objects become a description of where they came from."""
+    out = {}
+    for s in spec.settings:
+        v = values[s.name]
+        if s.kind == "data":
+            v = dataset.source if dataset is not None else None
+        elif s.kind == "labels":
+            v = v if v is None or isinstance(v, str) else "array"
+        out[s.name] = v
+    if dataset is not None:
+        out.update(samples=dataset.samples, random=dataset.random,
+                   batch_size=len(next(iter(dataset.batches[0].values()))))
+    return out
 
-    if metric not in module.METRICS:
-        raise SettingsError(f"Unknown metric {metric!r}; use one of {', '.join(module.METRICS)}.")
-    if metric == "loss" and labels is None:
-        raise SettingsError("metric='loss' needs labels (an array, or the key of the labels in the data).")
-    dataset = load_data(data, mf.model, labels=labels, samples=samples, batch_size=batch_size,
-                        random_dims=random_dims)
-    settings.update(metric=metric, samples=dataset.samples, data=dataset.source, random=dataset.random,
-                    output=output, batch_size=len(next(iter(dataset.batches[0].values()))))
-    opts = module.Settings(metric=metric, output=output)
-    try:
-        results, errors, recovery = module.run(mf, graph.layers, levels, progress, cancel, dataset=dataset,
-                                               settings=opts, target=target, executor=executor)
-    except AnalysisCancelled as exc:
-        results, errors = getattr(exc, "results", ([], []))
-        done = [i for i, r in enumerate(results) if r is not None]
-        if done:
-            sub = type(graph)([graph.layers[i] for i in done], graph.total_params)
-            exc.partial = LossProfile.build(
-                name=name, method="one-shot", mf=mf, graph=sub, levels=levels, measured=[results[i] for i in done],
-                settings=settings, recovery_note="not measured (the run was cancelled)", partial=True,
-                notes=(f"Partial: cancelled after {len(done)} of {len(graph.layers)} layers.",))
-        raise
-    nan = np.full(len(levels), np.nan)
-    measured = [r if r is not None else Measured(nan, nan, float("nan"), ("failed",)) for r in results]
-    notes = [f"Layer {graph.layers[i].name} failed: {e}" for i, e in enumerate(errors) if e]
-    if dataset.random:
+
+def build_profile(spec: Method, name: str, mf, graph: ModelGraph, levels: np.ndarray, settings: dict, result: Result,
+                  partial: bool = False, notes: tuple[str, ...] = ()) -> LossProfile:
+    """Plain data from one run: a LayerResult per layer (failed layers kept with NaN values and their error)."""
+    lv = tuple(float(x) for x in levels)
+    nan = np.full(len(lv), np.nan)
+    errors = list(result.errors) + [None] * (len(graph.layers) - len(result.errors))
+    layers = []
+    for l, m, e in zip(graph.layers, result.measured, errors):
+        if m is None:
+            m = Measured(nan, nan, float("nan"), ("failed",) if e else ())
+        layers.append(LayerResult(
+            index=l.index, id=l.id, name=l.name, op_type=l.op_type, weight=l.weight, shape=l.shape, params=l.params,
+            levels=lv, values=tuple(float(v) for v in m.values), energy_kept=tuple(float(v) for v in m.energy_kept),
+            energy=float(m.energy), flags=tuple(m.flags), error=e))
+    notes = list(notes) + list(result.notes)
+    notes += [f"Layer {l.name} failed: {e}" for l, e in zip(graph.layers, errors) if e]
+    if not layers:
+        notes.append("No prunable layers found (no Conv / Gemm / MatMul / ... node applies a stored weight).")
+    flagged = [l.name for l in layers if set(l.flags) & {"non_finite", "all_zero"}]
+    if flagged:
+        notes.append(f"{len(flagged)} layer(s) have NaN/Inf or all-zero weights: {', '.join(flagged[:5])}"
+                     + (" ..." if len(flagged) > 5 else ""))
+    if settings.get("random"):
         notes.append("Measured on random data: rankings may not reflect real inputs.")
-    return measured, {"measured_recovery": recovery, "errors": errors, "notes": tuple(notes)}
+    info = ModelInfo(str(mf.path) if mf.path else None, mf.content_hash(), graph.total_params, graph.prunable_params)
+    recovery = Recovery(result.recovery[0], tuple(sorted(result.recovery[1].items()))) if result.recovery else None
+    return LossProfile(name=name, method=spec.name, model=info, settings=settings, layers=tuple(layers),
+                       notes=tuple(notes), partial=partial, recovery=recovery, plan_cost=spec.plan_cost,
+                       criterion=spec.criterion)
+
+
+def _partial_profile(spec, name, mf, graph, levels, record, result: Result | None) -> LossProfile | None:
+    if result is None:
+        return None
+    done = [i for i, r in enumerate(result.measured) if r is not None]
+    if not done:
+        return None
+    sub = ModelGraph([graph.layers[i] for i in done], graph.total_params)
+    errors = [result.errors[i] if i < len(result.errors) else None for i in done]
+    part = Result([result.measured[i] for i in done], errors, None, result.record, result.notes)
+    return build_profile(spec, name, mf, sub, levels, {**record, **result.record}, part, partial=True,
+                         notes=(f"Partial: cancelled after {len(done)} of {len(graph.layers)} layers.",))
+
+
+def model_hash(model) -> str:
+    """"blake3:<hex>" content hash of a model (path or ModelProto): what matches saved profiles to models."""
+    with open_model(model) as mf:
+        return mf.content_hash()
+
+
+def from_sparseml(data, *, name: str | None = None, model=None) -> LossProfile:
+    """A SparseML `PruningLossSensitivityAnalysis` JSON (dict or path) as a profile.
+
+    With `model` (a path or ModelProto), params, op types and shapes are filled in by matching weight
+    names, and the profile carries the model's hash.
+    """
+    info, total, digest = None, 0, ""
+    if model is not None:
+        with open_model(model) as mf:
+            graph = read_graph(mf)
+            info = {l.weight: (l.op_type, l.shape, l.params) for l in graph.layers}
+            total, digest = graph.total_params, mf.content_hash()
+    return from_sparseml_dict(data, name=name, layer_info=info, total_params=total, model_hash=digest)
+
+
+__all__ = ["analyze", "methods", "get_method", "registry", "all_settings", "from_sparseml", "model_hash", "Measured", "Result",
+           "Context", "Method", "Setting"]

@@ -3,9 +3,9 @@
 Per layer: (in_vol + out_vol) / params x max(in_vol / out_vol, out_vol / in_vol), over shapes inferred by
 ONNX shape inference (symbolic dims count as 1), as a straight line from L(0) = 0 to L(1) = that value.
 Missing shapes are handled as SparseML's `pruning_loss_sens_approx` does (a missing volume counts 0 and the
-shape-change factor is 1) and flagged. No weight is read, so recovery uses a model of the weights: each
+shape-change factor is 1) and flagged. No weight is read, so plans use a model of the weights: each
 layer's weights are taken as zero-mean Gaussians of equal variance, whose energy kept at sparsity s is
-1 - (s - 2 q phi(q)) with q = Phi^-1((1 + s) / 2).
+1 - (s - 2 q phi(q)) with q = Phi^-1((1 + s) / 2) (plan cost "modelled", see plan.py).
 """
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from statistics import NormalDist
 import numpy as np
 import onnx
 
-from ..graph import Layer, _subgraphs
-from ..onnxfile import ModelFile, light_model
-from . import Measured, check_cancel
+from ..onnxfile import light_model, subgraphs
+from .base import TARGET, Context, Measured, Method, Result, levels_setting
+
+DEFAULT_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
 
 _N = NormalDist()
 
@@ -41,7 +42,7 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
             if t.HasField("shape"):
                 shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]
         for node in graph.node:
-            for _, sub in _subgraphs(node):
+            for _, sub in subgraphs(node):
                 collect(sub)
 
     collect(model.graph)
@@ -57,16 +58,24 @@ def approx_value(in_shape, out_shape, params: int) -> float:
     return (in_vol + out_vol) / params * mult
 
 
-def run(mf: ModelFile, layers: list[Layer], levels: np.ndarray, progress=None, cancel=None, **_) -> list[Measured]:
-    shapes = _shapes(light_model(mf))
-    check_cancel(cancel)
-    kept = gaussian_energy_kept(levels)
+def run(ctx: Context) -> Result:
+    shapes = _shapes(light_model(ctx.mf))
+    ctx.check_cancel()
+    kept = gaussian_energy_kept(ctx.levels)
     results = []
-    for i, layer in enumerate(layers):
+    for i, layer in enumerate(ctx.layers):
         in_shape, out_shape = shapes.get(layer.input_name), shapes.get(layer.output_name)
         value = approx_value(in_shape, out_shape, layer.params)
         flags = () if in_shape is not None and out_shape is not None else ("shape_unknown",)
-        results.append(Measured(levels * value, kept, float(layer.params), flags))
-        if progress is not None:
-            progress(i + 1, len(layers), layer.name)
-    return results
+        results.append(Measured(ctx.levels * value, kept, float(layer.params), flags))
+        ctx.layer_done(i, results[-1])
+        if ctx.progress is not None:
+            ctx.progress(i + 1, len(ctx.layers), layer.name)
+    return Result(results)
+
+
+METHOD = Method(
+    name="approximated", label="Approximated",
+    description="From the architecture alone (activation and weight shapes); instant, reads no weights.",
+    run=run, settings=(levels_setting(DEFAULT_LEVELS), TARGET), rank=0, plan_cost="modelled",
+    recovery="none: reads no weights or data (plans report the weight energy a Gaussian weight model keeps)")

@@ -3,72 +3,19 @@
 For each level s the measurement is the mean |w| of the weights that pruning from the previous level to s
 removes (see DESIGN.md). One sorted copy of |w| per layer is needed; layers are spread over a thread pool
 (numpy's sort releases the GIL), largest first, each thread reusing one buffer, and each weight is read
-straight from the memory-mapped file once.
+straight from the memory-mapped file once. Plans from these profiles weigh layers by the weight energy
+they lose (plan cost "energy", see plan.py): the mean |w| values carry each layer's own weight scale.
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
-from ..errors import ModelError
-from ..graph import Layer, WeightRef
+from ..graph import Layer
 from ..onnxfile import ModelFile
-from . import Measured, run_layers
+from ..weights import magnitudes
+from .base import TARGET, Context, Measured, Method, Result, levels_setting, run_layers
 
-_local = threading.local()
-
-
-def _buffer(n: int) -> np.ndarray:
-    buf = getattr(_local, "buf", None)
-    if buf is None or buf.size < n:
-        buf = _local.buf = np.empty(max(n, 1 << 16), np.float32)
-    return buf[:n]
-
-
-def _broadcast(param: np.ndarray, shape: tuple[int, ...], axis: int, block_size: int, what: str) -> np.ndarray:
-    """Shape a scale / zero point so it broadcasts against the weight (per-tensor, per-axis or blocked)."""
-    if param.size == 1 or not shape:
-        return param.reshape(())
-    axis = axis % len(shape)
-    if block_size and param.ndim == len(shape):
-        return np.repeat(param, block_size, axis=axis).take(range(shape[axis]), axis=axis)
-    if param.ndim == 1:
-        candidates = [axis] + [a for a in range(len(shape)) if a != axis]
-        for a in candidates:
-            if shape[a] == param.size:
-                return param.reshape([-1 if i == a else 1 for i in range(len(shape))])
-    elif param.ndim == len(shape) - 1:  # e.g. DynamicQuantizeLSTM: W (D, I, 4H), scale (D, 4H)
-        for a in range(len(shape)):
-            if tuple(shape[:a] + shape[a + 1:]) == param.shape:
-                return np.expand_dims(param, a)
-    elif param.ndim == len(shape) and all(p in (1, s) for p, s in zip(param.shape, shape)):
-        return param
-    raise ModelError(f"Cannot apply {what} of shape {list(param.shape)} to weight of shape {list(shape)}.")
-
-
-def magnitudes(mf: ModelFile, ref: WeightRef) -> np.ndarray:
-    """|w| as float32 in this thread's buffer; quantized weights are dequantized first."""
-    arr = mf.array(ref.tensor)
-    flat = arr.reshape(-1)
-    out = _buffer(flat.size)
-    if ref.scale is None and ref.zero_point is None:
-        if flat.dtype == np.float32 or flat.dtype.kind == "f":
-            np.abs(flat, out=out, casting="same_kind")
-        else:
-            out[...] = flat
-            np.abs(out, out=out)
-    else:
-        values = arr.astype(np.float32)
-        if ref.zero_point is not None:
-            values -= _broadcast(mf.array(ref.zero_point).astype(np.float32), arr.shape, ref.axis, ref.block_size,
-                                 f"zero point '{ref.zero_point.name}'")
-        if ref.scale is not None:
-            values *= _broadcast(mf.array(ref.scale).astype(np.float32), arr.shape, ref.axis, ref.block_size,
-                                 f"scale '{ref.scale.name}'")
-        np.abs(values.reshape(-1), out=out)
-    mf.release(ref.tensor)
-    return out
+SPARSEML_LEVELS = tuple(i / 100 for i in range(100))
 
 
 def measure_sorted(values: np.ndarray, levels: np.ndarray) -> Measured:
@@ -121,5 +68,12 @@ def _measure_layer(mf: ModelFile, layer: Layer, levels: np.ndarray) -> Measured:
     return measure_sorted(values, levels)
 
 
-def run(mf: ModelFile, layers: list[Layer], levels: np.ndarray, progress=None, cancel=None, **_) -> list[Measured]:
-    return run_layers(lambda layer: _measure_layer(mf, layer, levels), layers, progress, cancel)
+def run(ctx: Context) -> Result:
+    return Result(run_layers(ctx, lambda layer: _measure_layer(ctx.mf, layer, ctx.levels)))
+
+
+METHOD = Method(
+    name="magnitude", label="Baseline (weight magnitude)",
+    description="Mean |w| pruned at each level, as SparseML's pruning_loss_sens_magnitude computes it.",
+    run=run, settings=(levels_setting(SPARSEML_LEVELS), TARGET), rank=1, plan_cost="energy",
+    recovery="none: data-free (plans report the weight energy they keep, which does not predict accuracy)")

@@ -2,14 +2,22 @@
 
 For each layer and level s the round(s * n) smallest |w| (dequantized for quantized weights) are set to
 zero (to the zero point for quantized storage), the data runs through onnxruntime (see runner.py: only
-the part of the graph after the layer is recomputed) and the outputs are compared with the dense ones:
-- kl: KL(softmax(dense) || softmax(pruned)) over the last axis, averaged over samples and positions;
-- mse: mean squared difference divided by the variance of the dense output (scale-free);
+the part of the graph after the layer is recomputed) and the outputs are compared with the dense ones.
+Each float output (or the one `output=` names) is scored on its own scale, then the outputs' scores are
+averaged:
+- auto (default): an output that already holds probabilities (non-negative, summing to 1 along an axis)
+  gets KL on those probabilities; a classifier's logits ([N, C], or an output named like "logits") get KL
+  over the class axis (the last); any other output gets MSE standardised per output channel;
+- kl: KL(softmax(dense) || softmax(pruned)) over the class axis (probabilities are used as they are);
+- mse: mean squared difference, each channel divided by its variance in the dense outputs, so a head of
+  small values (class scores beside box coordinates) weighs as much as a head of large ones;
 - loss: the task loss (cross-entropy for integer class labels, squared error for float targets) with
-  pruning minus without.
-Several outputs are summed, or `output=` picks one. Recovery is measured: all layers pruned together at
-their allocated sparsity, then top-1 agreement with the dense model (kl), 1 - normalised MSE (mse), or
-pruned / dense accuracy (loss with class labels; dense / pruned loss for float targets).
+  pruning minus without, on the first scored output.
+`axis=` sets the class axis (kl) or channel axis (mse; auto: the axis whose per-index variances differ
+most). What each output was scored with is recorded in the profile.
+Recovery is measured at several targets: the plan at each target (plan.py, from these curves) applied to
+all layers at once, then top-1 agreement with the dense model (kl outputs), 1 - standardised MSE (mse
+outputs), or pruned / dense accuracy (loss with class labels; dense / pruned loss for float targets).
 """
 from __future__ import annotations
 
@@ -17,7 +25,7 @@ import contextlib
 import os
 import queue
 import threading
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,18 +33,98 @@ import numpy as np
 from ..data import Dataset
 from ..errors import AnalysisCancelled, DataError, LossWidgetError, SettingsError
 from ..graph import Layer, read_graph
-from ..onnxfile import ModelFile, open_model
-from ..plan import CAP, allocate
-from . import Measured, check_cancel
-from .magnitude import _broadcast, magnitudes
+from ..onnxfile import open_model
+from ..plan import plan_sparsity
+from ..weights import magnitudes, pruned_copy, sort_magnitudes, zero_value
+from .base import DATA_SETTINGS, TARGET, Context, Measured, Method, Result, Setting, check_cancel, levels_setting
 
-METRICS = ("kl", "mse", "loss")
+METRICS = ("auto", "kl", "mse", "loss")
+DEFAULT_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
+# targets recovery is measured at (and the profile's own); the widget's slider interpolates between them
+RECOVERY_TARGETS = (0.3, 0.5, 0.7, 0.8, 0.85, 0.9, 0.95)
+KIND_AGREEMENT, KIND_MSE = "top-1 agreement", "1 - normalised MSE"
 
 
 @dataclass(frozen=True)
 class Settings:
-    metric: str = "kl"
+    metric: str = "auto"
     output: str | None = None
+    axis: int | None = None
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How one output is compared: KL over a class axis (of logits, or of probabilities) or MSE with each
+    index of a channel axis standardised by its dense variance."""
+    output: str
+    kind: str                 # "kl" | "mse"
+    axis: int                 # non-negative
+    probabilities: bool = False
+
+    def describe(self) -> str:
+        if self.kind == "kl":
+            return f"KL over axis {self.axis} ({'probabilities' if self.probabilities else 'logits'})"
+        return f"MSE standardised per index of axis {self.axis}"
+
+
+def _is_probabilities(arrays: list[np.ndarray], axis: int) -> bool:
+    for a in arrays:
+        if a.shape[axis] < 2 or (a < 0).any() or (a > 1 + 1e-4).any():
+            return False
+        if not np.allclose(a.sum(axis=axis, dtype=np.float64), 1.0, atol=1e-3):
+            return False
+    return True
+
+
+def _channel_axis(arrays: list[np.ndarray]) -> int:
+    """The non-sample axis whose per-index variances differ most (the last on ties): where an output mixes
+    quantities of different scales (box coordinates and class scores), standardising along it evens them."""
+    ndim = arrays[0].ndim
+    if ndim < 2:
+        return 0
+    best, spread = ndim - 1, -1.0
+    for axis in range(1, ndim):
+        if arrays[0].shape[axis] < 2:
+            continue
+        var = _channel_variance(arrays, axis)
+        var = var[var > 0]
+        ratio = float(var.max() / var.min()) if var.size else 1.0
+        if ratio > spread * (1 + 1e-9) or (ratio >= spread and axis > best):
+            best, spread = axis, ratio
+    return best
+
+
+def _channel_variance(arrays: list[np.ndarray], axis: int) -> np.ndarray:
+    """Variance of each index along `axis` over every other axis and all batches (float64, two passes)."""
+    moved = [np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1) for a in arrays]
+    count = sum(m.shape[1] for m in moved)
+    mean = sum(m.sum(axis=1, dtype=np.float64) for m in moved) / max(count, 1)
+    sq = sum(((m - mean[:, None]) ** 2).sum(axis=1) for m in moved)
+    return sq / max(count, 1)
+
+
+def choose_scoring(name: str, arrays: list[np.ndarray], metric: str, axis: int | None) -> Scoring:
+    """The scoring rule for one output from its dense values over all batches (see the module doc)."""
+    ndim = arrays[0].ndim
+    if axis is not None:
+        if not -ndim <= axis < ndim:
+            raise SettingsError(f"axis {axis} does not exist in output '{name}' of rank {ndim}.")
+        axis %= ndim
+    last = max(ndim - 1, 0)
+    if metric in ("kl", "loss"):
+        a = last if axis is None else axis
+        return Scoring(name, "kl", a, _is_probabilities(arrays, a) if ndim else False)
+    if metric == "mse":
+        return Scoring(name, "mse", _channel_axis(arrays) if axis is None else axis)
+    # auto
+    if ndim >= 2:
+        for a in ([axis] if axis is not None else [last, 1] if last != 1 else [last]):
+            if _is_probabilities(arrays, a):
+                return Scoring(name, "kl", a, True)
+        classes = arrays[0].shape[last]
+        if axis is None and classes >= 2 and (ndim == 2 or "logit" in name.lower()):
+            return Scoring(name, "kl", last)
+    return Scoring(name, "mse", _channel_axis(arrays) if axis is None else axis)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -84,63 +172,86 @@ def _log_softmax64(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-class _Scorer:
-    """Compares pruned outputs with the dense ones for one batch (sums over elements, to average later)."""
+# probabilities below this are taken as it, so their logs (the logits KL works on) stay finite
+_TINY_PROB = 1e-30
 
-    def __init__(self, dense: dict[str, np.ndarray], names: list[str], settings: Settings, labels, variance):
-        self.dense, self.names, self.s, self.labels, self.variance = dense, names, settings, labels, variance
-        self.p = {n: np.exp(_log_softmax(dense[n])) for n in names} if settings.metric == "kl" else {}
-        self.dense_loss = self._task_loss(dense) if settings.metric == "loss" else None
+
+def _as_logits(x: np.ndarray, rule: Scoring) -> np.ndarray:
+    """The output with the class axis last, as logits (log of probabilities for probability outputs)."""
+    x = np.moveaxis(x, rule.axis, -1)
+    if rule.probabilities:
+        x = np.log(np.maximum(x.astype(np.float32), _TINY_PROB))
+    return np.ascontiguousarray(x)
+
+
+class _Scorer:
+    """Compares pruned outputs with the dense ones for one batch: sums per scored output, averaged later."""
+
+    def __init__(self, dense: dict[str, np.ndarray], rules: list[Scoring], metric: str, labels, inv_var):
+        self.rules, self.metric, self.labels = rules, metric, labels
+        self.dense = {r.output: (_as_logits(dense[r.output], r) if r.kind == "kl" else dense[r.output]) for r in rules}
+        self.p = {r.output: np.exp(_log_softmax(self.dense[r.output])) for r in rules if r.kind == "kl"}
+        self.inv_var = inv_var                      # output -> 1/variance, shaped to broadcast along its axis
+        if metric == "loss":
+            self.dense_loss = self._task_loss(dense)
+            self.counts = np.array([float(self.dense_loss[1])])
+        else:
+            self.dense_loss = None
+            self.counts = np.array([float(self._count(r)) for r in rules])
+
+    def _count(self, rule: Scoring) -> int:
+        d = self.dense[rule.output]
+        return d.size // d.shape[-1] if rule.kind == "kl" else d.size
 
     def _task_loss(self, out: dict) -> tuple[float, int, float]:
         """(sum of per-position losses, count, number correct) for the first scored output."""
-        y, lab = out[self.names[0]], self.labels
+        rule = self.rules[0]
+        y, lab = out[rule.output], self.labels
         if np.issubdtype(lab.dtype, np.integer):
-            logp = _log_softmax(y)
+            logp = _log_softmax(_as_logits(y, rule))
             if logp.shape[:-1] != lab.shape:
-                raise DataError(f"Labels of shape {list(lab.shape)} do not fit output '{self.names[0]}' of shape "
+                raise DataError(f"Labels of shape {list(lab.shape)} do not fit output '{rule.output}' of shape "
                                 f"{list(y.shape)} (expected {list(logp.shape[:-1])} class indices).")
             picked = np.take_along_axis(logp, lab[..., None].astype(np.int64), axis=-1)[..., 0]
             return float(-picked.sum()), picked.size, float((logp.argmax(-1) == lab).sum())
         if lab.shape != y.shape:
-            raise DataError(f"Float labels of shape {list(lab.shape)} do not match output '{self.names[0]}' of "
+            raise DataError(f"Float labels of shape {list(lab.shape)} do not match output '{rule.output}' of "
                             f"shape {list(y.shape)}.")
         err = (y.astype(np.float64) - lab) ** 2
         return float(err.sum()), err.size, float("nan")
 
-    def score(self, pruned: dict) -> tuple[float, int]:
-        """(sum, count) of the metric over this batch."""
-        if self.s.metric == "loss":
-            (lp, n, _), (ld, _, _) = self._task_loss(pruned), self.dense_loss
-            return lp - ld, n
-        total, count = 0.0, 0
-        for name in self.names:
-            d, p = self.dense[name], pruned[name]
-            if self.s.metric == "kl":
-                kl = _kl(self.p[name], p, d)
-                total += float(kl.sum(dtype=np.float64))
-                count = kl.size
+    def score(self, pruned: dict) -> np.ndarray:
+        """Per scored output, the sum of the metric over this batch (divide by `counts`)."""
+        if self.metric == "loss":
+            return np.array([self._task_loss(pruned)[0] - self.dense_loss[0]])
+        sums = np.empty(len(self.rules))
+        for k, rule in enumerate(self.rules):
+            d = self.dense[rule.output]
+            if rule.kind == "kl":
+                sums[k] = float(_kl(self.p[rule.output], _as_logits(pruned[rule.output], rule), d).sum(dtype=np.float64))
             else:
                 # float32 differences of float32 outputs are exact where they matter (Sterbenz)
-                diff = np.subtract(p, d, dtype=np.promote_types(d.dtype, np.float32)).ravel()
-                total += float(np.einsum("i,i->", diff, diff, dtype=np.float64)) / self.variance[name]
-                count = d.size
-        return total, count
+                diff = np.subtract(pruned[rule.output], d, dtype=np.promote_types(d.dtype, np.float32))
+                diff *= diff
+                diff *= self.inv_var[rule.output]
+                sums[k] = float(diff.sum(dtype=np.float64))
+        return sums
 
-    def agreement(self, pruned: dict) -> tuple[float, int]:
-        """(sum, count) for recovery: see the module doc."""
-        name = self.names[0]
-        if self.s.metric == "loss":
-            lp, n, correct_p = self._task_loss(pruned)
+    def agreement(self, pruned: dict):
+        """For recovery: (correct pruned, correct dense) or (dense loss, pruned loss) for loss; else per
+        output (sum, count) of top-1 agreement (kl) or standardised squared error (mse)."""
+        if self.metric == "loss":
+            lp, _, correct_p = self._task_loss(pruned)
             ld, _, correct_d = self.dense_loss
-            if np.isnan(correct_p):
-                return (ld, lp), n                                  # float targets: loss ratio
-            return (correct_p, correct_d), n
-        if self.s.metric == "mse":
-            return self.score(pruned)
-        d, p = self.dense[name], pruned[name]
-        same = d.argmax(-1) == p.argmax(-1)
-        return float(same.sum()), same.size
+            return ("loss", ld, lp) if np.isnan(correct_p) else ("accuracy", correct_p, correct_d)
+        out = []
+        for rule, s in zip(self.rules, self.score(pruned)):
+            if rule.kind == "kl":
+                same = self.dense[rule.output].argmax(-1) == _as_logits(pruned[rule.output], rule).argmax(-1)
+                out.append((float(same.sum()), same.size))
+            else:
+                out.append((s, self.dense[rule.output].size))
+        return ("outputs", out)
 
 
 class OneShotSession:
@@ -177,8 +288,7 @@ class OneShotSession:
         except LossWidgetError:
             raise
         except Exception as exc:
-            raise DataError(f"onnxruntime could not run the model on this data: "
-                            f"{str(exc).splitlines()[0][:300]}") from None
+            raise DataError(f"onnxruntime could not run the model on this data: {first_line(exc)}") from None
         outs = self.model.graph_outputs
         if settings.output is not None and settings.output not in outs:
             raise SettingsError(f"Unknown output '{settings.output}'; the model's outputs are {outs}.")
@@ -190,38 +300,26 @@ class OneShotSession:
             if dataset.labels is None:
                 raise SettingsError("metric='loss' needs labels (labels=array or the key of the labels in the data).")
             names = names[:1]
-        variance = {n: max(float(np.concatenate([e[n].ravel() for e in self.envs]).astype(np.float64).var()), 1e-12)
-                    for n in names}
+        self.rules = [choose_scoring(n, [e[n] for e in self.envs], settings.metric, settings.axis) for n in names]
+        inv_var = {}
+        for rule in self.rules:
+            if rule.kind == "mse":
+                arrays = [e[rule.output] for e in self.envs]
+                var = _channel_variance(arrays, rule.axis) if arrays[0].ndim else np.array(
+                    [float(np.var(np.array(arrays, dtype=np.float64)))])
+                # a constant channel is measured against a floor far below the others, not divided by zero
+                var = np.maximum(var, max(float(var.max(initial=0.0)) * 1e-9, 1e-12))
+                shape = [1] * max(arrays[0].ndim, 1)
+                shape[rule.axis if arrays[0].ndim else 0] = -1
+                inv_var[rule.output] = (1.0 / var).astype(np.float32).reshape(shape if arrays[0].ndim else ())
         labels = dataset.labels or [None] * len(self.envs)
-        self.scorers = [_Scorer({n: e[n] for n in outs}, names, settings, lab, variance)
+        self.scorers = [_Scorer({n: e[n] for n in outs}, self.rules, settings.metric, lab, inv_var)
                         for e, lab in zip(self.envs, labels)]
 
     def _pruned(self, layer: Layer, level: float) -> np.ndarray:
-        """The stored weight with its round(level * n) smallest |w| set to zero (or to the zero point).
-
-        Everything below the k-th smallest magnitude goes by a mask, in memory order (a scatter through
-        the sorted order took 2.5x as long on t4); only the values equal to it are picked from the sorted
-        order (equal magnitudes go in index order, as in measure())."""
+        """The stored weight with its round(level * n) smallest |w| set to zero (or to the zero point)."""
         sorted_mags, order = self._order(layer)
-        stored = np.asarray(self.mf.array(layer.ref.tensor))
-        k = int(round(level * stored.size))
-        if k == 0:
-            return stored.copy()
-        zero = _zero_value(self.mf, layer, stored.shape)
-        cut = sorted_mags[k - 1]
-        below = int(np.searchsorted(sorted_mags, cut, side="left"))    # values < cut (NaN sorts last)
-        if below:
-            mags = magnitudes(self.mf, layer.ref)
-            keep = (np.isnan(mags) if np.isnan(cut) else mags >= cut).reshape(stored.shape)
-            if zero.ndim == 0 and stored.dtype in (np.float16, np.float32, np.float64):
-                out = stored * keep
-            else:
-                out = np.where(keep, stored, zero).astype(stored.dtype, copy=False)
-        else:
-            out = stored.copy()
-        ties, flat = order[below:k], out.reshape(-1)
-        flat[ties] = zero.reshape(-1)[ties] if zero.ndim else zero
-        return out
+        return pruned_copy(self.mf, layer.ref, int(round(level * sorted_mags.size)), sorted_mags, order)
 
     # pruning orders are kept for recovery() while they add up to fewer elements than this
     ORDER_CACHE_LIMIT = 20_000_000
@@ -271,7 +369,7 @@ class OneShotSession:
         energy = _energy(mags)
         stored = np.asarray(self.mf.array(layer.ref.tensor))
         work = stored.reshape(-1).copy()              # pruned in place, level after level
-        zero = _zero_value(self.mf, layer, stored.shape).reshape(-1)
+        zero = zero_value(self.mf, layer.ref, stored.shape).reshape(-1)
         done, pruned_energy = 0, 0.0
         values, kept = [], []
         measured = {0: 0.0}                           # pruned count -> value (small layers repeat counts)
@@ -291,73 +389,44 @@ class OneShotSession:
                 idx = order[done:k].astype(np.intp)   # numpy converts int32 indices slowly
                 work[idx] = zero[idx] if zero.size > 1 else zero
                 done = k
-                total, count = 0.0, 0
+                totals = counts = 0.0
                 for env, scorer in zip(self.envs, self.scorers):
-                    s, n = scorer.score(self.model.run_with(env, {layer.weight: work.reshape(stored.shape)}))
-                    total, count = total + s, count + n
-                values.append(total / max(count, 1))
+                    totals = totals + scorer.score(self.model.run_with(env, {layer.weight: work.reshape(stored.shape)}))
+                    counts = counts + scorer.counts
+                values.append(float(np.mean(totals / np.maximum(counts, 1))))   # each output on its own scale
                 measured[k] = values[-1]
         finally:
             self.model.release(layer.weight)
         return Measured(np.array(values), np.array(kept), energy)
 
-    def recovery(self, sparsity: dict[int, float]) -> float:
+    def recovery(self, sparsity: dict[int, float]) -> tuple[str, float]:
+        """(kind, value): the model with these layers pruned at once (layer index -> sparsity) against the
+        dense model (see the module doc)."""
         swaps = {}
         for index, level in sparsity.items():
             if level > 0:
                 layer = self.layers[index]
                 swaps[layer.weight] = self._pruned(layer, level)
-        if not swaps:
-            return 1.0
-        num = den = 0.0
-        ratio = None
-        for env, scorer in zip(self.envs, self.scorers):
-            value, n = scorer.agreement(self.model.run_with(env, swaps))
-            if isinstance(value, tuple):
-                ratio = (value[0] + (ratio[0] if ratio else 0), value[1] + (ratio[1] if ratio else 0))
-            else:
-                num, den = num + value, den + n
-        if ratio is not None:
-            a, b = ratio
-            return float(min(1.0, a / b)) if b > 0 else 1.0
-        if self.settings.metric == "mse":
-            return float(max(0.0, 1.0 - num / max(den, 1)))
-        return num / max(den, 1)
-
-
-def sort_magnitudes(mags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mags ascending, their indices), equal values in index order.
-
-    float32 magnitudes sort as 64-bit keys, the value's bits above its index (the bits of a non-negative
-    float order as the float does; NaN last): one GIL-free sort of integers, about twice as fast as
-    argsort (10.4 -> 5.7 ms for 262k values), and stable.
-    """
-    n = mags.size
-    if mags.dtype != np.float32 or n >= 2**32:
-        order = np.argsort(mags, kind="stable")
-        return mags[order], order
-    keys = mags.view(np.uint32).astype(np.uint64)
-    keys <<= 32
-    keys |= np.arange(n, dtype=np.uint64)
-    keys.sort()
-    order = (keys & 0xFFFFFFFF).astype(np.int32 if n < 2**31 else np.int64)
-    keys >>= 32
-    return keys.astype(np.uint32).view(np.float32), order
+        parts = [scorer.agreement(self.model.run_with(env, swaps) if swaps else env)
+                 for env, scorer in zip(self.envs, self.scorers)]
+        if parts[0][0] in ("accuracy", "loss"):
+            a, b = sum(p[1] for p in parts), sum(p[2] for p in parts)
+            kind = "accuracy ratio" if parts[0][0] == "accuracy" else "loss ratio"
+            return kind, float(min(1.0, a / b)) if b > 0 else 1.0
+        values = []
+        for k, rule in enumerate(self.rules):
+            total, count = sum(p[1][k][0] for p in parts), sum(p[1][k][1] for p in parts)
+            share = total / max(count, 1)
+            values.append(share if rule.kind == "kl" else max(0.0, 1.0 - share))
+        kinds = {KIND_AGREEMENT if r.kind == "kl" else KIND_MSE for r in self.rules}
+        kind = kinds.pop() if len(kinds) == 1 else f"mean of {KIND_AGREEMENT} and {KIND_MSE}"
+        return kind, float(np.mean(values))
 
 
 def _energy(values: np.ndarray) -> float:
     """Sum of squares, accumulated in float64 (einsum, not np.dot: BLAS threads would spin against the
     onnxruntime runs on the other cores)."""
     return float(np.einsum("i,i->", values, values, dtype=np.float64))
-
-
-def _zero_value(mf: ModelFile, layer: Layer, shape) -> np.ndarray:
-    """What a pruned element is set to: 0, or the zero point for quantized storage."""
-    zp = layer.ref.zero_point
-    if zp is None:
-        return np.zeros((), dtype=np.float32)
-    z = np.asarray(mf.array(zp))
-    return np.broadcast_to(_broadcast(z, tuple(shape), layer.ref.axis, layer.ref.block_size, "zero point"), shape)
 
 
 # -- processes -------------------------------------------------------------------------------------------
@@ -378,9 +447,9 @@ def remote_measure(model_path, key, dataset, settings, threads, index, levels):
     """Executor task: measure one layer in this worker (the model is loaded once per worker process)."""
     session = _session_for(model_path, key, dataset, settings, threads)
     try:
-        return index, session.measure(index, levels), None
+        return index, session.measure(index, levels), None, session.rules
     except Exception as exc:  # reported for this layer; the others go on
-        return index, None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        return index, None, f"{type(exc).__name__}: {first_line(exc)}", session.rules
 
 
 def remote_recovery(model_path, key, dataset, settings, threads, sparsity):
@@ -388,108 +457,140 @@ def remote_recovery(model_path, key, dataset, settings, threads, sparsity):
 
 
 # -- the method ------------------------------------------------------------------------------------------
-def run(mf: ModelFile, layers: list[Layer], levels: np.ndarray, progress=None, cancel=None, *, dataset: Dataset,
-        settings: Settings, target: float, executor: Executor | None = None, threads: int | None = None):
-    """(measurements per layer or None, error per layer or None, measured recovery or None).
+def run(ctx: Context, threads: int | None = None) -> Result:
+    """Measures every layer, then recovery at several targets (the module doc).
 
     Without an executor the layers share one OneShotSession across a thread pool (its sessions run with one
     intra-op thread each); with one, each worker process builds its own session from the model path.
     """
-    check_cancel(cancel)
+    layers, levels, dataset = ctx.layers, ctx.levels, ctx.dataset
+    settings = Settings(ctx.settings["metric"], ctx.settings["output"], ctx.settings["axis"])
+    if settings.metric == "loss" and dataset.labels is None:
+        raise SettingsError("metric='loss' needs labels (an array, or the key of the labels in the data).")
     results: list[Measured | None] = [None] * len(layers)
     errors: list[str | None] = [None] * len(layers)
     total = len(layers) * len(levels)
-    if executor is None:
+    ctx.check_cancel()
+    if ctx.executor is None:
         workers = min(os.cpu_count() or 1, max(len(layers), 1))
-        session = OneShotSession(mf.path or mf.model, dataset, settings, threads or default_threads(workers),
+        session = OneShotSession(ctx.mf.path or ctx.mf.model, dataset, settings, threads or default_threads(workers),
                                  prefetch=True)
-        events: queue.Queue = queue.Queue()
-
-        def task(i: int):
-            layer = layers[i]
-
-            def step(level):
-                check_cancel(cancel)
-                events.put(f"{layer.name} @ {level:g}")
-            try:
-                results[i] = session.measure(i, levels, step)
-            except AnalysisCancelled:
-                raise
-            except Exception as exc:  # this layer failed (e.g. an op onnxruntime cannot run); the rest go on
-                errors[i] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-                for _ in range(len(levels)):
-                    events.put(f"{layer.name} failed")
-
-        done = 0
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="losswidget-one-shot") as pool:
-            # graph order: the earliest layers have the most graph after them, so the longest runs start first
-            futures = [pool.submit(task, i) for i in range(len(layers))]
-            # the session recovery runs in, made by the first worker out of layers (errors show in recovery);
-            # recovery runs alone, so it gets every worker's core
-            opening = pool.submit(lambda: contextlib.suppress(Exception)(session.model.open_session)(workers))
-            for f in futures:
-                f.add_done_callback(lambda _: events.put(None))      # wakes the loop when a layer ends
-            finished = 0
-            try:
-                while finished < len(futures):
-                    try:
-                        message = events.get(timeout=0.1)
-                    except queue.Empty:
-                        check_cancel(cancel)
-                        continue
-                    if message is None:
-                        finished += 1
-                        continue
-                    done += 1
-                    if progress is not None:
-                        progress(min(done, total), total, message)
-                for f in futures:
-                    f.result()
-            except AnalysisCancelled as exc:
-                for f in (*futures, opening):
-                    f.cancel()
-                wait([*futures, opening])
-                session.close()
-                exc.results = (results, errors)
-                raise
-        recover = lambda sparsity: session.recovery(sparsity)  # noqa: E731
+        rules = session.rules
+        try:
+            _measure_here(ctx, session, workers, results, errors)
+        except AnalysisCancelled as exc:
+            session.close()
+            exc.result = Result(results, errors, record=_record(rules))
+            raise
+        recover = session.recovery
     else:
-        if mf.path is None:
+        if ctx.mf.path is None:
             raise SettingsError("An executor needs the model as a file path (workers load it themselves).")
-        key = f"{mf.content_hash()}:{_fingerprint(dataset)}:{settings}"
-        path = str(mf.path)
-        pending = {executor.submit(remote_measure, path, key, dataset, settings, threads, i, levels)
+        key = f"{ctx.mf.content_hash()}:{_fingerprint(dataset)}:{settings}"
+        path = str(ctx.mf.path)
+        pending = {ctx.executor.submit(remote_measure, path, key, dataset, settings, threads, i, levels)
                    for i in range(len(layers))}
         done = 0
+        rules = None
         try:
             while pending:
                 finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    i, measured, error = fut.result()
+                    i, measured, error, rules = fut.result()
                     results[i], errors[i] = measured, error
                     done += len(levels)
-                    if progress is not None:
-                        progress(done, total, layers[i].name)
-                check_cancel(cancel)
+                    if measured is not None:
+                        ctx.layer_done(i, measured)
+                    if ctx.progress is not None:
+                        ctx.progress(done, total, layers[i].name)
+                ctx.check_cancel()
         except AnalysisCancelled as exc:
             for fut in pending:
                 fut.cancel()
-            exc.results = (results, errors)
+            exc.result = Result(results, errors, record=_record(rules))
             raise
-        recover = lambda sparsity: executor.submit(  # noqa: E731
+        recover = lambda sparsity: ctx.executor.submit(  # noqa: E731
             remote_recovery, path, key, dataset, settings, threads, sparsity).result()
-    ok = [i for i, r in enumerate(results) if r is not None]
-    recovery = None
     try:
-        if ok:
-            curves = np.array([results[i].values for i in ok])
-            params = np.array([layers[i].params for i in ok], dtype=float)
-            chosen = allocate(np.asarray(levels), curves, params, target, CAP)
-            recovery = recover({i: float(levels[c]) for i, c in zip(ok, chosen)})
+        recovery = _recovery_points(ctx, results, recover)
     finally:
-        if executor is None:
+        if ctx.executor is None:
             session.close()
-    return results, errors, recovery
+    return Result(results, errors, recovery, _record(rules))
+
+
+def _record(rules: list[Scoring] | None) -> dict:
+    return {"scoring": {r.output: r.describe() for r in rules}} if rules else {}
+
+
+def _measure_here(ctx: Context, session: OneShotSession, workers: int, results: list, errors: list) -> None:
+    layers, levels, cancel = ctx.layers, ctx.levels, ctx.cancel
+    total = len(layers) * len(levels)
+    events: queue.Queue = queue.Queue()
+
+    def task(i: int):
+        layer = layers[i]
+
+        def step(level):
+            check_cancel(cancel)
+            events.put(f"{layer.name} @ {level:g}")
+        try:
+            results[i] = session.measure(i, levels, step)
+        except AnalysisCancelled:
+            raise
+        except Exception as exc:  # this layer failed (e.g. an op onnxruntime cannot run); the rest go on
+            errors[i] = f"{type(exc).__name__}: {first_line(exc)}"
+            for _ in range(len(levels)):
+                events.put(f"{layer.name} failed")
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="losswidget-one-shot") as pool:
+        # graph order: the earliest layers have the most graph after them, so the longest runs start first
+        futures = [pool.submit(task, i) for i in range(len(layers))]
+        # the session recovery runs in, made by the first worker out of layers (errors show in recovery);
+        # recovery runs alone, so it gets every worker's core
+        opening = pool.submit(lambda: contextlib.suppress(Exception)(session.model.open_session)(workers))
+        for i, f in enumerate(futures):
+            f.add_done_callback(lambda _, i=i: events.put(i))        # wakes the loop when a layer ends
+        finished = 0
+        try:
+            while finished < len(futures):
+                try:
+                    message = events.get(timeout=0.1)
+                except queue.Empty:
+                    check_cancel(cancel)
+                    continue
+                if isinstance(message, int):
+                    finished += 1
+                    if results[message] is not None:
+                        ctx.layer_done(message, results[message])
+                    continue
+                done += 1
+                if ctx.progress is not None:
+                    ctx.progress(min(done, total), total, message)
+            for f in futures:
+                f.result()
+        except AnalysisCancelled:
+            for f in (*futures, opening):
+                f.cancel()
+            wait([*futures, opening])
+            raise
+
+
+def _recovery_points(ctx: Context, results: list, recover) -> tuple[str, dict[float, float]] | None:
+    """Recovery of the plan (plan.py, from these curves) at each of RECOVERY_TARGETS and the profile's target."""
+    if not any(r is not None for r in results):
+        return None
+    nan = np.full(len(ctx.levels), np.nan)
+    values = [r.values if r is not None else nan for r in results]
+    kept = [r.energy_kept if r is not None else nan for r in results]
+    params = [l.params for l in ctx.layers]
+    points, kind = {}, None
+    for target in sorted({*RECOVERY_TARGETS, ctx.target}):
+        ctx.check_cancel()
+        sparsity = plan_sparsity("measured", ctx.levels, values, kept, params, target)
+        kind, points[float(target)] = recover({i: float(s) for i, s in enumerate(sparsity) if s > 0})
+    return kind, points
 
 
 def _fingerprint(dataset: Dataset) -> str:
@@ -507,3 +608,24 @@ def _fingerprint(dataset: Dataset) -> str:
 
 def default_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(workers, 1))
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+METHOD = Method(
+    name="one-shot", label="One-shot",
+    description="Prunes one layer at a time and runs your data through onnxruntime; compares the outputs with the "
+                "dense model's.",
+    run=run,
+    settings=(levels_setting(DEFAULT_LEVELS), TARGET, *DATA_SETTINGS,
+              Setting("metric", "choice", "auto", "how outputs are compared: auto (KL for probabilities and "
+                      "classifier logits, per-channel standardised MSE otherwise), kl, mse, or loss (the task loss; "
+                      "needs labels)", choices=METRICS),
+              Setting("output", "text", None, "compare this model output only (default: every float output)"),
+              Setting("axis", "axis", None, "the class axis (kl) or channel axis (mse) of the outputs")),
+    needs_data=True, executor=True, rank=3, plan_cost="measured",
+    recovery="measured on the data: the plan at several targets applied to all layers at once")

@@ -10,7 +10,7 @@ from traitlets import Unicode
 
 from ..errors import LossWidgetError
 from ..profile import LossProfile
-from .cards import _JS, SummaryCards, card_values
+from .cards import JS_DIR, SummaryCards, card_values
 from .charts import Charts
 from .panel import AddProfilePanel
 from .store import Job, ProfileStore
@@ -20,7 +20,7 @@ AUTO_PROFILES = (("Approximated", "approximated"), ("Baseline", "magnitude"))
 
 class Exporter(anywidget.AnyWidget):
     """Download buttons (js/export.js); the file is made here only when a button is pressed."""
-    _esm = _JS / "export.js"
+    _esm = JS_DIR / "export.js"
     selected = Unicode("").tag(sync=True)
 
     def __init__(self, store: ProfileStore):

@@ -8,7 +8,7 @@ from traitlets import Dict, List, Unicode
 
 from ..profile import LossProfile, human
 
-_JS = files("losswidget.js")
+JS_DIR = files("losswidget.js")
 
 
 def _levels_text(levels) -> str:
@@ -26,20 +26,31 @@ def card_values(profile: LossProfile | None, target: float) -> list[dict]:
     share = f"{s.prunable_params / s.total_params:.0%} prunable" if s.total_params else ""
     settings = profile.settings
     method = profile.method + (f" ({settings['metric']})" if settings.get("metric") else "")
+    if s.est_recovery is not None:
+        targets = profile.recovery.targets
+        measured = any(abs(t - s.achieved_sparsity) < 1e-3 for t in targets)
+        quality = {"key": "recovery", "label": "Est. recovery", "value": f"{s.est_recovery:.1%}",
+                   "detail": f"{s.recovery_kind}, {'measured' if measured else 'interpolated'}",
+                   "tooltip": f"{s.recovery_kind} of the pruned model (this plan) with the dense one, measured on "
+                              f"the profile's data at {', '.join(f'{t:.0%}' for t in targets)} and interpolated "
+                              "between them."}
+    else:
+        quality = {"key": "recovery", "label": "Weight energy kept",
+                   "value": "n/a" if s.weight_energy_kept is None else f"{s.weight_energy_kept:.1%}",
+                   "detail": "data-free; not a recovery estimate",
+                   "tooltip": "Share of the layers' sum of w² the plan keeps. A data-free profile cannot say how much "
+                              "accuracy a plan keeps: run a one-shot profile on data for that."}
     return [
         {"key": "params", "label": "Total params", "value": human(s.total_params),
          "detail": f"{human(s.prunable_params)} in {len(profile.layers)} layers, {share}",
-         "tooltip": "Elements of stored floating-point and quantized tensors, each counted once."},
+         "tooltip": "Logical weights of stored floating-point and quantized tensors, each counted once."},
         {"key": "reduction", "label": "Est. params reduction", "value": f"{s.est_params_reduction:.2f}×",
-         "detail": f"at {target:.0%} target sparsity",
-         "tooltip": "Total params / params left after allocating sparsity per layer, cheapest sensitivity first, "
-                    "no layer past 95%."},
+         "detail": f"plan at {target:.0%}: {s.achieved_sparsity:.1%} of prunable params pruned",
+         "tooltip": "Total params / params left under the plan: per-layer sparsity chosen by the least cost per "
+                    "pruned parameter on this profile's curves, no layer past 95%."},
         {"key": "sensitivity", "label": "Avg sensitivity", "value": f"{s.avg_sensitivity:.4g}",
          "detail": "L(0.95) − L(0) per layer", "tooltip": "Mean over layers of the loss change at 95% sparsity."},
-        {"key": "recovery", "label": "Est. recovery",
-         "value": "n/a" if s.est_recovery is None else f"{s.est_recovery:.1%}",
-         "detail": "measured" if profile.measured_recovery is not None and s.recovery_note == profile.recovery_note
-         else "estimated", "tooltip": s.recovery_note},
+        quality,
         {"key": "settings", "label": "Pruning settings", "value": method,
          "detail": f"levels {_levels_text(profile.levels)}; target {target:g}",
          "tooltip": "How this profile was computed."},
@@ -49,7 +60,7 @@ def card_values(profile: LossProfile | None, target: float) -> list[dict]:
 
 
 class SummaryCards(anywidget.AnyWidget):
-    _esm = _JS / "cards.js"
-    _css = _JS / "cards.css"
+    _esm = JS_DIR / "cards.js"
+    _css = JS_DIR / "cards.css"
     title = Unicode("").tag(sync=True)
     cards = List(Dict()).tag(sync=True)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from traitlets import Dict, Float, HasTraits, List, Unicode, observe
 
-from ..analysis import analyze, check_target, methods
+from ..analysis import analyze, get_method, model_hash
+from ..analysis.base import TARGET
 from ..errors import AnalysisCancelled, LossWidgetError, SettingsError
-from ..onnxfile import open_model
 from ..profile import LossProfile, load_profile
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,8 @@ class ProfileStore(HasTraits):
         super().__init__()
         self.model = str(model) if not hasattr(model, "SerializeToString") else model
         self.data = data
-        self.target = check_target(target_sparsity)
-        with open_model(model) as mf:
-            self.model_hash = mf.content_hash()
+        self.target = TARGET.check(target_sparsity, "the widget")
+        self.model_hash = model_hash(model)
         self.folder = Path(profiles_dir) if profiles_dir is not None else None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="losswidget-job")
         self._handles: dict[str, Job] = {}
@@ -158,13 +157,14 @@ class ProfileStore(HasTraits):
         problem = self.check_name(name)
         if problem:
             raise SettingsError(problem)
-        if method not in {m["name"] for m in methods()}:
-            raise SettingsError(f"Unknown method {method!r}.")
-        settings.setdefault("target_sparsity", self.target)
-        if method == "one-shot" and settings.get("data") is None:
+        spec = get_method(method)
+        if spec.setting("target_sparsity") is not None:
+            settings.setdefault("target_sparsity", self.target)
+        if spec.needs_data and settings.get("data") is None:
             if self.data is None:
-                raise SettingsError("One-shot profiles need data: pass data= to the widget or give an .npz path.")
+                raise SettingsError(f"{spec.label} profiles need data: pass data= to the widget or give an .npz path.")
             settings["data"] = self.data
+        spec.check(settings)                  # bad settings are refused here, not after queueing
         job = Job(self, name, method)
         self._handles[name] = job
         self._update(name, status="queued", method=method, done=0, total=0, message="waiting", eta_s=None,

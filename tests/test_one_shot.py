@@ -379,3 +379,53 @@ def test_equal_magnitudes_are_pruned_in_index_order(tmp_path):
     values, order = sort_magnitudes(mags)
     np.testing.assert_array_equal(order, np.argsort(mags, kind="stable"))
     np.testing.assert_array_equal(values, np.sort(mags))
+
+
+def test_probability_outputs_are_scored_by_kl_on_the_probabilities(mlp, tmp_path):
+    """A model that ends in Softmax: KL of its probabilities, which equals KL of the logits before it (KL of
+    softmax(probabilities) squashed these ~1000x and changed the ranking)."""
+    path, w1, w2, x = mlp
+    m = two_layers(w1, w2)
+    m.graph.node.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=-1))
+    m.graph.output[0].CopyFrom(vi("probs", ["n", 5]))
+    probs = save(m, tmp_path / "probs.onnx")
+    a = losswidget.analyze(path, "one-shot", data={"x": x}, sparsity_levels=LEVELS)
+    b = losswidget.analyze(probs, "one-shot", data={"x": x}, sparsity_levels=LEVELS)
+    assert b.settings["scoring"] == {"probs": "KL over axis 1 (probabilities)"}
+    for la, lb in zip(a.layers, b.layers):
+        np.testing.assert_allclose(lb.values, la.values, rtol=1e-3, atol=1e-7)
+    assert b.recovery.kind == "top-1 agreement"
+
+
+def two_head_model():
+    """x[n, 16] -> trunk MatMul -> Tanh -> a box-like head (values ~1e3) and a score-like head (~1e-3),
+    concatenated into one output [n, 8], as a detector mixes box coordinates and class scores."""
+    nodes = [helper.make_node("MatMul", ["x", "trunk"], ["t"], name="trunk"),
+             helper.make_node("Tanh", ["t"], ["h"]),
+             helper.make_node("MatMul", ["h", "big"], ["b0"], name="big"),
+             helper.make_node("Mul", ["b0", "k_big"], ["b"]),
+             helper.make_node("MatMul", ["h", "small"], ["s0"], name="small"),
+             helper.make_node("Mul", ["s0", "k_small"], ["s"]),
+             helper.make_node("Concat", ["b", "s"], ["out"], axis=1)]
+    inits = [init("trunk", arr(16, 16, seed=1) / 4), init("big", arr(16, 4, seed=2)),
+             init("small", arr(16, 4, seed=3)), init("k_big", np.float32(1e3)), init("k_small", np.float32(1e-3))]
+    return model(nodes, [vi("x", ["n", 16])], [vi("out", ["n", 8])], inits)
+
+
+def test_the_default_metric_protects_a_head_of_small_values(tmp_path):
+    path = save(two_head_model(), tmp_path / "heads.onnx")
+    x = arr(64, 16, seed=4)
+    p = losswidget.analyze(path, "one-shot", data={"x": x}, sparsity_levels=[0.5, 0.9])
+    assert p.settings["scoring"] == {"out": "MSE standardised per index of axis 1"}
+    sens = {l.name: l.sensitivity for l in p.layers}
+    assert 0.2 < sens["small"] / sens["big"] < 5                 # both heads count, on their own scales
+    # what a variance over the whole output made of it: the small head's change vanishes next to the big one
+    dense = ort.InferenceSession(path).run(None, {"x": x})[0]
+    m = two_head_model()
+    for t in m.graph.initializer:
+        if t.name == "small":
+            t.CopyFrom(init("small", prune(numpy_helper.to_array(t), 0.9)))
+    pruned = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
+    assert ((pruned - dense) ** 2).mean() / dense.var() < 1e-9
+    plan = p.plan(0.5)
+    assert plan.sparsity["small"] < 0.95 and plan.sparsity["big"] < 0.95   # neither head is sacrificed

@@ -6,8 +6,9 @@ the part of the graph after the layer is recomputed) and the outputs are compare
 Each float output (or the one `output=` names) is scored on its own scale, then the outputs' scores are
 averaged:
 - auto (default): an output that already holds probabilities (non-negative, summing to 1 along an axis)
-  gets KL on those probabilities; a classifier's logits ([N, C], or an output named like "logits") get KL
-  over the class axis (the last); any other output gets MSE standardised per output channel;
+  gets KL on those probabilities; a classifier's logits ([N, C], or an output named like "logits", whose
+  columns share one scale) get KL over the class axis (the last); any other output gets MSE standardised
+  per output channel;
 - kl: KL(softmax(dense) || softmax(pruned)) over the class axis (probabilities are used as they are);
 - mse: mean squared difference, each channel divided by its variance in the dense outputs, so a head of
   small values (class scores beside box coordinates) weighs as much as a head of large ones;
@@ -76,6 +77,18 @@ def _is_probabilities(arrays: list[np.ndarray], axis: int) -> bool:
     return True
 
 
+# logits of one softmax live on one scale: an [N, C] output whose columns' variances differ more than this
+# mixes quantities (box coordinates and scores) and is compared by standardised MSE instead
+LOGIT_SPREAD = 1e3
+
+
+def _spread(arrays: list[np.ndarray], axis: int) -> float:
+    """max / min of the per-index variances along `axis` (ignoring constant indices)."""
+    var = _channel_variance(arrays, axis)
+    var = var[var > 0]
+    return float(var.max() / var.min()) if var.size else 1.0
+
+
 def _channel_axis(arrays: list[np.ndarray]) -> int:
     """The non-sample axis whose per-index variances differ most (the last on ties): where an output mixes
     quantities of different scales (box coordinates and class scores), standardising along it evens them."""
@@ -86,9 +99,7 @@ def _channel_axis(arrays: list[np.ndarray]) -> int:
     for axis in range(1, ndim):
         if arrays[0].shape[axis] < 2:
             continue
-        var = _channel_variance(arrays, axis)
-        var = var[var > 0]
-        ratio = float(var.max() / var.min()) if var.size else 1.0
+        ratio = _spread(arrays, axis)
         if ratio > spread * (1 + 1e-9) or (ratio >= spread and axis > best):
             best, spread = axis, ratio
     return best
@@ -122,7 +133,8 @@ def choose_scoring(name: str, arrays: list[np.ndarray], metric: str, axis: int |
             if _is_probabilities(arrays, a):
                 return Scoring(name, "kl", a, True)
         classes = arrays[0].shape[last]
-        if axis is None and classes >= 2 and (ndim == 2 or "logit" in name.lower()):
+        if (axis is None and classes >= 2 and (ndim == 2 or "logit" in name.lower())
+                and _spread(arrays, last) < LOGIT_SPREAD):
             return Scoring(name, "kl", last)
     return Scoring(name, "mse", _channel_axis(arrays) if axis is None else axis)
 
@@ -307,8 +319,9 @@ class OneShotSession:
                 arrays = [e[rule.output] for e in self.envs]
                 var = _channel_variance(arrays, rule.axis) if arrays[0].ndim else np.array(
                     [float(np.var(np.array(arrays, dtype=np.float64)))])
-                # a constant channel is measured against a floor far below the others, not divided by zero
-                var = np.maximum(var, max(float(var.max(initial=0.0)) * 1e-9, 1e-12))
+                # a channel constant on the data is measured on the scale of the least varying other one
+                positive = var[var > 0]
+                var = np.where(var > 0, var, positive.min() if positive.size else 1.0)
                 shape = [1] * max(arrays[0].ndim, 1)
                 shape[rule.axis if arrays[0].ndim else 0] = -1
                 inv_var[rule.output] = (1.0 / var).astype(np.float32).reshape(shape if arrays[0].ndim else ())

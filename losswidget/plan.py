@@ -84,19 +84,82 @@ def cost_curves(rule: str, levels, values, energy_kept, grid: np.ndarray) -> np.
     return out
 
 
-def _hull(grid: np.ndarray, cost: np.ndarray) -> list[int]:
-    """Indices of the lower convex hull of (grid, cost), left to right (monotone chain)."""
-    hull: list[int] = []
-    for k in range(len(grid)):
-        while len(hull) >= 2:
-            a, b = hull[-2], hull[-1]
-            # drop b when it lies on or above the line from a to k
-            if (cost[b] - cost[a]) * (grid[k] - grid[a]) >= (cost[k] - cost[a]) * (grid[b] - grid[a]):
-                hull.pop()
-            else:
+@dataclass(frozen=True)
+class Segments:
+    """Every layer's lower-hull segments, in the order plans take them (cheapest per parameter first)."""
+    layer: np.ndarray          # owning layer of each segment
+    start: np.ndarray          # sparsity where it starts and ends
+    end: np.ndarray
+    width: np.ndarray          # params it prunes
+    n_layers: int
+
+
+def hull_next(grid: np.ndarray, costs: np.ndarray) -> np.ndarray:
+    """For each (layer, grid point k): the next vertex of the lower convex hull of (grid, cost) after k,
+    i.e. the later point reached at the least slope (the farthest on ties). All layers at once: a
+    (layers, G, G) slope table, in blocks of layers to bound memory."""
+    n, g = costs.shape
+    nxt = np.full((n, g), g - 1, dtype=np.int64)
+    later = np.triu(np.ones((g, g), dtype=bool), 1)
+    dx = grid[None, :] - grid[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for a in range(0, n, 256):
+            c = costs[a:a + 256]
+            slope = np.where(later, (c[:, None, :] - c[:, :, None]) / dx, np.inf)
+            # argmin over reversed columns picks the farthest point among equal slopes
+            nxt[a:a + 256] = g - 1 - np.argmin(slope[:, :, ::-1], axis=2)
+    nxt[:, -1] = g - 1
+    return nxt
+
+
+def segments(grid: np.ndarray, costs: np.ndarray, params) -> Segments:
+    """The hull segments of every plannable layer (finite costs, params > 0), sorted as plans take them."""
+    params = np.asarray(params, dtype=float)
+    ok = np.flatnonzero((params > 0) & np.isfinite(costs).all(axis=1))
+    g = len(grid)
+    layer, start, end = [], [], []
+    if ok.size and g > 1:
+        nxt = hull_next(grid, costs[ok])
+        cur = np.zeros(ok.size, dtype=np.int64)
+        rows = np.arange(ok.size)
+        while True:                                    # walk every layer's hull at once, vertex by vertex
+            live = cur < g - 1
+            if not live.any():
                 break
-        hull.append(k)
-    return hull
+            step = nxt[rows[live], cur[live]]
+            layer.append(rows[live])
+            start.append(cur[live])
+            end.append(step)
+            cur[live] = step
+    if not layer:
+        empty = np.zeros(0)
+        return Segments(empty.astype(np.int64), empty, empty, empty, len(params))
+    row, a, b = np.concatenate(layer), np.concatenate(start), np.concatenate(end)
+    c = costs[ok][row]
+    width = (grid[b] - grid[a]) * params[ok][row]
+    slope = (c[np.arange(row.size), b] - c[np.arange(row.size), a]) / width
+    owner = ok[row]
+    order = np.lexsort((owner, grid[a], slope))    # cheapest per param; ties: lower sparsity, then graph order
+    return Segments(owner[order], grid[a][order], grid[b][order], width[order], len(params))
+
+
+def take(seg: Segments, need: float, keep: np.ndarray | None = None) -> np.ndarray:
+    """Per-layer sparsity after taking segments in order until `need` params are pruned, the last partially;
+    layers where `keep` is True stay dense. All segments when `need` cannot be reached."""
+    sparsity = np.zeros(seg.n_layers)
+    use = np.ones(seg.layer.size, dtype=bool) if keep is None else ~np.asarray(keep, dtype=bool)[seg.layer]
+    layer, start, end, width = seg.layer[use], seg.start[use], seg.end[use], seg.width[use]
+    if need <= 0 or layer.size == 0:
+        return sparsity
+    taken = np.cumsum(width)
+    last = int(np.searchsorted(taken, need - 1e-9 * need))    # the segment that crosses the target
+    full = slice(0, min(last, layer.size))
+    np.maximum.at(sparsity, layer[full], end[full])
+    if last < layer.size:
+        before = taken[last - 1] if last else 0.0
+        frac = (need - before) / width[last]
+        sparsity[layer[last]] = start[last] + frac * (end[last] - start[last])
+    return sparsity
 
 
 def allocate(grid: np.ndarray, costs: np.ndarray, params, target: float,
@@ -105,39 +168,7 @@ def allocate(grid: np.ndarray, costs: np.ndarray, params, target: float,
 
     costs: (layers, grid) non-decreasing; NaN rows and layers where `keep` is True stay dense. When the
     target cannot be reached, every segment is taken (the caller reports the shortfall)."""
-    params = np.asarray(params, dtype=float)
-    n = len(params)
-    sparsity = np.zeros(n)
-    need = target * params.sum()
-    slopes, widths, owners, starts, ends = [], [], [], [], []
-    for i in range(n):
-        if params[i] <= 0 or (keep is not None and keep[i]) or not np.isfinite(costs[i]).all():
-            continue
-        h = _hull(grid, costs[i])
-        a, b = np.array(h[:-1]), np.array(h[1:])
-        if a.size == 0:
-            continue
-        ds = grid[b] - grid[a]
-        slopes.append((costs[i][b] - costs[i][a]) / (ds * params[i]))
-        widths.append(ds * params[i])
-        owners.append(np.full(a.size, i))
-        starts.append(grid[a])
-        ends.append(grid[b])
-    if not slopes or need <= 0:
-        return sparsity
-    slope, width, owner = np.concatenate(slopes), np.concatenate(widths), np.concatenate(owners)
-    start, end = np.concatenate(starts), np.concatenate(ends)
-    order = np.lexsort((owner, start, slope))      # cheapest per param; ties: lower sparsity, then graph order
-    taken = np.cumsum(width[order])
-    last = int(np.searchsorted(taken, need - 1e-9 * need))   # the segment that crosses the target
-    full = order[:last] if last < order.size else order
-    np.maximum.at(sparsity, owner[full], end[full])
-    if last < order.size:
-        seg = order[last]
-        before = taken[last - 1] if last else 0.0
-        frac = (need - before) / width[seg]
-        sparsity[owner[seg]] = start[seg] + frac * (end[seg] - start[seg])
-    return sparsity
+    return take(segments(grid, costs, params), target * float(np.sum(params)), keep)
 
 
 def plan_sparsity(rule: str, levels, values, energy_kept, params, target: float, cap: float = CAP,

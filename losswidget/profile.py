@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import LossWidgetError, ProfileError
 from .files import atomic_write, read_json
-from .plan import CAP, PLAN_COSTS, Plan, PlannedLayer, allocate, cost_curves, energy_kept_at, grid_for
+from .plan import CAP, PLAN_COSTS, Plan, PlannedLayer, cost_curves, energy_kept_at, grid_for, segments, take
 
 FORMAT = "losswidget.profile"
 VERSION = 2
@@ -267,17 +267,25 @@ class LossProfile:
     def _plannable(self) -> np.ndarray:
         return np.isfinite(self._costs(CAP)).all(axis=1) if self.layers else np.zeros(0, bool)
 
+    def _cached(self, key, make):
+        cache = self.__dict__.setdefault("_plan_cache", {})      # a frozen dataclass: plain attribute storage
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
+
     def _costs(self, cap: float) -> np.ndarray:
-        cache = self.__dict__.setdefault("_cost_cache", {})
-        if cap not in cache:
-            cache[cap] = cost_curves(self.plan_cost, self.levels, [l.values for l in self.layers],
-                                     [l.energy_kept for l in self.layers], grid_for(cap))
-        return cache[cap]
+        return self._cached(("costs", cap), lambda: cost_curves(
+            self.plan_cost, self.levels, [l.values for l in self.layers], [l.energy_kept for l in self.layers],
+            grid_for(cap)))
 
     def _allocate(self, target: float, cap: float, keep: np.ndarray) -> np.ndarray:
+        """Per-layer sparsity; the hull segments are made once per cap, so a plan at another target (the
+        widget's slider) only walks them."""
         if not self.layers:
             return np.zeros(0)
-        return allocate(grid_for(cap), self._costs(cap), [l.params for l in self.layers], target, keep)
+        params = [l.params for l in self.layers]
+        seg = self._cached(("segments", cap), lambda: segments(grid_for(cap), self._costs(cap), params))
+        return take(seg, target * float(np.sum(params)), keep)
 
     def most_sensitive(self, n: int = 10) -> list[LayerResult]:
         order = np.argsort(-np.nan_to_num(self.sensitivities, nan=-np.inf), kind="stable")

@@ -236,3 +236,28 @@ def test_empty_profile_for_a_model_without_layers(tmp_path):
     assert math.isnan(p.summary.avg_sensitivity)
     p.to_json(tmp_path / "e.json")
     assert losswidget.load_profile(tmp_path / "e.json").layers == ()
+
+
+def test_hull_walk_matches_a_monotone_chain():
+    """plan.segments walks every layer's lower convex hull at once; check it against Andrew's monotone chain
+    done point by point on random non-decreasing curves (with flat runs and jumps)."""
+    from losswidget.plan import segments
+
+    def chain(grid, cost):
+        hull = []
+        for k in range(len(grid)):
+            while len(hull) >= 2 and ((cost[hull[-1]] - cost[hull[-2]]) * (grid[k] - grid[hull[-2]])
+                                      >= (cost[k] - cost[hull[-2]]) * (grid[hull[-1]] - grid[hull[-2]])):
+                hull.pop()
+            hull.append(k)
+        return hull
+
+    rng = np.random.default_rng(1)
+    grid = grid_for(0.95)
+    costs = np.maximum.accumulate(np.where(rng.random((40, grid.size)) < 0.3, 0, rng.exponential(1, (40, grid.size)))
+                                  .cumsum(axis=1) ** rng.uniform(0.5, 2, (40, 1)), axis=1)
+    seg = segments(grid, costs, np.full(40, 10.0))
+    for i in range(40):
+        mine = seg.start[seg.layer == i], seg.end[seg.layer == i]
+        vertices = sorted({*mine[0].tolist(), *mine[1].tolist()})
+        assert vertices == pytest.approx(grid[chain(grid, costs[i])].tolist())

@@ -17,7 +17,8 @@ setup(
         "test": ["pytest>=7", "pandas>=1.5", "distributed>=2023.1", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6",
                  "jupyterlab>=4", "voila>=0.5", "playwright>=1.40"],
         "pandas": ["pandas>=1.5"],
-        "train": ["scikit-learn>=1.3"],
+        # retraining the demo models (scripts/train_demo.py); the exact torch the bundled model was made with
+        "train": ["scikit-learn>=1.3", "torch==2.13.0"],
         "app": ["voila>=0.5"],
     },
     entry_points={"console_scripts": ["losswidget=losswidget.cli:main"]},

@@ -2,11 +2,11 @@
 on another split in onnxruntime, beside uniform and global magnitude pruning.
 
   python benchmarks/plan_quality.py                 # the bundled demo and the two-head model
-  python benchmarks/plan_quality.py --targets 0.5,0.7 --only demo
+  python benchmarks/plan_quality.py --targets 0.5,0.7 --only demo --demo mlp
 
-demo: `losswidget.demo()` (a trained digits classifier and its 450 held-out digits): every method profiles
-the first 150 (data methods with the labels; one-shot both with the task loss and with the default metric),
-plans at each target are pruned into the model and judged on the other 300 by accuracy. "est" is what the
+demo: `losswidget.demo()` (the residual CNN, or with `--demo mlp` the MLP, and the 450 held-out digits): every
+method profiles the first 150 (data methods with the labels; one-shot both with the task loss and with the
+default metric), plans at each target are pruned into the model and judged on the other 300 by accuracy. "est" is what the
 plan says it keeps (measured recovery, or for data-free profiles the weight energy, marked "energy") beside
 the measured accuracy ratio (pruned / dense accuracy on the judged split).
 two-head: a generated net whose one output mixes a head of values ~1e3 and one of ~1e-3 (as a detector
@@ -67,8 +67,8 @@ def judged(model: str, plan, judge) -> np.ndarray:
         return judge(losswidget.prune(model, plan, Path(tmp) / "pruned.onnx"))
 
 
-def demo_rows(targets):
-    path, data = losswidget.demo()
+def demo_rows(targets, which="resnet"):
+    path, data = losswidget.demo(which)
     name = next(k for k in data if k != "y")
     x, y = data[name], data["y"]
     fit, held = slice(0, 150), slice(150, None)
@@ -139,11 +139,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--targets", default="0.5,0.7,0.85,0.9")
     ap.add_argument("--only", choices=["demo", "two-head"])
+    ap.add_argument("--demo", choices=["resnet", "mlp"], default="resnet", help="which bundled demo model")
     args = ap.parse_args()
     targets = [float(t) for t in args.targets.split(",")]
     print(f"CPU: {cpu()}; losswidget {losswidget.__version__}, onnxruntime {ort.__version__}")
     if args.only in (None, "demo"):
-        demo_rows(targets)
+        demo_rows(targets, args.demo)
     if args.only in (None, "two-head"):
         two_head_rows(targets)
 

@@ -6,7 +6,7 @@ import time
 from labtools import free_port, notebook, open_notebook, run_cell, wait_for_port, widget_errors
 
 SETUP = ("from losswidget import LossProfileWidget, demo\n"
-         "path, data = demo()\n"
+         "path, data = demo('mlp')\n"                  # the 4-layer demo: these tests check mechanics, not scale
          "w = LossProfileWidget(path, data=data)\n"
          "w")
 
@@ -99,7 +99,7 @@ def test_voila_app_page(page, tmp_path):
         wait_for_port(port, proc)
         page.goto(f"http://127.0.0.1:{port}/", timeout=120_000)
         page.wait_for_selector(".lw-card-value", timeout=120_000)
-        wait_until(lambda: bars(page).count() == 4, timeout=120, what="bars in the app")
+        wait_until(lambda: bars(page).count() == 18, timeout=120, what="bars in the app")  # the default demo
         assert "not analysed" in page.locator(".lw-cards").inner_text()
         assert not widget_errors(page), widget_errors(page)
     finally:

@@ -86,19 +86,24 @@ def measure(read_slices: Callable[[], Iterable[np.ndarray]], levels, engine: str
         n = passes.first(_float32_slices(read_slices()))
         if n == 0:
             return RankMeasures(np.zeros(len(levels)), np.ones(len(levels)), 0.0, ("empty",))
-        lo, hi, counts = passes.span()
+        keys, counts, sums = passes.buckets()                       # the non-empty buckets, in key order
+        # a bucket of normal floats spans a factor 1 + 2**-11, so (Σx)²/count is its Σx² to 2**-24
+        squares = sums * sums / counts
         ranges, pruned, cuts = _plan(n, levels)
         starts = np.zeros(counts.size + 1, np.int64)
         np.cumsum(counts, out=starts[1:])
         inner = cuts[(cuts > 0) & (cuts < n)]
         holding = np.searchsorted(starts, inner, "right") - 1          # the bucket each inner cut falls in
         split = np.unique(holding[starts[holding] < inner])            # buckets a cut falls strictly inside
-        sub = np.zeros((split.size, SUB), np.int64)
+        subnormal = (keys < 1 << (HIGH - 8)) & (sums > 0)               # too wide for the Σx² estimate: exact
+        if subnormal.any():
+            split = np.union1d(split, np.flatnonzero(subnormal))
+        values = (np.zeros(0, np.int64),) * 3                          # (split bucket, low bits, count)
         if split.size:
-            seen = passes.second(_float32_slices(read_slices()), split + lo, sub)
+            seen, values = passes.second(_float32_slices(read_slices()), keys[split])
             if seen != n:
                 raise ValueError(f"read_slices yielded {n} values, then {seen}: the slices must not change")
-        return _resolve(n, levels, ranges, pruned, cuts, lo, hi, counts, starts, split, sub, passes.sums())
+    return _resolve(n, levels, ranges, pruned, cuts, keys, counts, sums, squares, starts, split, values)
 
 
 def _as_float32(values) -> np.ndarray:
@@ -137,37 +142,34 @@ def _plan(n: int, levels: np.ndarray):
     return ranges, pruned, np.unique(np.concatenate([[0, n], pruned, ends]))
 
 
-def _resolve(n, levels, ranges, pruned, cuts, lo, hi, counts, starts, split, sub, bucket_sums):
-    """Sum and sum of squares per interval between consecutive cuts, from whole buckets (which lie inside
-    one interval) and from the split buckets' exact values (which may straddle cuts, when values tie)."""
-    sums, squares = bucket_sums
-    m = cuts.size - 1
-    isum, isq = np.zeros(m), np.zeros(m)
-    whole = counts > 0
-    whole[split] = False
-    b = np.flatnonzero(whole)
-    j = np.searchsorted(cuts, starts[b], "right") - 1
-    isum += np.bincount(j, weights=sums[b], minlength=m)
-    isq += np.bincount(j, weights=squares[b], minlength=m)
+def _resolve(n, levels, ranges, pruned, cuts, keys, counts, sums, squares, starts, split, values):
+    """Sum and sum of squares per interval between consecutive cuts, from whole buckets (which never
+    straddle a cut) and from the split buckets' exact values (a run of one value may straddle cuts when
+    values tie); then the rule's means, the energy kept and the flags."""
+    sums, squares = sums.copy(), squares.copy()
+    sums[split] = squares[split] = 0.0                                  # counted value by value below
+    isum, isq = _per_interval(starts[:-1], cuts, sums, squares)
     if split.size:
-        rows, cols = np.nonzero(sub)
-        k = sub[rows, cols]
-        bits = ((split[rows] + lo).astype(np.uint32) << LOW) | cols.astype(np.uint32)
+        rows, cols, k = values
+        bits = (keys[split][rows].astype(np.uint32) << LOW) | cols.astype(np.uint32)
         v = bits.view(np.float32).astype(np.float64)
-        run_end = np.cumsum(k)
-        first = np.searchsorted(rows, np.arange(split.size))       # each row's first run
-        p = starts[split[rows]] + run_end - k - (run_end - k)[first[rows]]
-        j0 = np.searchsorted(cuts, p, "right") - 1
-        j1 = np.searchsorted(cuts, p + k - 1, "right") - 1
-        one = j0 == j1
-        isum += np.bincount(j0[one], weights=k[one] * v[one], minlength=m)
-        isq += np.bincount(j0[one], weights=k[one] * v[one] * v[one], minlength=m)
-        for r in np.flatnonzero(~one).tolist():                     # runs of one value across cuts: few
+        below = np.cumsum(k) - k
+        first = np.searchsorted(rows, np.arange(split.size))            # each split bucket's first value
+        p = starts[split][rows] + below - below[first][rows]            # rank of each value's first copy
+        inner = cuts[1:-1]
+        r = np.searchsorted(p, inner, "right") - 1
+        across = np.unique(r[(r >= 0) & (p[np.maximum(r, 0)] + k[np.maximum(r, 0)] > inner) & (p[np.maximum(r, 0)] < inner)])
+        kv, kvv = k * v, k * v * v
+        kv[across] = kvv[across] = 0.0
+        ssum, ssq = _per_interval(p, cuts, kv, kvv)
+        isum += ssum
+        isq += ssq
+        for r in across.tolist():                                       # one value over several intervals
             start, end, val = int(p[r]), int(p[r] + k[r]), float(v[r])
-            for jj in range(int(j0[r]), int(j1[r]) + 1):
-                c = min(end, int(cuts[jj + 1])) - max(start, int(cuts[jj]))
-                isum[jj] += c * val
-                isq[jj] += c * val * val
+            for j in range(int(np.searchsorted(cuts, start, "right")) - 1, int(np.searchsorted(cuts, end, "left"))):
+                c = min(end, int(cuts[j + 1])) - max(start, int(cuts[j]))
+                isum[j] += c * val
+                isq[j] += c * val * val
     total = isum.tolist()
     at = {c: i for i, c in enumerate(cuts.tolist())}
     out = np.zeros(len(levels))
@@ -181,9 +183,25 @@ def _resolve(n, levels, ranges, pruned, cuts, lo, hi, counts, starts, split, sub
         kept = 1.0 - below[np.searchsorted(cuts, pruned)] / energy
     else:
         kept = np.ones(len(levels))
-    top = lo + int(np.flatnonzero(counts)[-1])
+    top = int(keys[-1])
     flags = ("non_finite",) if top >= NON_FINITE else ("all_zero",) if energy == 0 else ()
     return RankMeasures(out, kept, energy, flags)
+
+
+def _per_interval(run_starts: np.ndarray, cuts: np.ndarray, *weights: np.ndarray) -> list[np.ndarray]:
+    """Σ weights of the runs starting in each interval [cuts[j], cuts[j+1]) (runs in rank order, none
+    straddling a cut): one reduceat per weight, exact partial sums rather than differences of prefix sums
+    (which lose digits and turn +Inf into NaN)."""
+    edges = np.searchsorted(run_starts, cuts)
+    idx = np.empty(2 * (cuts.size - 1), np.int64)
+    idx[0::2], idx[1::2] = edges[:-1], edges[1:]
+    empty = edges[:-1] == edges[1:]
+    out = []
+    for w in weights:
+        total = np.add.reduceat(np.append(w, 0.0), idx)[0::2]          # reduceat gives w[i] for an empty [i, i)
+        total[empty] = 0.0
+        out.append(total)
+    return out
 
 
 class _NumpyPasses:
@@ -192,9 +210,7 @@ class _NumpyPasses:
     def __enter__(self):
         self.counts = np.zeros(BUCKETS, np.int64)
         self.s = np.zeros(BUCKETS)
-        self.q = np.zeros(BUCKETS)
-        self.top = -1
-        self.bottom = BUCKETS
+        self.top = 0
         self.keys = np.empty(NUMPY_CHUNK, np.intp)
         self.wide = np.empty(NUMPY_CHUNK)
         self.mags = np.empty(NUMPY_CHUNK, np.float32)
@@ -223,20 +239,15 @@ class _NumpyPasses:
             w = self.wide[:keys.size]
             np.copyto(w, mags)
             self.s[:top] += np.bincount(keys, weights=w)
-            np.multiply(w, w, out=w)
-            self.q[:top] += np.bincount(keys, weights=w)
-            self.top = max(self.top, top - 1)
-            self.bottom = min(self.bottom, int(np.flatnonzero(c)[0]))
+            self.top = max(self.top, top)
         return n
 
-    def span(self):
-        self.lo, self.hi = self.bottom, self.top + 1
-        return self.lo, self.hi, self.counts[self.lo:self.hi]
+    def buckets(self):
+        keys = np.flatnonzero(self.counts[:self.top])
+        return keys, self.counts[keys], self.s[keys]
 
-    def sums(self):
-        return self.s[self.lo:self.hi], self.q[self.lo:self.hi]
-
-    def second(self, slices, buckets: np.ndarray, sub: np.ndarray) -> int:
+    def second(self, slices, buckets: np.ndarray):
+        sub = np.zeros((buckets.size, SUB), np.int64)
         slot = np.zeros(BUCKETS, np.int32)
         slot[buckets] = np.arange(1, buckets.size + 1)
         flat = sub.reshape(-1)
@@ -254,7 +265,8 @@ class _NumpyPasses:
                     pending, held = [], 0
         if pending:
             flat += np.bincount(np.concatenate(pending), minlength=flat.size)
-        return n
+        rows, cols = np.nonzero(sub)
+        return n, (rows, cols, sub[rows, cols])
 
 
 def _numba_passes():
@@ -264,77 +276,149 @@ def _numba_passes():
     return _NumbaPasses()
 
 
+PIECE = 1 << 22                        # values per piece: a packed count (23 bits) cannot overflow within one
+ONE = 1 << 40                          # a packed row: count · 2**40 + Σ(low 12 bits)
+
+
 def _compile():
     from numba import njit
 
     u = np.uint32
 
     @njit(nogil=True, cache=True)
-    def first(x, bits, table, bounds):
-        lo, hi = bounds[0], bounds[1]
-        for i in range(x.size):
-            k = (bits[i] & u(0x7FFFFFFF)) >> u(LOW)
-            v = abs(np.float64(x[i]))
-            table[k, 0] += 1.0
-            table[k, 1] += v
-            table[k, 2] += v * v
-            lo = min(lo, np.int64(k))
-            hi = max(hi, np.int64(k))
-        bounds[0], bounds[1] = lo, hi
+    def first(bits, packed, counts, lows, used):
+        """Pass 1 over one slice: per bucket count and Σ low bits in one int64 (an 8-byte row keeps the
+        table's busy part in L2), flushed into the wide tables every PIECE values."""
+        n = bits.size
+        for start in range(0, n, PIECE):
+            for i in range(start, min(n, start + PIECE)):
+                b = bits[i] & u(0x7FFFFFFF)
+                k = b >> u(LOW)
+                if packed[k] == 0:
+                    used[k >> u(6)] |= np.uint64(1) << np.uint64(k & u(63))
+                packed[k] += np.int64(ONE) + np.int64(b & u(SUB - 1))
+            for w in range(used.size):
+                word = used[w]
+                while word:
+                    b = np.int64(0)
+                    while not (word >> np.uint64(b)) & np.uint64(1):
+                        b += 1
+                    word &= word - np.uint64(1)
+                    k = w * 64 + b
+                    counts[k] += packed[k] >> np.int64(40)
+                    lows[k] += packed[k] & np.int64(ONE - 1)
+                    packed[k] = 0
 
     @njit(nogil=True, cache=True)
-    def second(bits, slot, sub):
+    def collect(counts, lows, used, keys, c, s):
+        """The used rows in key order; leaves the tables zeroed for the next layer."""
+        m = 0
+        for w in range(used.size):
+            word = used[w]
+            if word == 0:
+                continue
+            for b in range(64):
+                if (word >> np.uint64(b)) & np.uint64(1):
+                    k = w * 64 + b
+                    keys[m], c[m], s[m] = k, counts[k], lows[k]
+                    counts[k] = 0
+                    lows[k] = 0
+                    m += 1
+            used[w] = 0
+        return m
+
+    @njit(nogil=True, cache=True)
+    def second(bits, split, slot, sub, used):
+        """Pass 2: a count per exact value in the split buckets (`split`: their bitmap, L1-sized)."""
         for i in range(bits.size):
             b = bits[i] & u(0x7FFFFFFF)
-            s = slot[b >> u(LOW)]
-            if s != 0:
-                sub[s - 1, b & u(SUB - 1)] += 1
+            k = b >> u(LOW)
+            if (split[k >> u(6)] >> np.uint64(k & u(63))) & np.uint64(1):
+                r = slot[k]
+                c = b & u(SUB - 1)
+                if sub[r, c] == 0:
+                    used[r, c >> u(6)] |= np.uint64(1) << np.uint64(c & u(63))
+                sub[r, c] += 1
 
-    return first, second
+    @njit(nogil=True, cache=True)
+    def collect_values(sub, used, rows, cols, counts):
+        m = 0
+        for r in range(used.shape[0]):
+            for w in range(used.shape[1]):
+                word = used[r, w]
+                if word == 0:
+                    continue
+                for b in range(64):
+                    if (word >> np.uint64(b)) & np.uint64(1):
+                        rows[m], cols[m], counts[m] = r, w * 64 + b, sub[r, w * 64 + b]
+                        m += 1
+        return m
+
+    return first, collect, second, collect_values
+
+
+def _sums_from_low_bits(keys: np.ndarray, counts: np.ndarray, lows: np.ndarray) -> np.ndarray:
+    """Σ|x| per bucket from its count and Σ of the values' low 12 bits: within a bucket every value is
+    (base + low) · 2**(exponent − 150), so the sum is exact up to float64 rounding."""
+    exponent = keys >> (HIGH - 8)
+    base = (keys & ((1 << (HIGH - 8)) - 1)) << LOW
+    base = np.where(exponent > 0, base + (1 << 23), base)                 # the implicit bit of normal floats
+    sums = np.ldexp(counts * base.astype(np.float64) + lows, np.maximum(exponent, 1) - 150)
+    top = exponent == 255                                                 # +Inf (low bits 0) or NaN
+    if top.any():
+        sums[top] = np.where((base[top] == 1 << 23) & (lows[top] == 0), np.inf, np.nan)
+    return sums
 
 
 class _NumbaPasses:
-    """Both passes compiled; the level-1 table (count, sum, sum of squares, padding per bucket: one
-    32-byte row, so an update touches one cache line) is kept per thread and only its used rows re-zeroed."""
+    """Both passes compiled. Tables live per thread and only their used rows (found through bitmaps) are
+    read and re-zeroed, so a small layer pays for the buckets it fills, not for 2**19 rows."""
 
     def __enter__(self):
-        if getattr(_local, "table", None) is None:
-            _local.table = np.zeros((BUCKETS, 4))
-            _local.slot = np.zeros(BUCKETS, np.uint16)
-        self.table = _local.table
-        self.bounds = np.array([BUCKETS, -1], np.int64)        # lowest and highest key seen
+        if getattr(_local, "packed", None) is None:
+            _local.packed = np.zeros(BUCKETS, np.int64)
+            _local.counts = np.zeros(BUCKETS, np.int64)
+            _local.lows = np.zeros(BUCKETS, np.int64)
+            _local.used = np.zeros(BUCKETS // 64, np.uint64)
+            _local.split = np.zeros(BUCKETS // 64, np.uint64)
+            _local.slot = np.zeros(BUCKETS, np.int32)
+        self.n, self.clean = 0, False
         return self
 
     def __exit__(self, *exc):
-        lo, hi = self.bounds
-        if hi >= lo:
-            self.table[lo:hi + 1] = 0.0
+        if not self.clean:                             # stopped between the passes: leave the tables zeroed
+            for name in ("packed", "counts", "lows", "used"):
+                getattr(_local, name)[:] = 0
         return False
 
     def first(self, slices) -> int:
-        n = 0
         for s in slices:
-            _nb[0](s, s.view(np.uint32), self.table, self.bounds)
-            n += s.size
-        return n
+            _nb[0](s.view(np.uint32), _local.packed, _local.counts, _local.lows, _local.used)
+            self.n += s.size
+        return self.n
 
-    def span(self):
-        self.lo, self.hi = int(self.bounds[0]), int(self.bounds[1]) + 1
-        return self.lo, self.hi, self.table[self.lo:self.hi, 0].astype(np.int64)
+    def buckets(self):
+        size = min(self.n, BUCKETS)
+        keys, c, s = np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size, np.int64)
+        m = _nb[1](_local.counts, _local.lows, _local.used, keys, c, s)
+        self.clean = True
+        keys, c = keys[:m], c[:m]
+        return keys, c, _sums_from_low_bits(keys, c, s[:m])
 
-    def sums(self):
-        return self.table[self.lo:self.hi, 1], self.table[self.lo:self.hi, 2]
-
-    def second(self, slices, buckets: np.ndarray, sub: np.ndarray) -> int:
-        if buckets.size >= 1 << 16:
-            raise ValueError("too many levels: at most 65535 buckets can hold a rank boundary")
-        slot = _local.slot
-        slot[buckets] = np.arange(1, buckets.size + 1)
+    def second(self, slices, buckets: np.ndarray):
+        sub = np.zeros((buckets.size, SUB), np.int64)
+        used = np.zeros((buckets.size, SUB // 64), np.uint64)
+        split, slot = _local.split, _local.slot
+        np.bitwise_or.at(split, buckets >> 6, np.left_shift(np.uint64(1), (buckets & 63).astype(np.uint64)))
+        slot[buckets] = np.arange(buckets.size)
         try:
             n = 0
             for s in slices:
-                _nb[1](s.view(np.uint32), slot, sub)
+                _nb[2](s.view(np.uint32), split, slot, sub, used)
                 n += s.size
-            return n
         finally:
-            slot[buckets] = 0
+            split[buckets >> 6] = 0
+        size = min(n, sub.size)
+        rows, cols, counts = np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size, np.int64)
+        m = _nb[3](sub, used, rows, cols, counts)
+        return n, (rows[:m], cols[:m], counts[:m])

@@ -23,6 +23,7 @@ Rules (the same results as sorting |x| and applying the rule, except float round
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import threading
 from dataclasses import dataclass
@@ -51,11 +52,13 @@ class RankMeasures:
 
 
 def has_numba() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether the compiled engine can run (numba installed; found without importing it)."""
+    return importlib.util.find_spec("numba") is not None
+
+
+def default_engine() -> str:
+    """"numba" where installed (`pip install losswidget[fast]`), else "numpy"."""
+    return "numba" if has_numba() else "numpy"
 
 
 def measure_array(values: np.ndarray, levels, engine: str = "numpy") -> RankMeasures:

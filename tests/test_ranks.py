@@ -188,3 +188,9 @@ def test_bad_input(engine):
 def test_unknown_engine():
     with pytest.raises(ValueError, match="engine"):
         measure_array(np.ones(3, np.float32), [0.5], "fortran")
+
+
+def test_engine_choice():
+    from losswidget.analysis.ranks import NUMBA_FROM, default_engine
+    assert default_engine(NUMBA_FROM) == ("numba" if has_numba() else "numpy")
+    assert default_engine(0) in ("numpy", "numba")      # small work: numba only once it is imported anyway

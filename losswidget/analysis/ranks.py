@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -36,7 +37,8 @@ LOW = 32 - 1 - HIGH                    # bits left for level 2: a level-2 key is
 BUCKETS = 1 << HIGH
 SUB = 1 << LOW
 NON_FINITE = 0x7F800000 >> LOW         # first level-1 key of +Inf / NaN
-NUMPY_CHUNK = 1 << 18                  # the numpy engine's slice: its temporaries stay in cache
+NUMPY_CHUNK = 1 << 16                  # the numpy engine's slice: its temporaries stay in L2
+NUMBA_FROM = 1 << 25                   # values from which numba's one-off import pays off over numpy's engine
 
 _local = threading.local()
 _nb = None                             # compiled kernels, once numba has been imported
@@ -56,9 +58,12 @@ def has_numba() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
-def default_engine() -> str:
-    """"numba" where installed (`pip install losswidget[fast]`), else "numpy"."""
-    return "numba" if has_numba() else "numpy"
+def default_engine(values: int) -> str:
+    """The engine for measuring `values` values in all: "numba" where installed (`losswidget[fast]`) and
+    either already imported or the work repays importing it (~0.5 s, holding the GIL), else "numpy"."""
+    if not has_numba():
+        return "numpy"
+    return "numba" if "numba" in sys.modules or values >= NUMBA_FROM else "numpy"
 
 
 def measure_array(values: np.ndarray, levels, engine: str = "numpy") -> RankMeasures:
@@ -215,7 +220,6 @@ class _NumpyPasses:
         self.s = np.zeros(BUCKETS)
         self.top = 0
         self.keys = np.empty(NUMPY_CHUNK, np.intp)
-        self.wide = np.empty(NUMPY_CHUNK)
         self.mags = np.empty(NUMPY_CHUNK, np.float32)
         return self
 
@@ -239,9 +243,7 @@ class _NumpyPasses:
             c = np.bincount(keys)
             top = c.size
             self.counts[:top] += c
-            w = self.wide[:keys.size]
-            np.copyto(w, mags)
-            self.s[:top] += np.bincount(keys, weights=w)
+            self.s[:top] += np.bincount(keys, weights=mags)               # summed as float64
             self.top = max(self.top, top)
         return n
 

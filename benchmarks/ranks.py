@@ -9,6 +9,7 @@ values per block, a 1/16 tie at zero). Prints the CPU model and the load; run it
   flock /work/locks/bench.lock python benchmarks/ranks.py [--repeat 7] [--sizes 262144,2359296,7077888]
 
 Also prints the one-off cost of the numba engine in a fresh process (import numba, load the cached kernels).
+`--split MODEL` instead shows where a magnitude profile of MODEL spends its time, step by step.
 """
 from __future__ import annotations
 
@@ -109,11 +110,63 @@ def numba_start_cost() -> float:
     return float(out.stdout.split()[-1])
 
 
+def split(model: str, repeat: int) -> None:
+    """Where a magnitude profile's time goes: each step over all layers in one thread, then analyze()."""
+    import losswidget
+    from losswidget.analysis import magnitude, ranks
+    from losswidget.graph import read_graph
+    from losswidget.onnxfile import open_model
+
+    def step(label, fn, note=""):
+        fn()
+        t, c = [], []
+        for _ in range(repeat):
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            t.append(time.perf_counter() - w0)
+            c.append(time.process_time() - c0)
+        print(f"  {label:44s} {np.median(t):7.3f} s wall {np.median(c):7.3f} s CPU {note}")
+
+    with open_model(model) as mf:
+        layers = read_graph(mf).layers
+        values = sum(layer.params for layer in layers)
+        print(f"{model}: {len(layers)} layers, {values / 1e6:.1f}M values; medians of {repeat}")
+
+        def each(fn):
+            def run():
+                for layer in layers:
+                    fn(layer)
+                    mf.release(layer.ref.tensor)
+            return run
+
+        step("open + read_graph", lambda: read_graph(open_model(model)))
+        step("read the weights once (sum)", each(lambda l: mf.array(l.ref.tensor).sum()), "the floor")
+        step("|w| into a buffer", each(lambda l: magnitude.magnitudes(mf, l.ref)))
+        step("|w| + sort + rule (the old path)",
+             each(lambda l: sort_path(mf.array(l.ref.tensor).reshape(-1),
+                                      np.empty(l.params, np.float32), LEVELS)))
+        for e in ["numpy"] + (["numba"] if has_numba() else []):
+            step(f"ranks kernel, {e} engine", each(lambda l: measure_array(mf.array(l.ref.tensor), LEVELS, e)))
+        step("content hash (blake3, its own thread in analyze)", lambda: open_model(model).content_hash())
+    default = ranks.default_engine
+    for e in ["numpy"] + (["numba"] if has_numba() else []):
+        ranks.default_engine = lambda _values, e=e: e
+        step(f"analyze(method='magnitude'), {e} engine", lambda: losswidget.analyze(model, method="magnitude"),
+             "2 threads + hash thread")
+    ranks.default_engine = default
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--sizes", default="262144,2359296,7077888")
+    ap.add_argument("--split", metavar="MODEL", help="instead: where a magnitude profile of MODEL spends its time")
     a = ap.parse_args()
+    if a.split:
+        print(f"CPU: {cpu_model()} ({os.cpu_count()} logical); load {os.getloadavg()[0]:.2f}")
+        split(a.split, a.repeat)
+        print(f"load {os.getloadavg()[0]:.2f} after")
+        return
     engines = ["numpy"] + (["numba"] if has_numba() else [])
     print(f"CPU: {cpu_model()} ({os.cpu_count()} logical); numpy {np.__version__}; load {os.getloadavg()[0]:.2f}")
     if "numba" in engines:

@@ -37,7 +37,7 @@ LOW = 32 - 1 - HIGH                    # bits left for level 2: a level-2 key is
 BUCKETS = 1 << HIGH
 SUB = 1 << LOW
 NON_FINITE = 0x7F800000 >> LOW         # first level-1 key of +Inf / NaN
-NUMPY_CHUNK = 1 << 16                  # the numpy engine's slice: its temporaries stay in L2
+NUMPY_CHUNK = 1 << 16                  # the numpy engine's slice
 NUMBA_FROM = 1 << 25                   # values from which numba's one-off import pays off over numpy's engine
 
 _local = threading.local()
@@ -213,14 +213,15 @@ def _per_interval(run_starts: np.ndarray, cuts: np.ndarray, *weights: np.ndarray
 
 
 class _NumpyPasses:
-    """Both passes with numpy: bincount over 2**18-value slices (its temporaries stay in cache)."""
+    """Both passes with numpy over slices of 2**16 values (temporaries stay in L2). np.add.at with matching
+    dtypes takes its fast path (~2 ns a value here) and, unlike bincount, costs nothing per empty bucket."""
 
     def __enter__(self):
         self.counts = np.zeros(BUCKETS, np.int64)
         self.s = np.zeros(BUCKETS)
-        self.top = 0
         self.keys = np.empty(NUMPY_CHUNK, np.intp)
         self.mags = np.empty(NUMPY_CHUNK, np.float32)
+        self.wide = np.empty(NUMPY_CHUNK)
         return self
 
     def __exit__(self, *exc):
@@ -240,36 +241,28 @@ class _NumpyPasses:
         for mags, keys in self._chunks(slices):
             keys >>= LOW
             n += keys.size
-            c = np.bincount(keys)
-            top = c.size
-            self.counts[:top] += c
-            self.s[:top] += np.bincount(keys, weights=mags)               # summed as float64
-            self.top = max(self.top, top)
+            np.add.at(self.counts, keys, 1)
+            wide = self.wide[:keys.size]
+            np.copyto(wide, mags)
+            np.add.at(self.s, keys, wide)
         return n
 
     def buckets(self):
-        keys = np.flatnonzero(self.counts[:self.top])
+        keys = np.flatnonzero(self.counts)
         return keys, self.counts[keys], self.s[keys]
 
     def second(self, slices, buckets: np.ndarray):
-        sub = np.zeros((buckets.size, SUB), np.int64)
-        slot = np.zeros(BUCKETS, np.int32)
+        slot = np.zeros(BUCKETS, np.intp)                            # row in `sub`; row 0 takes the rest
         slot[buckets] = np.arange(1, buckets.size + 1)
-        flat = sub.reshape(-1)
-        pending, held, n = [], 0, 0
+        sub = np.zeros((buckets.size + 1) * SUB, np.int64)
+        n = 0
         for mags, keys in self._chunks(slices):
             n += keys.size
-            s = slot[keys >> LOW]
-            hit = np.flatnonzero(s)
-            if hit.size:
-                code = (s[hit] - 1) * SUB + (keys[hit] & (SUB - 1))
-                pending.append(code)
-                held += code.size
-                if held >= max(flat.size, 1 << 20):                  # one bincount per table's worth of codes
-                    flat += np.bincount(np.concatenate(pending), minlength=flat.size)
-                    pending, held = [], 0
-        if pending:
-            flat += np.bincount(np.concatenate(pending), minlength=flat.size)
+            code = slot[keys >> LOW]
+            code <<= LOW
+            code |= keys & (SUB - 1)
+            np.add.at(sub, code, 1)
+        sub = sub.reshape(-1, SUB)[1:]
         rows, cols = np.nonzero(sub)
         return n, (rows, cols, sub[rows, cols])
 
@@ -356,7 +349,9 @@ def _compile():
                 for b in range(64):
                     if (word >> np.uint64(b)) & np.uint64(1):
                         rows[m], cols[m], counts[m] = r, w * 64 + b, sub[r, w * 64 + b]
+                        sub[r, w * 64 + b] = 0
                         m += 1
+                used[r, w] = 0
         return m
 
     return first, collect, second, collect_values
@@ -411,8 +406,10 @@ class _NumbaPasses:
         return keys, c, _sums_from_low_bits(keys, c, s[:m])
 
     def second(self, slices, buckets: np.ndarray):
-        sub = np.zeros((buckets.size, SUB), np.int64)
-        used = np.zeros((buckets.size, SUB // 64), np.uint64)
+        if getattr(_local, "sub", None) is None or _local.sub.shape[0] < buckets.size:
+            _local.sub = np.zeros((max(buckets.size, 256), SUB), np.int64)      # kept zeroed by collect_values
+            _local.sub_used = np.zeros((_local.sub.shape[0], SUB // 64), np.uint64)
+        sub, used = _local.sub[:buckets.size], _local.sub_used[:buckets.size]
         split, slot = _local.split, _local.slot
         np.bitwise_or.at(split, buckets >> 6, np.left_shift(np.uint64(1), (buckets & 63).astype(np.uint64)))
         slot[buckets] = np.arange(buckets.size)
@@ -421,6 +418,10 @@ class _NumbaPasses:
             for s in slices:
                 _nb[2](s.view(np.uint32), split, slot, sub, used)
                 n += s.size
+        except BaseException:
+            sub[:] = 0
+            used[:] = 0
+            raise
         finally:
             split[buckets >> 6] = 0
         size = min(n, sub.size)

@@ -6,7 +6,7 @@ are weight-like: N(0, 1/fan_in) with heavier tails as in ../shared/bench/make_mo
 through float16 (many exact ties), and 4-bit-like values (|q| ≤ 8 times a per-32-block scale: few distinct
 values per block, a 1/16 tie at zero). Prints the CPU model and the load; run it under the bench lock:
 
-  flock /work/locks/bench.lock python benchmarks/ranks.py [--repeat 7] [--sizes 262144,2359296,7077888]
+  flock /work/locks/bench.lock python benchmarks/ranks.py [--repeat 7] [--sizes 262144,2359296,7077888] [--clock cpu]
 
 Also prints the one-off cost of the numba engine in a fresh process (import numba, load the cached kernels).
 `--split MODEL` instead shows where a magnitude profile of MODEL spends its time, step by step.
@@ -82,13 +82,19 @@ def weights(n: int, kind: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def median_seconds(fn, repeat: int) -> float:
+    """Median wall time; with `CLOCK` = "cpu", median thread CPU time (what a shared, loaded host distorts
+    least: time spent waiting for a core is not counted)."""
     fn()
     times = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = CLOCKS[CLOCK]()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCKS[CLOCK]() - t0)
     return float(np.median(times))
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+CLOCK = "wall"
 
 
 def cpu_model() -> str:
@@ -161,7 +167,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--sizes", default="262144,2359296,7077888")
     ap.add_argument("--split", metavar="MODEL", help="instead: where a magnitude profile of MODEL spends its time")
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     a = ap.parse_args()
+    global CLOCK
+    CLOCK = a.clock
     if a.split:
         print(f"CPU: {cpu_model()} ({os.cpu_count()} logical); load {os.getloadavg()[0]:.2f}")
         split(a.split, a.repeat)
@@ -192,7 +201,7 @@ def main() -> None:
                 cells.append(f"{t * 1e3:6.1f} {ref / t:6.2f}x {t / floor:7.1f}x")
             print(f"{w.size:>9} {kind:>6} | {floor * 1e3:8.2f}ms {total * 1e3:5.2f}ms | {ref * 1e3:7.1f}ms | "
                   + " | ".join(cells) + f" | {worst:.1e}")
-    print(f"times in ms, medians of {a.repeat}; load {os.getloadavg()[0]:.2f} after")
+    print(f"{a.clock} times in ms, medians of {a.repeat}; load {os.getloadavg()[0]:.2f} after")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ Rules (the same results as sorting |x| and applying the rule, except float round
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import sys
@@ -97,7 +98,7 @@ def measure(read_slices: Callable[[], Iterable[np.ndarray]], levels, engine: str
         keys, counts, sums = passes.buckets()                       # the non-empty buckets, in key order
         # a bucket of normal floats spans a factor 1 + 2**-11, so (Σx)²/count is its Σx² to 2**-24
         squares = sums * sums / counts
-        ranges, pruned, cuts = _plan(n, levels)
+        ranges, pruned, cuts = _plan(n, levels.tobytes())
         starts = np.zeros(counts.size + 1, np.int64)
         np.cumsum(counts, out=starts[1:])
         inner = cuts[(cuts > 0) & (cuts < n)]
@@ -130,9 +131,11 @@ def _float32_slices(slices: Iterable[np.ndarray]):
             yield s
 
 
-def _plan(n: int, levels: np.ndarray):
+@functools.lru_cache(maxsize=64)                       # a model's layers come in a few sizes
+def _plan(n: int, level_bytes: bytes):
     """The rule's ranges per level ((k, lo, hi): mean over sorted ranks [lo, hi)), the pruned counts,
     and every rank where an exact cut is needed."""
+    levels = np.frombuffer(level_bytes)
     counts = np.round(levels * n).astype(np.int64)          # half to even, as SparseML's Python round
     index = np.minimum(counts, n - 1)
     ranges, prev = [], 0
@@ -147,7 +150,10 @@ def _plan(n: int, levels: np.ndarray):
             prev = i + 1
     pruned = np.minimum(counts, n)
     ends = np.array([r[1:] for r in ranges], np.int64).reshape(-1)
-    return ranges, pruned, np.unique(np.concatenate([[0, n], pruned, ends]))
+    cuts = np.unique(np.concatenate([[0, n], pruned, ends]))
+    pruned.setflags(write=False)
+    cuts.setflags(write=False)
+    return tuple(ranges), pruned, cuts
 
 
 def _resolve(n, levels, ranges, pruned, cuts, keys, counts, sums, squares, starts, split, values):
@@ -327,12 +333,18 @@ def _compile():
 
     @njit(nogil=True, cache=True)
     def second(bits, split, slot, sub, used):
-        """Pass 2: a count per exact value in the split buckets (`split`: their bitmap, L1-sized)."""
-        for i in range(bits.size):
-            b = bits[i] & u(0x7FFFFFFF)
-            k = b >> u(LOW)
-            if (split[k >> u(6)] >> np.uint64(k & u(63))) & np.uint64(1):
-                r = slot[k]
+        """Pass 2: a count per exact value in the split buckets (`split[key]` is 1). The few hits are first
+        gathered without a branch per value (a mispredicted branch per hit cost more than the loop)."""
+        hits = np.empty(4096, np.int64)
+        n = bits.size
+        for start in range(0, n, 4096):
+            m = 0
+            for i in range(start, min(n, start + 4096)):
+                hits[m] = i
+                m += split[(bits[i] & u(0x7FFFFFFF)) >> u(LOW)]
+            for j in range(m):
+                b = bits[hits[j]] & u(0x7FFFFFFF)
+                r = slot[b >> u(LOW)]
                 c = b & u(SUB - 1)
                 if sub[r, c] == 0:
                     used[r, c >> u(6)] |= np.uint64(1) << np.uint64(c & u(63))
@@ -380,7 +392,7 @@ class _NumbaPasses:
             _local.counts = np.zeros(BUCKETS, np.int64)
             _local.lows = np.zeros(BUCKETS, np.int64)
             _local.used = np.zeros(BUCKETS // 64, np.uint64)
-            _local.split = np.zeros(BUCKETS // 64, np.uint64)
+            _local.split = np.zeros(BUCKETS, np.uint8)
             _local.slot = np.zeros(BUCKETS, np.int32)
         self.n, self.clean = 0, False
         return self
@@ -411,7 +423,7 @@ class _NumbaPasses:
             _local.sub_used = np.zeros((_local.sub.shape[0], SUB // 64), np.uint64)
         sub, used = _local.sub[:buckets.size], _local.sub_used[:buckets.size]
         split, slot = _local.split, _local.slot
-        np.bitwise_or.at(split, buckets >> 6, np.left_shift(np.uint64(1), (buckets & 63).astype(np.uint64)))
+        split[buckets] = 1
         slot[buckets] = np.arange(buckets.size)
         try:
             n = 0
@@ -423,7 +435,7 @@ class _NumbaPasses:
             used[:] = 0
             raise
         finally:
-            split[buckets >> 6] = 0
+            split[buckets] = 0
         size = min(n, sub.size)
         rows, cols, counts = np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size, np.int64)
         m = _nb[3](sub, used, rows, cols, counts)

@@ -290,31 +290,40 @@ def _compile():
     u = np.uint32
 
     @njit(nogil=True, cache=True)
-    def first(bits, packed, counts, lows, used):
-        """Pass 1 over one slice: per bucket count and Σ low bits in one int64 (an 8-byte row keeps the
-        table's busy part in L2), flushed into the wide tables every PIECE values."""
-        n = bits.size
-        for start in range(0, n, PIECE):
-            for i in range(start, min(n, start + PIECE)):
-                b = bits[i] & u(0x7FFFFFFF)
-                k = b >> u(LOW)
-                if packed[k] == 0:
-                    used[k >> u(6)] |= np.uint64(1) << np.uint64(k & u(63))
-                packed[k] += np.int64(ONE) + np.int64(b & u(SUB - 1))
-            for w in range(used.size):
-                word = used[w]
-                while word:
-                    b = np.int64(0)
-                    while not (word >> np.uint64(b)) & np.uint64(1):
-                        b += 1
-                    word &= word - np.uint64(1)
+    def flush(packed, counts, lows, used):
+        for w in range(used.size):
+            word = used[w]
+            if word == 0:
+                continue
+            for b in range(64):
+                if (word >> np.uint64(b)) & np.uint64(1):
                     k = w * 64 + b
                     counts[k] += packed[k] >> np.int64(40)
                     lows[k] += packed[k] & np.int64(ONE - 1)
                     packed[k] = 0
 
     @njit(nogil=True, cache=True)
-    def collect(counts, lows, used, keys, c, s):
+    def first(bits, packed, counts, lows, used, pending):
+        """Pass 1 over one slice: per bucket count and Σ low bits in one int64 (an 8-byte row keeps the
+        table's busy part in L2), moved to the wide tables before PIECE values pile up in it."""
+        n = bits.size
+        start = 0
+        while start < n:
+            if pending[0] >= PIECE:
+                flush(packed, counts, lows, used)
+                pending[0] = 0
+            stop = min(n, start + PIECE - pending[0])
+            for i in range(start, stop):
+                b = bits[i] & u(0x7FFFFFFF)
+                k = b >> u(LOW)
+                if packed[k] == 0:
+                    used[k >> u(6)] |= np.uint64(1) << np.uint64(k & u(63))
+                packed[k] += np.int64(ONE) + np.int64(b & u(SUB - 1))
+            pending[0] += stop - start
+            start = stop
+
+    @njit(nogil=True, cache=True)
+    def collect(packed, counts, lows, used, keys, c, s):
         """The used rows in key order; leaves the tables zeroed for the next layer."""
         m = 0
         for w in range(used.size):
@@ -324,9 +333,10 @@ def _compile():
             for b in range(64):
                 if (word >> np.uint64(b)) & np.uint64(1):
                     k = w * 64 + b
-                    keys[m], c[m], s[m] = k, counts[k], lows[k]
-                    counts[k] = 0
-                    lows[k] = 0
+                    keys[m] = k
+                    c[m] = counts[k] + (packed[k] >> np.int64(40))
+                    s[m] = lows[k] + (packed[k] & np.int64(ONE - 1))
+                    packed[k] = counts[k] = lows[k] = 0
                     m += 1
             used[w] = 0
         return m
@@ -394,7 +404,7 @@ class _NumbaPasses:
             _local.used = np.zeros(BUCKETS // 64, np.uint64)
             _local.split = np.zeros(BUCKETS, np.uint8)
             _local.slot = np.zeros(BUCKETS, np.int32)
-        self.n, self.clean = 0, False
+        self.n, self.clean, self.pending = 0, False, np.zeros(1, np.int64)
         return self
 
     def __exit__(self, *exc):
@@ -405,14 +415,14 @@ class _NumbaPasses:
 
     def first(self, slices) -> int:
         for s in slices:
-            _nb[0](s.view(np.uint32), _local.packed, _local.counts, _local.lows, _local.used)
+            _nb[0](s.view(np.uint32), _local.packed, _local.counts, _local.lows, _local.used, self.pending)
             self.n += s.size
         return self.n
 
     def buckets(self):
         size = min(self.n, BUCKETS)
         keys, c, s = np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size, np.int64)
-        m = _nb[1](_local.counts, _local.lows, _local.used, keys, c, s)
+        m = _nb[1](_local.packed, _local.counts, _local.lows, _local.used, keys, c, s)
         self.clean = True
         keys, c = keys[:m], c[:m]
         return keys, c, _sums_from_low_bits(keys, c, s[:m])

@@ -6,7 +6,7 @@ sort costs O(n log n) and its speed depends on which SIMD sort the CPU gets; the
 linear passes:
 
 1. a histogram over the top 19 bits of |x|'s float32 bits (non-negative float32 bit patterns order like
-   the floats, with NaN after +Inf as numpy sorts it): per bucket the count, sum and sum of squares;
+   the floats, with NaN after +Inf as numpy sorts it): per bucket the count and the sum;
 2. only buckets with a rank boundary strictly inside are looked at again: a count per distinct value
    (their remaining 12 bits), which places every element at those ranks exactly.
 
@@ -14,12 +14,15 @@ Nothing is sorted, each value is read twice, and the tables are fixed-size whate
 in slices (a layer over a memory budget, external data read in large chunks): pass 1 accumulates over the
 slices and pass 2 asks for them again.
 
-Rules (the same results as sorting |x| and applying the rule, except float rounding):
-- sums and sums of squares accumulate in float64 (SparseML's mean is numpy's float32 pairwise mean; the
-  two agree to ~1e-6 relative, and float64 neither overflows nor underflows where float32 squares would);
+Rules (the same results as sorting |x| and applying the rule, up to float rounding):
+- sums are float64 (SparseML's mean is numpy's float32 pairwise mean; the two agree to ~1e-7 relative,
+  and float64 neither overflows nor underflows where float32 would);
+- a bucket's Σx² is (Σx)²/count: its values lie within a factor 1 + 2**-11, so that is exact to 2**-24;
+  buckets of subnormal values, too wide for that, go through pass 2 and are summed value by value;
 - the sign bit is ignored, so -0.0 counts as 0.0 and NaN with its sign bit set is still NaN;
-- `engine="numba"` runs both passes compiled (numba is optional); `"numpy"` does them with bincount over
-  slices of 2**18 values; both feed the same resolution step, so they differ only in summation order.
+- `engine="numba"` runs both passes compiled (numba is optional; its pass 1 packs count and Σ of the low
+  bits into one int64 per bucket); `"numpy"` does them with np.add.at over slices of 2**16 values; both
+  feed the same resolution step.
 """
 from __future__ import annotations
 
@@ -119,7 +122,7 @@ def _as_float32(values) -> np.ndarray:
     arr = np.asarray(values)
     if arr.dtype != np.float32:
         if arr.dtype.kind != "f" or arr.dtype.itemsize > 4:
-            raise TypeError(f"values must be float32 (or float16), not {arr.dtype}: the ranks are of float32 values")
+            raise TypeError(f"values must be float32 (or float16), not {arr.dtype}: ranks are of float32 values")
         arr = arr.astype(np.float32)
     return np.ascontiguousarray(arr)
 
@@ -171,8 +174,8 @@ def _resolve(n, levels, ranges, pruned, cuts, keys, counts, sums, squares, start
         first = np.searchsorted(rows, np.arange(split.size))            # each split bucket's first value
         p = starts[split][rows] + below - below[first][rows]            # rank of each value's first copy
         inner = cuts[1:-1]
-        r = np.searchsorted(p, inner, "right") - 1
-        across = np.unique(r[(r >= 0) & (p[np.maximum(r, 0)] + k[np.maximum(r, 0)] > inner) & (p[np.maximum(r, 0)] < inner)])
+        r = np.maximum(np.searchsorted(p, inner, "right") - 1, 0)       # the value run at or before each cut
+        across = np.unique(r[(p[r] < inner) & (p[r] + k[r] > inner)])   # runs a cut falls strictly inside
         kv, kvv = k * v, k * v * v
         kv[across] = kvv[across] = 0.0
         ssum, ssq = _per_interval(p, cuts, kv, kvv)

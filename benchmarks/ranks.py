@@ -119,9 +119,10 @@ def numba_start_cost() -> float:
 def split(model: str, repeat: int) -> None:
     """Where a magnitude profile's time goes: each step over all layers in one thread, then analyze()."""
     import losswidget
-    from losswidget.analysis import magnitude, ranks
+    from losswidget.analysis import magnitude
     from losswidget.graph import read_graph
     from losswidget.onnxfile import open_model
+    from losswidget.weights import magnitudes
 
     def step(label, fn, note=""):
         fn()
@@ -147,19 +148,19 @@ def split(model: str, repeat: int) -> None:
 
         step("open + read_graph", lambda: read_graph(open_model(model)))
         step("read the weights once (sum)", each(lambda l: mf.array(l.ref.tensor).sum()), "the floor")
-        step("|w| into a buffer", each(lambda l: magnitude.magnitudes(mf, l.ref)))
+        step("|w| into a buffer", each(lambda l: magnitudes(mf, l.ref)))
         step("|w| + sort + rule (the old path)",
              each(lambda l: sort_path(mf.array(l.ref.tensor).reshape(-1),
                                       np.empty(l.params, np.float32), LEVELS)))
         for e in ["numpy"] + (["numba"] if has_numba() else []):
             step(f"ranks kernel, {e} engine", each(lambda l: measure_array(mf.array(l.ref.tensor), LEVELS, e)))
         step("content hash (blake3 of the file)", lambda: _blake3(model), "analyze() runs it in its own thread")
-    default = ranks.default_engine
+    default = magnitude.default_engine
     for e in ["numpy"] + (["numba"] if has_numba() else []):
-        ranks.default_engine = lambda _values, e=e: e
+        magnitude.default_engine = lambda _values, e=e: e
         step(f"analyze(method='magnitude'), {e} engine", lambda: losswidget.analyze(model, method="magnitude"),
              "2 threads; hash cached in-process after the first run")
-    ranks.default_engine = default
+    magnitude.default_engine = default
 
 
 def _blake3(path: str) -> str:

@@ -15,8 +15,8 @@ import numpy as np
 from ..graph import Layer
 from ..onnxfile import ModelFile
 from ..weights import magnitudes
-from . import ranks
 from .base import TARGET, Context, Measured, Method, Result, levels_setting, run_layers
+from .ranks import default_engine, measure, measure_array
 
 SPARSEML_LEVELS = tuple(i / 100 for i in range(100))
 SLICE = 1 << 22                      # float16 weights become float32 this many at a time
@@ -27,15 +27,15 @@ def _measure_layer(mf: ModelFile, layer: Layer, levels: np.ndarray, engine: str)
     arr = mf.array(ref.tensor) if ref.scale is None and ref.zero_point is None else None
     if arr is not None and arr.dtype in (np.float32, np.float16):
         flat = arr.reshape(-1)
-        r = ranks.measure(lambda: (flat[i:i + SLICE] for i in range(0, flat.size, SLICE)), levels, engine)
+        r = measure(lambda: (flat[i:i + SLICE] for i in range(0, flat.size, SLICE)), levels, engine)
         mf.release(ref.tensor)
     else:
-        r = ranks.measure_array(magnitudes(mf, ref), levels, engine)
+        r = measure_array(magnitudes(mf, ref), levels, engine)
     return Measured(r.values, r.energy_kept, r.energy, r.flags)
 
 
 def run(ctx: Context) -> Result:
-    engine = ranks.default_engine(sum(layer.params for layer in ctx.layers))
+    engine = default_engine(sum(layer.params for layer in ctx.layers))
     return Result(run_layers(ctx, lambda layer: _measure_layer(ctx.mf, layer, ctx.levels, engine)))
 
 

@@ -222,18 +222,26 @@ def _per_interval(run_starts: np.ndarray, cuts: np.ndarray, *weights: np.ndarray
 
 
 class _NumpyPasses:
-    """Both passes with numpy over slices of 2**16 values (temporaries stay in L2). np.add.at with matching
-    dtypes takes its fast path (~2 ns a value here) and, unlike bincount, costs nothing per empty bucket."""
+    """Both passes with numpy over slices of 2**16 values. np.add.at with matching dtypes takes its fast
+    path (~2 ns a value here) and, unlike bincount, costs nothing per empty bucket. The tables are kept per
+    thread and only the key range a layer used is read and re-zeroed, so a small layer costs little."""
 
     def __enter__(self):
-        self.counts = np.zeros(BUCKETS, np.int64)
-        self.s = np.zeros(BUCKETS)
+        if getattr(_local, "np_counts", None) is None:
+            _local.np_counts = np.zeros(BUCKETS, np.int64)
+            _local.np_sums = np.zeros(BUCKETS)
+            _local.np_slot = np.zeros(BUCKETS, np.intp)
+        self.counts, self.s, self.slot = _local.np_counts, _local.np_sums, _local.np_slot
+        self.lo, self.hi = BUCKETS, -1
         self.keys = np.empty(NUMPY_CHUNK, np.intp)
         self.mags = np.empty(NUMPY_CHUNK, np.float32)
         self.wide = np.empty(NUMPY_CHUNK)
         return self
 
     def __exit__(self, *exc):
+        if self.hi >= self.lo:                         # stopped between the passes: leave the tables zeroed
+            self.counts[self.lo:self.hi + 1] = 0
+            self.s[self.lo:self.hi + 1] = 0.0
         return False
 
     def _chunks(self, slices):
@@ -250,6 +258,7 @@ class _NumpyPasses:
         for mags, keys in self._chunks(slices):
             keys >>= LOW
             n += keys.size
+            self.lo, self.hi = min(self.lo, int(keys.min())), max(self.hi, int(keys.max()))
             np.add.at(self.counts, keys, 1)
             wide = self.wide[:keys.size]
             np.copyto(wide, mags)
@@ -257,23 +266,41 @@ class _NumpyPasses:
         return n
 
     def buckets(self):
-        keys = np.flatnonzero(self.counts)
-        return keys, self.counts[keys], self.s[keys]
+        counts, sums = self.counts[self.lo:self.hi + 1], self.s[self.lo:self.hi + 1]
+        at = np.flatnonzero(counts)
+        out = self.lo + at, counts[at], sums[at]
+        counts[:] = 0
+        sums[:] = 0.0
+        self.lo, self.hi = BUCKETS, -1
+        return out
 
     def second(self, slices, buckets: np.ndarray):
-        slot = np.zeros(BUCKETS, np.intp)                            # row in `sub`; row 0 takes the rest
+        slot = self.slot                                             # row in the value table; 0: not split
         slot[buckets] = np.arange(1, buckets.size + 1)
-        sub = np.zeros((buckets.size + 1) * SUB, np.int64)
-        n = 0
-        for mags, keys in self._chunks(slices):
-            n += keys.size
-            code = slot[keys >> LOW]
-            code <<= LOW
-            code |= keys & (SUB - 1)
-            np.add.at(sub, code, 1)
-        sub = sub.reshape(-1, SUB)[1:]
-        rows, cols = np.nonzero(sub)
-        return n, (rows, cols, sub[rows, cols])
+        try:
+            dense = None
+            hits, n = [], 0
+            for mags, keys in self._chunks(slices):
+                n += keys.size
+                code = slot[keys >> LOW]
+                code <<= LOW
+                code |= keys & (SUB - 1)
+                if dense is None and n > buckets.size * SUB:        # a layer this size fills a dense table
+                    dense = np.zeros((buckets.size + 1) * SUB, np.int64)
+                    for h in hits:
+                        np.add.at(dense, h, 1)
+                if dense is not None:
+                    np.add.at(dense, code, 1)
+                else:
+                    hits.append(code[code >= SUB])
+        finally:
+            slot[buckets] = 0
+        if dense is not None:
+            table = dense.reshape(-1, SUB)[1:]
+            rows, cols = np.nonzero(table)
+            return n, (rows, cols, table[rows, cols])
+        codes, counts = np.unique(np.concatenate(hits) if hits else np.zeros(0, np.intp), return_counts=True)
+        return n, ((codes >> LOW) - 1, codes & (SUB - 1), counts)
 
 
 def _numba_passes():

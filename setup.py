@@ -14,8 +14,9 @@ setup(
                       "ipywidgets>=8", "bqplot>=0.12.40", "anywidget>=0.9", "sidecar>=0.7"],
     extras_require={
         "dask": ["distributed>=2023.1"],
+        "fast": ["numba>=0.59"],                         # the compiled magnitude kernel (analysis/ranks.py)
         "test": ["pytest>=7", "pandas>=1.5", "distributed>=2023.1", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6",
-                 "jupyterlab>=4", "voila>=0.5", "playwright>=1.40"],
+                 "jupyterlab>=4", "voila>=0.5", "playwright>=1.40", "numba>=0.59"],
         "pandas": ["pandas>=1.5"],
         # retraining the demo models (scripts/train_demo.py); the exact torch the bundled model was made with
         "train": ["scikit-learn>=1.3", "torch==2.13.0"],

@@ -8,7 +8,6 @@ from onnx import helper
 
 import losswidget
 from losswidget.analysis.approximated import gaussian_energy_kept
-from losswidget.analysis.magnitude import measure_sorted
 
 from helpers import init, model, save, vi
 
@@ -46,11 +45,6 @@ def test_magnitude_flags_nan_and_all_zero_weights(tmp_path):
     assert math.isfinite(p.summary.avg_sensitivity)        # the NaN layer does not poison the average
     p.to_json(tmp_path / "p.json")                          # and the file stays valid JSON
     assert losswidget.load_profile(tmp_path / "p.json").layers[0].flags == ("non_finite",)
-
-
-def test_measure_sorted_empty_tensor():
-    r = measure_sorted(np.zeros(0, np.float32), np.array([0.0, 0.5]))
-    assert r.flags == ("empty",) and list(r.values) == [0.0, 0.0]
 
 
 def test_approximated_by_hand(tmp_path):

@@ -1,10 +1,12 @@
 """Weight-magnitude measurements, number for number what SparseML's `pruning_loss_sens_magnitude` gives.
 
 For each level s the measurement is the mean |w| of the weights that pruning from the previous level to s
-removes (see DESIGN.md). One sorted copy of |w| per layer is needed; layers are spread over a thread pool
-(numpy's sort releases the GIL), largest first, each thread reusing one buffer, and each weight is read
-straight from the memory-mapped file once. Plans from these profiles weigh layers by the weight energy
-they lose (plan cost "energy", see plan.py): the mean |w| values carry each layer's own weight scale.
+removes (see DESIGN.md). The ranks come from analysis/ranks.py's two histogram passes, not from sorting
+|w|: float32/float16 weights go to the kernel straight from the memory-mapped file (in slices, read
+twice, no |w| copy); other storage is dequantized into weights.py's per-thread buffer first. Layers are
+spread over a thread pool, largest first (numba's passes release the GIL; so do the numpy engine's ufunc
+steps). Plans from these profiles weigh layers by the weight energy they lose (plan cost "energy", see
+plan.py): the mean |w| values carry each layer's own weight scale.
 """
 from __future__ import annotations
 
@@ -14,62 +16,27 @@ from ..graph import Layer
 from ..onnxfile import ModelFile
 from ..weights import magnitudes
 from .base import TARGET, Context, Measured, Method, Result, levels_setting, run_layers
+from .ranks import default_engine, measure, measure_array
 
 SPARSEML_LEVELS = tuple(i / 100 for i in range(100))
+SLICE = 1 << 22                      # float16 weights become float32 this many at a time
 
 
-def measure_sorted(values: np.ndarray, levels: np.ndarray) -> Measured:
-    """SparseML's measurement loop over sorted |w|, plus the weight energy each level keeps.
-
-    Segment sums come from single `np.add.reduceat` calls (float32 pairwise summation, as numpy's `mean`
-    that SparseML uses; GIL-free), not one Python-level call per level: with two worker threads the
-    per-call overhead, serialised on the GIL, cost more than the sums themselves.
-    """
-    n = values.size
-    if n == 0:
-        return Measured(np.zeros(len(levels)), np.ones(len(levels)), 0.0, ("empty",))
-    counts = np.round(levels * n).astype(np.int64)          # Python's round: half to even, as SparseML
-    index = np.minimum(counts, n - 1)
-    out = np.zeros(len(levels))
-    seg_k, seg_lo, seg_hi = [], [], []
-    prev = 0
-    for k, (level, i) in enumerate(zip(levels.tolist(), index.tolist())):
-        if level <= 1e-9:
-            continue
-        if i > prev:
-            seg_k.append(k), seg_lo.append(prev), seg_hi.append(i)
-            prev = i
-        else:
-            out[k] = values[i]
-            prev = i + 1
-    if seg_k:
-        lo, hi = np.array(seg_lo), np.array(seg_hi)
-        # reduceat sums [lo_j, lo_j+1); appending each segment's end gives exactly [lo_j, hi_j)
-        starts = np.empty(2 * len(lo), np.int64)
-        starts[0::2], starts[1::2] = lo, np.minimum(hi, n - 1)
-        out[seg_k] = np.add.reduceat(values, starts)[0::2].astype(np.float64) / (hi - lo)
-    bounds = np.array(sorted({0, n, *counts[counts < n].tolist()}))  # pruned counts, as one-shot prunes
-    # energy from each boundary to the next; einsum's SIMD sum of products reads the data once
-    parts = np.array([np.einsum("i,i->", values[a:b], values[a:b]) for a, b in zip(bounds[:-1], bounds[1:])],
-                     dtype=np.float64)
-    bounds = bounds[:-1]
-    cum = np.concatenate([[0.0], np.cumsum(parts)])                  # energy below each boundary; last: all
-    energy = float(cum[-1])
-    pruned = cum[np.searchsorted(bounds, np.minimum(counts, n))]
-    kept = 1.0 - pruned / energy if energy > 0 and np.isfinite(energy) else np.ones(len(levels))
-    top = values[-1]
-    flags = ("non_finite",) if not np.isfinite(top) else ("all_zero",) if top == 0 else ()
-    return Measured(out, kept, energy, flags)
-
-
-def _measure_layer(mf: ModelFile, layer: Layer, levels: np.ndarray) -> Measured:
-    values = magnitudes(mf, layer.ref)
-    values.sort()
-    return measure_sorted(values, levels)
+def _measure_layer(mf: ModelFile, layer: Layer, levels: np.ndarray, engine: str) -> Measured:
+    ref = layer.ref
+    arr = mf.array(ref.tensor) if ref.scale is None and ref.zero_point is None else None
+    if arr is not None and arr.dtype in (np.float32, np.float16):
+        flat = arr.reshape(-1)
+        r = measure(lambda: (flat[i:i + SLICE] for i in range(0, flat.size, SLICE)), levels, engine)
+        mf.release(ref.tensor)
+    else:
+        r = measure_array(magnitudes(mf, ref), levels, engine)
+    return Measured(r.values, r.energy_kept, r.energy, r.flags)
 
 
 def run(ctx: Context) -> Result:
-    return Result(run_layers(ctx, lambda layer: _measure_layer(ctx.mf, layer, ctx.levels)))
+    engine = default_engine(sum(layer.params for layer in ctx.layers))
+    return Result(run_layers(ctx, lambda layer: _measure_layer(ctx.mf, layer, ctx.levels, engine)))
 
 
 METHOD = Method(

@@ -1,0 +1,202 @@
+"""The sort-free magnitude kernel: hand-computed cases, then agreement with sorting |x| over many seeded
+random arrays and levels, for both engines, whole and in slices."""
+import importlib
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from losswidget.analysis.ranks import has_numba, measure, measure_array
+
+ENGINES = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(not has_numba(), reason="numba not installed"))]
+LEVELS = np.arange(100) / 100
+
+
+def by_sorting(x, levels):
+    """The rule as DESIGN.md states it, over np.sort(|x|), with SparseML's float32 np.mean."""
+    v = np.sort(np.abs(np.asarray(x, np.float32)).reshape(-1))
+    n, levels = v.size, np.asarray(levels, np.float64)
+    if n == 0:
+        return np.zeros(len(levels)), np.ones(len(levels)), 0.0, ("empty",)
+    out, prev = [], 0
+    for s in levels.tolist():
+        idx = min(round(s * n), n - 1)
+        if s <= 1e-9:
+            out.append(0.0)
+        elif idx > prev:
+            out.append(float(np.mean(v[prev:idx])))
+            prev = idx
+        else:
+            out.append(float(v[idx]))
+            prev = idx + 1
+    below = np.concatenate([[0.0], np.cumsum(v.astype(np.float64) ** 2)])
+    energy = float(below[-1])
+    if energy > 0 and math.isfinite(energy):
+        kept = 1 - below[[min(round(s * n), n) for s in levels.tolist()]] / energy
+    else:
+        kept = np.ones(len(levels))
+    flags = ("non_finite",) if not np.isfinite(v[-1]) else ("all_zero",) if v[-1] == 0 else ()
+    return np.array(out), kept, energy, flags
+
+
+def check(got, x, levels, rtol=1e-5):
+    values, kept, energy, flags = by_sorting(x, levels)
+    assert got.flags == flags
+    assert np.array_equal(np.isnan(got.values), np.isnan(values))
+    assert np.array_equal(np.isinf(got.values), np.isinf(values))
+    finite = np.isfinite(values)
+    # float32's mean of subnormal values rounds to a multiple of 2**-149 (1.4e-45); ours sums in float64
+    np.testing.assert_allclose(got.values[finite], values[finite], rtol=rtol, atol=2e-45)
+    np.testing.assert_allclose(got.energy_kept, kept, rtol=rtol, atol=1e-7)
+    if math.isfinite(energy):
+        assert got.energy == pytest.approx(energy, rel=rtol)
+    else:
+        assert not math.isfinite(got.energy)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_by_hand(engine):
+    w = np.array([0.5, -0.1, 0.3, -0.2, 0.4, 0.0, -0.6, 0.7, 0.9, -0.8], np.float32)
+    r = measure_array(w, [0.0, 0.05, 0.1, 0.15, 0.5, 0.95], engine)
+    # sorted |w| = 0 .1 .2 ... .9; .05 -> idx 0 (round half to even), not past prev 0 -> sorted[0]; .1 -> idx 1
+    # -> sorted[1]; .15 -> idx 2 -> sorted[2]; .5 -> idx 5 > prev 3 -> mean(.3, .4); .95 -> mean(.5 .. .8)
+    np.testing.assert_allclose(r.values, [0.0, 0.0, 0.1, 0.2, 0.35, 0.65], rtol=1e-6)
+    assert r.energy == pytest.approx(2.85, rel=1e-6)
+    # .5 prunes the 5 smallest: 0 + .01 + .04 + .09 + .16 = .30
+    assert r.energy_kept[4] == pytest.approx(1 - 0.30 / 2.85, rel=1e-6)
+    assert r.energy_kept[0] == 1.0 and r.flags == ()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_ties_across_boundaries_and_repeated_counts(engine):
+    # four 1s then four 2s: every boundary falls inside a run of equal values
+    r = measure_array(np.array([2, 1, 2, 1, 1, 2, 2, 1], np.float32), [0.25, 0.5, 0.75, 1.0], engine)
+    np.testing.assert_allclose(r.values, [1.0, 1.0, 2.0, 2.0])
+    np.testing.assert_allclose(r.energy_kept, [1 - 2 / 20, 1 - 4 / 20, 1 - 12 / 20, 0.0])  # Σ1 = 4, Σ4 = 16
+    # idx 1, 1, 1, 5 -> mean(v[0:1]); idx == prev -> v[1], prev 2; idx < prev -> v[1]; mean(v[2:5])
+    r = measure_array(np.arange(10, dtype=np.float32) / 10, [0.1, 0.1, 0.12, 0.5], engine)
+    np.testing.assert_allclose(r.values, [0.0, 0.1, 0.1, 0.3], rtol=1e-6)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_tiny_and_degenerate_layers(engine):
+    r = measure_array(np.zeros(0, np.float32), [0.0, 0.5], engine)
+    assert r.flags == ("empty",) and list(r.values) == [0.0, 0.0] and list(r.energy_kept) == [1.0, 1.0]
+    # n = 1: round(.5) = 0, so every level above 0 reads sorted[0]
+    r = measure_array(np.array([-3.0], np.float32), [0.0, 0.5, 1.0], engine)
+    assert list(r.values) == [0.0, 3.0, 3.0] and list(r.energy_kept) == [1.0, 1.0, 0.0] and r.flags == ()
+    r = measure_array(np.array([3.0, -1.0], np.float32), [0.5, 1.0], engine)
+    assert list(r.values) == [1.0, 3.0] and r.energy_kept == pytest.approx([0.9, 0.0])
+    r = measure_array(np.zeros((3, 5), np.float32), [0.0, 0.5, 0.9], engine)
+    assert r.flags == ("all_zero",) and list(r.values) == [0.0] * 3 and list(r.energy_kept) == [1.0] * 3
+    r = measure_array(np.full(1001, -0.25, np.float32), LEVELS, engine)
+    assert r.flags == () and set(r.values[1:].tolist()) == {0.25}
+    r = measure_array(np.array([-0.0, 0.0, -1.0, 2.0], np.float32), [0.5, 0.75], engine)  # -0.0 is 0.0
+    assert list(r.values) == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_nan_and_inf_rank_last_as_numpy_sorts_them(engine):
+    r = measure_array(np.array([np.nan, -np.inf, 2.0, 1.0], np.float32), [0.25, 0.5, 0.75, 1.0], engine)
+    assert r.values[:3].tolist() == [1.0, 2.0, np.inf] and math.isnan(r.values[3])
+    assert r.flags == ("non_finite",) and list(r.energy_kept) == [1.0] * 4
+    neg_nan = np.array([0x7FC00000 | 1 << 31], np.uint32).view(np.float32)   # a NaN with its sign bit set
+    r = measure_array(np.concatenate([neg_nan, np.ones(3, np.float32)]), [0.5, 0.75, 1.0], engine)
+    assert r.values[:2].tolist() == [1.0, 1.0] and math.isnan(r.values[2]) and r.flags == ("non_finite",)
+
+
+def _arrays(rng):
+    """Seeded arrays of the kinds layers hold, and of the kinds that break naive selections."""
+    for _ in range(4):
+        n = int(rng.choice([2, 3, 7, 64, 999, 4096, 70_001, 300_000]))
+        yield "gauss", (rng.standard_normal(n) * (1 + 0.5 * rng.standard_exponential(n))).astype(np.float32)
+    n = 250_000
+    w = (rng.standard_normal(n) / 27).astype(np.float32)
+    yield "fp16", w.astype(np.float16).astype(np.float32)
+    blocks = w[: n - n % 32].reshape(-1, 32)
+    scale = np.abs(blocks).max(axis=1, keepdims=True) / 7
+    yield "4bit", (np.clip(np.round(blocks / scale), -8, 7) * scale).astype(np.float32)
+    yield "few values", rng.integers(0, 4, 100_000).astype(np.float32)
+    yield "half zero", np.where(rng.random(50_000) < 0.5, 0, rng.standard_normal(50_000)).astype(np.float32)
+    with np.errstate(over="ignore"):
+        yield "many octaves", np.exp(rng.normal(0, 20, 60_000)).astype(np.float32)  # incl. 0, subnormals, inf
+    yield "denormal", (rng.random(5_000) * 1e-40).astype(np.float32)
+    x = rng.standard_normal(40_000).astype(np.float32)
+    x[rng.integers(0, x.size, 30)] = np.inf
+    yield "with inf", x
+    x = x.copy()
+    x[rng.integers(0, x.size, 5)] = np.nan
+    yield "with nan", x
+
+
+def _levels(rng):
+    yield LEVELS
+    yield np.sort(rng.random(int(rng.integers(1, 40))))
+    yield np.sort(np.round(rng.random(30), 2))                                        # repeated levels
+    yield np.concatenate([[0.0, 0.0], np.sort(rng.random(10)), [1.0, 1.0]])
+    yield rng.random(8)                                                               # any order
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_agrees_with_sorting(engine):
+    rng = np.random.default_rng(15)
+    for kind, x in _arrays(rng):
+        for levels in _levels(rng):
+            with np.errstate(all="ignore"):
+                check(measure_array(x, levels, engine), x, levels)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_slices_give_the_same_numbers_and_are_read_at_most_twice(engine):
+    rng = np.random.default_rng(7)
+    x = np.where(rng.random(600_000) < 0.1, 0, rng.standard_normal(600_000)).astype(np.float32)
+    cuts = np.sort(rng.integers(0, x.size, 9))
+    calls = []
+
+    def read():
+        calls.append(1)
+        return (x[a:b].astype(np.float16) if i == 3 else x[a:b]          # float16 slices are taken as float32
+                for i, (a, b) in enumerate(zip([0, *cuts], [*cuts, x.size])))
+
+    x[cuts[2]:cuts[3]] = x[cuts[2]:cuts[3]].astype(np.float16)
+    got = measure(read, LEVELS, engine)
+    assert len(calls) == 2
+    assert np.array_equal(got.values, measure_array(x, LEVELS, engine).values)
+    check(got, x, LEVELS)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_more_values_than_one_pass_piece(engine):
+    # 5M equal values: one bucket holds more than the numba pass's piece and the numpy pass's pending codes
+    x = np.full(5_000_000, 0.3, np.float32)
+    x[::7] = 0.7
+    check(measure_array(x, LEVELS, engine), x, LEVELS)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_bad_input(engine):
+    with pytest.raises(TypeError, match="float32"):
+        measure_array(np.ones(3), [0.5], engine)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        measure_array(np.ones(3, np.float32), [0.5, 1.5], engine)
+    rounds = iter([np.ones(10, np.float32), np.ones(9, np.float32)])
+    with pytest.raises(ValueError, match="must not change"):
+        measure(lambda: (next(rounds),), [0.55], engine)
+    # a failure between the passes leaves nothing behind for the next layer
+    check(measure_array(np.arange(5, dtype=np.float32), [0.5], engine), np.arange(5), [0.5])
+
+
+def test_unknown_engine():
+    with pytest.raises(ValueError, match="engine"):
+        measure_array(np.ones(3, np.float32), [0.5], "fortran")
+
+
+def test_engine_choice(monkeypatch):
+    from losswidget.analysis.ranks import NUMBA_FROM, default_engine
+    monkeypatch.delitem(sys.modules, "numba", raising=False)
+    assert default_engine(100_000) == "numpy"                # not worth importing numba for
+    assert default_engine(NUMBA_FROM) == ("numba" if has_numba() else "numpy")
+    if has_numba():
+        monkeypatch.setitem(sys.modules, "numba", importlib.import_module("numba"))
+        assert default_engine(100_000) == "numba"            # already paid for

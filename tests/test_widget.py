@@ -16,7 +16,8 @@ from losswidget.analysis import model_hash
 from losswidget.widget.app import LossProfileWidget
 from losswidget.widget.cards import card_values
 from losswidget.widget.panel import AddProfilePanel
-from losswidget.widget.store import Eta, ProfileStore
+from losswidget.widget.progress import Eta
+from losswidget.widget.store import ProfileStore
 
 from helpers import arr, init, model, save, vi
 
@@ -200,7 +201,9 @@ def test_panel_checks_every_field_before_queueing(widget, tmp_path):
     panel.submit()
     wait(widget)
     assert widget.jobs["strings"]["status"] == "failed" and "strings failed: " in panel.error.value
-    assert panel.name.value == "strings" and not panel.run.disabled and "strings" not in widget.profiles
+    # (without a kernel the panel is updated from worker threads too: wait for the last update)
+    until(lambda: not panel.run.disabled, what="Run enabled again")
+    assert panel.name.value == "strings" and "strings" not in widget.profiles
     widget.selected = "coarse"                                                  # the widget keeps working
     assert widget.cards.title == "coarse"
 
@@ -496,15 +499,17 @@ def test_a_model_changed_on_disk_is_reported(tmp_path):
 
 def test_time_left_is_an_average_of_the_recent_rate():
     eta = Eta(tau=10.0)
-    assert eta.update(0, 100, 30.0) is None                  # the first step comes after 30 s of loading
-    assert eta.update(20, 100, 40.0) == pytest.approx(40.0)   # 2 steps/s since then (from the start: 160 s)
-    # a burst of 10 steps in 0.1 s counts for 0.1 s: the rate moves by 1 - exp(-0.01) of the way to 100/s
+    assert eta.update(0, 100, 30.0) is None                   # the first step comes after 30 s of loading
+    assert eta.update(5, 100, 30.01) == pytest.approx(95 / 500)   # a first burst: the average since then ...
+    assert eta.update(20, 100, 40.0) == pytest.approx(40.0)    # ... 2 steps/s over 10 s (from the start: 160 s)
+    # past tau, a burst of 10 steps in 0.1 s counts for 0.1 s: the rate moves 1 - exp(-0.01) of the way to 100/s
     rate = 2 + (1 - math.exp(-0.01)) * (100 - 2)
     assert eta.update(30, 100, 40.1) == pytest.approx(70 / rate)
     # then 1 step/s for 30 s: three time constants, the rate is e^-3 of the way back from `rate` to 1
     rate = 1 + (rate - 1) * math.exp(-3)
     assert eta.update(60, 100, 70.1) == pytest.approx(40 / rate)
     assert eta.update(60, 100, 70.1) == pytest.approx(40 / rate)   # no time passed: unchanged
+
 
 def test_export_payloads(widget):
     widget.selected = "Baseline"

@@ -116,7 +116,8 @@ class AddProfilePanel(w.VBox):
         self.store = store
         self.methods = registry()
         self._npz_cache: dict[tuple, list[str] | str] = {}
-        self._statuses: dict[str, str] = {}
+        self._statuses: dict[str, str] = {}   # job statuses at the last update (to see which just ended)
+        self._running_shown = False
         self._queued_name = ""
         self._suggested = ""                  # the labels key filled in for the user (replaced when data changes)
         self._confirm_remove = False
@@ -372,7 +373,7 @@ class AddProfilePanel(w.VBox):
         name = self.active()
         active = [n for n, j in jobs.items() if j.get("status") == "running"] + \
                  [n for n, j in jobs.items() if j.get("status") == "queued"]
-        finished = [n for n, j in jobs.items() if j.get("status") == "done" and self._statuses.get(n) in ACTIVE]
+        ended = [n for n, j in jobs.items() if j.get("status") not in ACTIVE and self._statuses.get(n) in ACTIVE]
         self._statuses = {n: j.get("status", "") for n, j in jobs.items()}
         with self.hold_sync():
             options = [(f"{n} — {jobs[n]['status']}", n) for n in active]
@@ -384,9 +385,11 @@ class AddProfilePanel(w.VBox):
             self.cancel.disabled = not active
             if name is None:
                 self.progress.layout.visibility = "hidden"
-                if finished:
-                    self.status.value = self._finished_note(finished[-1])
+                if ended or self._running_shown:
+                    self.status.value = self._ended_note(ended[-1]) if ended else ""
+                self._running_shown = False
             else:
+                self._running_shown = True
                 job = jobs[name]
                 total = job.get("total") or 0
                 self.progress.value = (job.get("done", 0) / total) if total else 0.0
@@ -399,16 +402,20 @@ class AddProfilePanel(w.VBox):
             if failed:
                 n, j = failed[-1]
                 self.error.value = _span(f"{n} failed: {j.get('error') or ''}", BAD, "lw-error")
-            rows = [f"<li>{html.escape(n)} — {html.escape(j.get('status', ''))}"
-                    f"{': ' + html.escape(j['message']) if j.get('status') == 'cancelled' and j.get('message') else ''}"
+            rows = [f"<li>{html.escape(n)} — "
+                    f"{html.escape(j['message'] if j.get('status') == 'cancelled' and j.get('message') else j.get('status', ''))}"
                     f"{' (not saved: ' + html.escape(j['warning']) + ')' if j.get('warning') else ''}</li>"
                     for n, j in jobs.items() if j.get("status") in ("queued", "running", "cancelled", "failed")
                     or j.get("warning")]
             self.queue.value = f"<ul class='lw-jobs'>{''.join(rows)}</ul>" if rows else ""
 
-    def _finished_note(self, name: str) -> str:
+    def _ended_note(self, name: str) -> str:
+        """What the status line says once a job ends: where a finished profile is, how a cancel ended."""
+        state = self.store.jobs.get(name, {})
+        if state.get("status") == "cancelled":
+            return _span(f"{name}: {state.get('message', 'cancelled')}.", NOTE, "lw-done")
         job = self.store.job(name)
-        if job is None or not job.asked:
+        if state.get("status") != "done" or job is None or not job.asked:
             return ""
         if self.store.selected == name:
             text = f"{name} is done and shown above."

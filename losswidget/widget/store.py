@@ -22,15 +22,11 @@ are skipped with one notice naming them; a model file changed on disk is reporte
 from __future__ import annotations
 
 import logging
-import math
-import re
 import threading
 import time
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-from blake3 import blake3
 from traitlets import Bool, Dict, Float, HasTraits, List, Unicode, observe
 
 from ..analysis import analyze, get_method, model_hash, registry
@@ -39,13 +35,13 @@ from ..data import model_inputs
 from ..errors import AnalysisCancelled, LossWidgetError, SettingsError
 from ..graph import read_graph
 from ..onnxfile import open_model
-from ..profile import LayerResult, LossProfile, ModelInfo, load_profile
+from ..profile import LossProfile, ModelInfo
+from .folder import ProfileFolder, first_line
+from .progress import Eta, LayerId, LiveProfile
 
 log = logging.getLogger(__name__)
 
 ACTIVE = ("queued", "running")
-LIVE_INTERVAL = 0.5        # seconds between live (partial) profiles of a running analysis, at least ...
-LIVE_COST = 20             # ... and 20x what building the last one took, so redraws stay a small share
 
 
 def on_kernel_thread(fn) -> None:
@@ -74,54 +70,6 @@ def preferred(profiles: dict[str, LossProfile]) -> str:
     if not profiles:
         return ""
     return max(profiles, key=lambda n: (not profiles[n].partial, method_rank(profiles[n].method), profiles[n].created))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-class Eta:
-    """Time left from an exponential moving average of the progress rate (steps per second).
-
-    Elapsed / done since the start counts the model loading and dense runs as if they were steps, and
-    swings with every slow layer; the average over about the last `tau` seconds follows the current pace.
-    Each interval weighs by its length (weight 1 - exp(-dt / tau)), so bursts of quick calls count for the
-    time they took, not their number.
-    """
-
-    def __init__(self, tau: float = 15.0):
-        self.tau = tau
-        self.rate: float | None = None
-        self.last: tuple[float, int] | None = None
-
-    def update(self, done: int, total: int, now: float) -> float | None:
-        """Record progress `done` of `total` at time `now`; seconds left (None until a rate is known)."""
-        if self.last is None:
-            self.last = (now, done)
-            return None
-        t0, d0 = self.last
-        dt = now - t0
-        if dt > 0 and done >= d0:
-            rate = (done - d0) / dt
-            weight = 1.0 - math.exp(-dt / self.tau)
-            self.rate = rate if self.rate is None else self.rate + weight * (rate - self.rate)
-            self.last = (now, done)
-        if not self.rate:
-            return None
-        return max(total - done, 0) / self.rate
-
-
-@dataclass(frozen=True)
-class _LayerId:
-    """What a live profile needs of a layer (the store keeps no open model)."""
-    index: int
-    id: str
-    name: str
-    op_type: str
-    weight: str
-    shape: tuple
-    params: int
 
 
 class Job:
@@ -180,14 +128,15 @@ class ProfileStore(HasTraits):
         self.data = data
         self.target = TARGET.check(target_sparsity, "the widget")
         try:
-            self.folder = Path(profiles_dir).expanduser() if profiles_dir is not None else None
+            folder = Path(profiles_dir).expanduser() if profiles_dir is not None else None
         except TypeError:
             raise SettingsError(f"profiles_dir must be a folder path, got {type(profiles_dir).__name__}.") from None
+        self.folder = ProfileFolder(folder, self._notice) if folder is not None else None
         with open_model(model) as mf:         # the header only: a bad model fails here, hashing waits
             graph = read_graph(mf)
             self.inputs = [s.name for s in model_inputs(mf.model)]
             self.model_path = str(mf.path) if mf.path else None
-        self.layers = [_LayerId(l.index, l.id, l.name, l.op_type, l.weight, tuple(l.shape), l.params)
+        self.layers = [LayerId(l.index, l.id, l.name, l.op_type, l.weight, tuple(l.shape), l.params)
                        for l in graph.layers]
         self.total_params, self.prunable_params = graph.total_params, graph.prunable_params
         self._digest = ""
@@ -197,10 +146,8 @@ class ProfileStore(HasTraits):
         self._incoming: list[tuple] = []       # (kind, name, profile, job) changes for _flush, in order
         self._notices: list[str] = []
         self._handles: dict[str, Job] = {}
-        self._files: dict[str, Path] = {}     # name -> the file the profile is saved in
         self._auto: list[tuple[str, str]] = []     # profiles to compute unless saved ones are found
         self._loaded: set[str] | None = None        # names found in the folder, once it was read
-        self._can_save = self.folder is not None
         self._store_selects = False
         self._user_chose_at: float | None = None
         self._pinned = False                   # a profile the user asked for is shown: ranks no longer decide
@@ -216,10 +163,10 @@ class ProfileStore(HasTraits):
         try:
             digest = self._hash()
         except Exception as exc:  # the analyses will report it too; the widget keeps working
-            self._notice(f"Could not hash the model ({_first_line(exc)}); saved profiles are not loaded.")
+            self._notice(f"Could not hash the model ({first_line(exc)}); saved profiles are not loaded.")
             digest = ""
         self._digest = digest
-        loaded = self._read_saved(digest) if digest and self.folder is not None else {}
+        loaded = self.folder.read(digest, self.model_path, self.target) if digest and self.folder is not None else {}
         with self._lock:
             self._incoming.append(("loaded", "", loaded, None))
             self._loaded = set(loaded)
@@ -227,43 +174,6 @@ class ProfileStore(HasTraits):
         for name, method in auto:
             self._queue_auto(name, method, self._loaded)
         on_kernel_thread(self._flush)
-
-    def _read_saved(self, digest: str) -> dict[str, LossProfile]:
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            if not self.folder.is_dir():
-                raise NotADirectoryError("not a folder")
-        except OSError as exc:
-            self._can_save = False
-            self._notice(f"profiles_dir {self.folder} cannot be used ({_first_line(exc)}): profiles are kept in "
-                         "memory only and will not be there next time.")
-            return {}
-        found, skipped, stale = {}, [], []
-        here = _resolved(self.model_path)
-        for f in sorted(self.folder.glob("*.json")):
-            try:
-                p = load_profile(f)
-                if p.model.hash != digest:
-                    if here is not None and _resolved(p.model.path) == here:
-                        stale.append(f.name)
-                    continue
-                p.summary_at(self.target)          # loads, but must also be usable by the cards and charts
-                p.sensitivities
-            except Exception as exc:  # one bad file must not stop the widget, whatever it raises
-                skipped.append(f"{f.name} ({_first_line(exc)[:160]})")
-                continue
-            if p.name in found:
-                skipped.append(f"{f.name} (a second profile named {p.name!r})")
-                continue
-            found[p.name] = p
-            self._files[p.name] = f
-        if skipped:
-            self._notice(f"Skipped {len(skipped)} profile file(s) in {self.folder} that cannot be used: "
-                         + "; ".join(skipped))
-        if stale:
-            self._notice(f"{len(stale)} saved profile(s) in {self.folder} are of an earlier version of "
-                         f"{Path(self.model_path).name} (its content changed) and are not shown: " + ", ".join(stale))
-        return found
 
     def _notice(self, text: str) -> None:
         log.warning("%s", text)
@@ -316,7 +226,7 @@ class ProfileStore(HasTraits):
                     if any(kind == "loaded" for kind, *_ in changes):
                         self.model_hash = self._digest
                         self.ready = True
-                    if profiles != self.profiles or list(profiles) != list(self.profiles):
+                    if not _same(profiles, self.profiles):
                         self.compare = [c for c in self.compare if c in profiles]
                         self.profiles = profiles
                     if selected != self.selected:
@@ -338,47 +248,14 @@ class ProfileStore(HasTraits):
             self.compare = [change["new"]] + [c for c in self.compare if c != change["old"]]
 
     # -- profiles --------------------------------------------------------------------------------------
-    def _path_for(self, name: str, digest: str) -> Path:
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "profile"
-        if slug != name:                      # distinct names never share a file ("a b" vs "a_b")
-            slug += "-" + blake3(name.encode()).hexdigest()[:6]
-        return self.folder / f"{digest.split(':')[-1][:12]}-{slug}.json"
-
     def _save(self, profile: LossProfile) -> str | None:
-        """Write the profile to the folder; why it could not be, or None. Never raises: the profile is kept
-        in memory either way."""
-        if self.folder is None:
-            return None
-        if not self._can_save:
-            return "profiles_dir cannot be used"
-        path = self._path_for(profile.name, profile.model.hash)
-        try:
-            profile.to_json(path)
-        except Exception as exc:  # a full disk, a folder made read-only or replaced by a file, ...
-            self._notice(f"Could not save profile {profile.name!r} to {path.parent} ({_first_line(exc)}); it is "
-                         "kept in memory for this session only (download it with Export to keep it).")
-            return _first_line(exc)
-        old = self._files.get(profile.name)
-        self._files[profile.name] = path
-        if old is not None and old != path:
-            old.unlink(missing_ok=True)
-        return None
-
-    def _unlink(self, name: str) -> None:
-        path = self._files.pop(name, None)
-        if path is None and self.folder is not None and self._digest:
-            path = self._path_for(name, self._digest)
-        if path is not None:
-            try:
-                path.unlink(missing_ok=True)
-            except OSError as exc:
-                self._notice(f"Could not delete {path} ({_first_line(exc)}); the profile will be back next time.")
+        """Save to the folder (if any); why it could not be, or None. The profile is kept either way."""
+        return self.folder.save(profile) if self.folder is not None else None
 
     def put(self, profile: LossProfile, save: bool = True) -> None:
         """Add (or replace) a finished profile; saved when the store has a folder (a profile that cannot be
         saved is kept in memory with a notice)."""
-        if save and self.folder is not None:
-            self._identified.result()            # the file name carries the model's hash
+        if save:
             self._save(profile)
         with self._lock:
             self._incoming.append(("put", profile.name, profile, None))
@@ -397,7 +274,8 @@ class ProfileStore(HasTraits):
                 self._job_state.pop(name, None)
             job.cancel()
         self._flush()
-        self._unlink(name)
+        if self.folder is not None:
+            self.folder.delete(name, self._digest)
         rest = {k: v for k, v in self.profiles.items() if k != name}
         self._store_selects = True
         try:
@@ -424,12 +302,8 @@ class ProfileStore(HasTraits):
             raise SettingsError(problem)
         profile = self.profiles[old].with_name(new)
         self._flush()
-        if self.folder is not None and self._can_save:
-            self._save(profile)
-            if new in self._files:
-                self._unlink(old)
-        else:
-            self._files.pop(old, None)
+        if self.folder is not None and self._save(profile) is None:
+            self.folder.delete(old, self._digest)           # only once the new file is written
         profiles = {(new if k == old else k): (profile if k == old else v) for k, v in self.profiles.items()}
         self._store_selects = True
         try:
@@ -511,7 +385,7 @@ class ProfileStore(HasTraits):
             try:
                 self._queue(name, method, {}, asked=False)
             except LossWidgetError as exc:
-                self._notice(f"Could not start {name!r}: {_first_line(exc)}")
+                self._notice(f"Could not start {name!r}: {first_line(exc)}")
 
     def _queue(self, name: str, method: str, settings: dict, *, asked: bool, replaces=None) -> Job:
         spec = get_method(method)
@@ -556,7 +430,13 @@ class ProfileStore(HasTraits):
         spec = get_method(job.method)
         eta = Eta()
         last = [0.0]
-        live = _Live(self, job, spec)
+        live = LiveProfile(job.name, spec, job.levels, job.record, self.layers,
+                           ModelInfo(self.model_path, self._digest, self.total_params, self.prunable_params))
+
+        def layer_done(index: int, measured) -> None:
+            if live.add(index, measured, time.monotonic()):
+                self._change("put", job, live.profile())
+                self._update(job, partial=True)
 
         def progress(done: int, total: int, message: str) -> None:
             now = time.monotonic()
@@ -568,7 +448,7 @@ class ProfileStore(HasTraits):
 
         try:
             profile = analyze(self.model, job.method, name=job.name, progress=progress, cancel=job.cancel_event,
-                              on_layer=live.layer_done, **settings)
+                              on_layer=layer_done, **settings)
         except AnalysisCancelled as exc:
             partial = getattr(exc, "partial", None)
             if partial is not None and job.replaces is None:
@@ -622,50 +502,6 @@ class ProfileStore(HasTraits):
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-class _Live:
-    """Partial profiles of a running analysis, from the layers finished so far (unfinished ones NaN, so the
-    bars keep their places), throttled; the finished or cancelled profile replaces the last one."""
-
-    def __init__(self, store: ProfileStore, job: Job, spec):
-        self.store, self.job, self.spec = store, job, spec
-        self.measured: dict[int, object] = {}
-        self.last = 0.0
-        self.interval = LIVE_INTERVAL
-
-    def layer_done(self, index: int, measured) -> None:
-        self.measured[index] = measured
-        now = time.monotonic()
-        if now - self.last < self.interval:
-            return
-        start = time.perf_counter()
-        profile = self.profile()
-        self.interval = max(LIVE_INTERVAL, LIVE_COST * (time.perf_counter() - start))
-        self.last = now
-        self.store._change("put", self.job, profile)
-        self.store._update(self.job, partial=True)
-
-    def profile(self) -> LossProfile:
-        store, job = self.store, self.job
-        levels = job.levels
-        nan = (math.nan,) * len(levels)
-        layers = []
-        for i, l in enumerate(store.layers):
-            m = self.measured.get(i)
-            values = nan if m is None else tuple(float(v) for v in m.values)
-            kept = nan if m is None else tuple(float(v) for v in m.energy_kept)
-            layers.append(LayerResult(index=l.index, id=l.id, name=l.name, op_type=l.op_type, weight=l.weight,
-                                      shape=l.shape, params=l.params, levels=levels, values=values, energy_kept=kept,
-                                      energy=math.nan if m is None else float(m.energy),
-                                      flags=() if m is None else tuple(m.flags)))
-        info = ModelInfo(store.model_path, store._digest, store.total_params, store.prunable_params)
-        return LossProfile(name=job.name, method=self.spec.name, model=info, settings=dict(job.record),
-                           layers=tuple(layers), partial=True, plan_cost=self.spec.plan_cost,
-                           criterion=self.spec.criterion,
-                           notes=(f"Running: {len(self.measured)} of {len(layers)} layers measured so far.",))
-
-
-def _resolved(path) -> Path | None:
-    try:
-        return Path(path).resolve() if path else None
-    except (OSError, RuntimeError, TypeError, ValueError):
-        return None
+def _same(a: dict, b: dict) -> bool:
+    """The same names in the same order holding the same objects (profiles compare by identity: cheap)."""
+    return list(a) == list(b) and all(a[k] is b[k] for k in a)

@@ -1,8 +1,8 @@
 """A widget's `profiles_dir`: saved profiles read for one model, new ones written, none of it ever fatal.
 
 Reading matches profiles to the model by content hash. Any file that cannot be used (damaged JSON, values
-that load but break a summary, a second profile of the same name, whatever it raises) is skipped, and all
-of them are named in one notice; profiles of an earlier version of the same model file are reported, not
+that do not load or give no sensitivities, a second profile of the same name, whatever it raises) is
+skipped, and all of them are named in one notice; profiles of an earlier version of the same model file are reported, not
 shown. Writing is atomic (profile.to_json) and never raises: a folder that cannot be created or written
 turns into a notice and the profile stays in memory. Every notice goes to the `notice` callback.
 """
@@ -41,7 +41,7 @@ class ProfileFolder:
             slug += "-" + blake3(name.encode()).hexdigest()[:6]
         return self.path / f"{digest.split(':')[-1][:12]}-{slug}.json"
 
-    def read(self, digest: str, model_path: str | None, target: float) -> dict[str, LossProfile]:
+    def read(self, digest: str, model_path: str | None) -> dict[str, LossProfile]:
         """The saved profiles of the model with this hash, by name (the folder is made if missing)."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -61,7 +61,7 @@ class ProfileFolder:
                     if here is not None and resolved(p.model.path) == here:
                         stale.append(f.name)
                     continue
-                p.summary_at(target)               # loads, but must also be usable by the cards and charts
+                p.sensitivities                    # what the bars need; a summary per file would cost a plan each
             except Exception as exc:  # one bad file must not stop the widget, whatever it raises
                 skipped.append(f"{f.name} ({first_line(exc)[:160]})")
                 continue

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from ..profile import LayerResult, LossProfile, ModelInfo
 
 INTERVAL = 0.5             # seconds between live (partial) profiles of a running analysis, at least ...
-COST = 20                  # ... and 20x what building the last one took, so redraws stay a small share
+COST = 20                  # ... and 20x what building and drawing the last one took (a small share of both
+                           # the worker's and the kernel's time)
 
 
 class Eta:
@@ -73,19 +74,19 @@ class LiveProfile:
         self.layers, self.model = layers, model
         self.measured: dict[int, object] = {}
         self.last: float | None = None
-        self.interval = INTERVAL
+        self.build = 0.0
 
-    def add(self, index: int, measured, now: float) -> bool:
-        """Record a finished layer (analysis.base.Measured); True when a new partial profile is due (the
-        first layer at once, then every `interval` seconds)."""
+    def add(self, index: int, measured, now: float, redraw: float = 0.0) -> bool:
+        """Record a finished layer (analysis.base.Measured); True when a new partial profile is due: the first
+        layer at once, then after INTERVAL and COST x (building + `redraw`, what drawing the last one took)."""
         self.measured[index] = measured
-        if self.last is not None and now - self.last < self.interval:
+        if self.last is not None and now - self.last < max(INTERVAL, COST * (self.build + redraw)):
             return False
         self.last = now
         return True
 
     def profile(self) -> LossProfile:
-        """The partial profile now; the next one is due after 20x the time this took (and 0.5 s at least)."""
+        """The partial profile now."""
         start = time.perf_counter()
         nan = (math.nan,) * len(self.levels)
         layers = []
@@ -101,5 +102,5 @@ class LiveProfile:
                               criterion=self.spec.criterion,
                               notes=(f"Running: {len(self.measured)} of {len(layers)} layers measured so far.",))
         profile.sensitivities                      # computed here, on the worker, not by the first chart
-        self.interval = max(INTERVAL, COST * (time.perf_counter() - start))
+        self.build = time.perf_counter() - start
         return profile

@@ -151,6 +151,7 @@ class ProfileStore(HasTraits):
         self._store_selects = False
         self._user_chose_at: float | None = None
         self._pinned = False                   # a profile the user asked for is shown: ranks no longer decide
+        self._redraw = 0.0                     # seconds the views took to draw the last live profile
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="losswidget-job")
         self._identified = self._pool.submit(self._identify)
 
@@ -166,7 +167,7 @@ class ProfileStore(HasTraits):
             self._notice(f"Could not hash the model ({first_line(exc)}); saved profiles are not loaded.")
             digest = ""
         self._digest = digest
-        loaded = self.folder.read(digest, self.model_path, self.target) if digest and self.folder is not None else {}
+        loaded = self.folder.read(digest, self.model_path) if digest and self.folder is not None else {}
         with self._lock:
             self._incoming.append(("loaded", "", loaded, None))
             self._loaded = set(loaded)
@@ -220,6 +221,7 @@ class ProfileStore(HasTraits):
                 selected = preferred(profiles)
             elif not selected:
                 selected = preferred(profiles)
+            start = time.perf_counter()
             self._store_selects = True
             try:
                 with self.hold_trait_notifications():
@@ -237,6 +239,8 @@ class ProfileStore(HasTraits):
                         self.notices = notices
             finally:
                 self._store_selects = False
+            if any(kind == "put" and p.partial for kind, _, p, _ in changes):
+                self._redraw = time.perf_counter() - start       # views redraw in the observers above
             if show is not None:
                 self._pinned = True
 
@@ -434,7 +438,7 @@ class ProfileStore(HasTraits):
                            ModelInfo(self.model_path, self._digest, self.total_params, self.prunable_params))
 
         def layer_done(index: int, measured) -> None:
-            if live.add(index, measured, time.monotonic()):
+            if live.add(index, measured, time.monotonic(), self._redraw):
                 self._change("put", job, live.profile())
                 self._update(job, partial=True)
 
@@ -491,7 +495,9 @@ class ProfileStore(HasTraits):
         for job in list(self._handles.values()):
             try:
                 job.result(left())
-            except LossWidgetError:
+            except TimeoutError:
+                raise
+            except Exception:  # a failed or cancelled job: its error is in `jobs` and the panel
                 continue
         self._flush()
         return dict(self.profiles)

@@ -324,8 +324,8 @@ def test_rerun_uses_the_settings_and_a_cancelled_rerun_keeps_the_old_profile(wid
     assert again is widget.profiles["os"] and again.settings["samples"] == 6 and again.levels == first.levels
     assert widget.store.recorded_settings(again) == {"sparsity_levels": [0.0, 0.5, 0.9], "target_sparsity": 0.85,
                                                      "samples": 6, "batch_size": 6, "metric": "auto"}
-    slow = widget.store._handles["os"].settings | {"sparsity_levels": SLOW}
-    widget.store._handles["os"].settings = slow                # the next rerun takes a while
+    last = widget.store.job("os")
+    last.settings = last.settings | {"sparsity_levels": SLOW}  # the next rerun takes a while
     shown.clear()
     job = widget.rerun_profile("os")
     assert shown.wait(60)                                       # the live one replaces it while running ...

@@ -50,12 +50,12 @@ def test_widget_draws_cards_bars_and_tooltip(page, lab):
     assert not widget_errors(page), widget_errors(page)
 
 
-def shot(page, name: str) -> None:
-    """Keep a screenshot of the panel for people to look at, when LOSSWIDGET_SCREENS names a folder."""
+def shot(page, name: str, what: str = ".lw-panel") -> None:
+    """Keep a screenshot (of the panel) for people to look at, when LOSSWIDGET_SCREENS names a folder."""
     folder = os.environ.get("LOSSWIDGET_SCREENS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        page.locator(".lw-panel").first.screenshot(path=str(Path(folder) / f"{name}.png"))
+        page.locator(what).first.screenshot(path=str(Path(folder) / f"{name}.png"))
 
 
 def test_form_checks_fields_then_runs_and_shows_the_profile(page, lab):
@@ -107,6 +107,7 @@ def test_live_bars_then_cancel_keeps_the_partial_profile(page, lab):
     assert len(heights) == 4 and any(h > 0 for h in heights)         # measured layers drawn, the rest empty
     assert "left" in page.locator(".lw-status").inner_text()         # the time-left estimate
     shot(page, "running-live")
+    shot(page, "running-live-chart", ".lw-sensitivity-chart")
     page.locator("button.lw-cancel").click()
     queue = page.locator(".lw-queue")
     wait_until(lambda: "kept as a partial profile" in queue.inner_text(), what="cancelled, partial kept")

@@ -466,6 +466,9 @@ def test_bad_files_in_profiles_dir_are_skipped_with_one_notice(tmp_path):
     (folder / "recovery.json").write_text(json.dumps({**d, "name": "recovery", "version": 1,
                                                       "measured_recovery": "abc"}))
     (folder / "binary.json").write_bytes(b"\xff\xfe\x00garbage")
+    # another model's profile is known by its head and not read further (a shared folder stays quick)
+    (folder / "other.json").write_text('{"format": "losswidget.profile", "version": 2, "name": "other", "model": '
+                                       '{"path": null, "hash": "blake3:0123", "total_params": ' + "9" * 10_000)
     w = LossProfileWidget(path, profiles_dir=folder, autostart=False)
     w.wait()
     assert set(w.profiles) == {"good"} and w.selected == "good"
@@ -473,6 +476,7 @@ def test_bad_files_in_profiles_dir_are_skipped_with_one_notice(tmp_path):
     assert "Skipped 5 profile file(s)" in notice
     for name in ("inf.json", "nested.json", "uneven.json", "recovery.json", "binary.json"):
         assert name in notice
+    assert "other.json" not in notice
     w.close()
 
 

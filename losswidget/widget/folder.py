@@ -8,6 +8,7 @@ turns into a notice and the profile stays in memory. Every notice goes to the `n
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Callable
@@ -15,6 +16,19 @@ from typing import Callable
 from blake3 import blake3
 
 from ..profile import LossProfile, load_profile
+
+
+# the model's path and hash near the top of a profile file, as to_json writes it (a folder shared by many models
+# need not be parsed whole to find this model's profiles)
+_MODEL = re.compile(r'"model":\s*\{\s*"path":\s*("(?:[^"\\]|\\.)*"|null),\s*"hash":\s*"([^"\\]*)"')
+
+
+def peek(path: Path) -> tuple[str | None, str] | None:
+    """(model path, model hash) from the first 4 KB of a profile file, or None when not found there."""
+    with open(path, "rb") as f:
+        head = f.read(4096).decode("utf-8", "replace")
+    found = _MODEL.search(head)
+    return None if found is None else (json.loads(found.group(1)), found.group(2))
 
 
 def first_line(exc: BaseException) -> str:
@@ -56,6 +70,11 @@ class ProfileFolder:
         here = resolved(model_path)
         for f in sorted(self.path.glob("*.json")):
             try:
+                seen = peek(f)
+                if seen is not None and seen[1] != digest:         # another model's: not read further
+                    if here is not None and resolved(seen[0]) == here:
+                        stale.append(f.name)
+                    continue
                 p = load_profile(f)
                 if p.model.hash != digest:
                     if here is not None and resolved(p.model.path) == here:

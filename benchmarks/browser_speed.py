@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "e2e"))
 
 from common import make_model  # noqa: E402
-from labtools import CHROMIUM, TOKEN, free_port, notebook, open_notebook, wait_for_port  # noqa: E402
+from labtools import CHROMIUM, TOKEN, free_port, kernel_env, notebook, open_notebook, wait_for_port  # noqa: E402
 
 BARS = ".lw-sensitivity-chart .bargroup rect"
 
@@ -40,7 +40,7 @@ def main() -> None:
         proc = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
                                  "--ip=127.0.0.1", "--allow-root", f"--IdentityProvider.token={TOKEN}",
                                  f"--ServerApp.root_dir={root}", f"--LabApp.workspaces_dir={root / 'ws'}"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=kernel_env())
         try:
             wait_for_port(port, proc)
             with sync_playwright() as p:

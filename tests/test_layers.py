@@ -24,7 +24,7 @@ RANKS = {
     "analysis.approximated": 25, "analysis.magnitude": 25, "analysis.one_shot": 25, "analysis.activation": 25,
     "analysis.ranks": 19, "analysis": 30, "prune": 31,
     # presentation
-    "widget": 40, "widget.store": 41, "widget.choose": 41, "widget.cards": 42, "widget.charts": 42,
+    "widget": 40, "widget.folder": 40, "widget.progress": 40, "widget.store": 41, "widget.choose": 41, "widget.cards": 42, "widget.charts": 42,
     "widget.table": 42, "widget.panel": 42, "widget.app": 45,
     "serve": 49, "cli": 50, "__main__": 61, "": 60,
 }

@@ -1,5 +1,9 @@
 """The widget driven from Python: traits set, buttons clicked, marks and cards read back (no browser)."""
+import gc
 import json
+import math
+import shutil
+import threading
 import time
 
 import numpy as np
@@ -7,8 +11,13 @@ import pytest
 from onnx import helper
 
 import losswidget
+from losswidget import analyze, load_profile
+from losswidget.analysis import model_hash
 from losswidget.widget.app import LossProfileWidget
 from losswidget.widget.cards import card_values
+from losswidget.widget.panel import AddProfilePanel
+from losswidget.widget.progress import Eta
+from losswidget.widget.store import ProfileStore
 
 from helpers import arr, init, model, save, vi
 
@@ -24,15 +33,8 @@ def net(tmp_path, layers=6, width=16, name="net.onnx", seed=0):
 
 
 def wait(widget, timeout=60):
-    for job in list(widget.store._handles.values()):
-        try:
-            job.result(timeout)
-        except Exception:
-            pass
-    deadline = time.monotonic() + timeout
-    while any(j.get("status") in ("queued", "running") for j in widget.jobs.values()):
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    widget.wait(timeout)
+    assert not [n for n, j in widget.jobs.items() if j.get("status") in ("queued", "running")]
 
 
 @pytest.fixture
@@ -117,78 +119,400 @@ def test_selection_sends_only_what_changed(widget):
     assert widget.charts.bars.y.tolist() == pytest.approx(widget.profiles["Approximated"].sensitivities.tolist())
 
 
-def test_panel_validation_run_and_errors(widget):
+SLOW = [i / 100 for i in range(100)]      # 100 levels: a one-shot run of a few seconds on `net`
+
+
+def until(predicate, timeout=60, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def names_on_disk(folder):
+    return sorted(load_profile(f).name for f in folder.glob("*.json"))
+
+
+def test_panel_checks_every_field_before_queueing(widget, tmp_path):
     panel = widget.panel
-    panel.run.click()
-    assert "Give the profile a name" in panel.name_message.value
+    assert panel.run.disabled and "Give the profile a name" in panel.name_message.value
     panel.name.value = "Baseline"
-    assert "exists" in panel.name_message.value
+    assert "exists" in panel.name_message.value and panel.run.disabled
     panel.name.value = "coarse"
+    assert panel.name_message.value == "" and not panel.run.disabled
     levels = panel.fields["sparsity_levels"]
-    levels.input.value = "coarse (0, .5, .9)"
+    levels.input.value = "custom"
+    assert levels.extra.layout.display == "" and panel.run.disabled and "Give at least one sparsity level" in levels.message.value
+    levels.extra.value = "0.5, 1.5"
+    assert "must lie in [0, 1)" in levels.message.value and panel.run.disabled
+    assert panel.submit() is None and "coarse" not in widget.jobs             # nothing queued while invalid
+    levels.extra.value = "0.5; 0.9"
+    assert levels.message.value == "" and not panel.run.disabled
     job = panel.submit()
     assert job.result(60).levels == (0.0, 0.5, 0.9)
     wait(widget)
-    assert "coarse" in widget.select.options and widget.jobs["coarse"]["status"] == "done"
-    panel.name.value = "custom bad"
-    levels.input.value = "custom"
-    levels.extra.value = "0.5, 1.5"
-    panel.run.click()
-    wait(widget)
-    assert "Sparsity levels must lie in [0, 1)" in panel.error.value
-    panel.name.value = "oneshot missing file"
-    levels.input.value = "method default"
-    assert panel.fields["data"].box.layout.display == "none"           # magnitude takes no data
+    assert panel.name.value == "coarse" and "Queued as 'coarse'" in panel.name_message.value   # the name stays
+    assert panel.run.disabled                                                  # (and is taken now)
+    assert widget.selected == "coarse" and "coarse is done and shown" in panel.status.value
+    # data methods: data file, labels, samples and batch size, each checked beside its field
+    panel.name.value = "measured"
     panel.method.value = "one-shot"
-    assert panel.fields["data"].box.layout.display == "" and panel.fields["metric"].box.layout.display == ""
-    panel.fields["data"].input.value = ".npz file"
-    panel.fields["data"].extra.value = "/nonexistent/data.npz"
-    panel.run.click()
+    shown = {f.setting.name for f in panel.shown()}
+    assert {"data", "labels", "samples", "batch_size", "metric"} <= shown and "random_dims" not in shown
+    data, labels = panel.fields["data"], panel.fields["labels"]
+    samples, batch = panel.fields["samples"], panel.fields["batch_size"]
+    assert data.message.value == "" and not panel.run.disabled                # the widget's data {"x": ...}
+    samples.input.value = "0"
+    assert "must lie in [1, inf]" in samples.message.value and panel.run.disabled
+    samples.input.value = "many"
+    assert "must be an integer" in samples.message.value
+    samples.input.value, batch.input.value = "6", "4"
+    assert samples.message.value == batch.message.value == "" and not panel.run.disabled
+    data.input.value = ".npz file"
+    assert "Give the path of an .npz file" in data.message.value and panel.run.disabled
+    data.extra.value = str(tmp_path / "missing.npz")
+    assert "No file at" in data.message.value
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file")
+    data.extra.value = str(tmp_path / "junk.npz")
+    assert "not a readable .npz file" in data.message.value
+    np.savez(tmp_path / "wrong.npz", image=arr(4, 16))
+    data.extra.value = str(tmp_path / "wrong.npz")
+    assert "no array for the model's input(s) x; it has image" in data.message.value
+    np.savez(tmp_path / "val.npz", x=arr(10, 16), y=np.arange(10) % 16)
+    data.extra.value = str(tmp_path / "val.npz")
+    assert data.message.value == "" and list(labels.input.options) == ["y"]
+    assert labels.input.value == "y" and not panel.run.disabled               # the one non-input array
+    labels.input.value = "z"
+    assert "No array 'z' in the data; it has x, y" in labels.message.value and panel.run.disabled
+    labels.input.value = ""
+    assert "'y', not a model input" in labels.message.value and panel.run.disabled
+    labels.input.value = "y"
+    p = panel.submit().result(60)
+    assert (p.settings["samples"], p.settings["batch_size"], p.settings["labels"]) == (6, 4, "y")
+    assert p.settings["data"] == str(tmp_path / "val.npz")
+    data.input.value = "random (smoke test)"
+    assert panel.fields["random_dims"].box.layout.display == "" and labels.message.value == ""
+    # what only the run can tell still comes back beside the queue, and the typed name is free again
+    np.savez(tmp_path / "ints.npz", x=np.full((10, 16), "a"))
+    panel.name.value = "strings"
+    data.input.value = ".npz file"
+    data.extra.value = str(tmp_path / "ints.npz")
+    labels.input.value = ""
+    panel.submit()
     wait(widget)
-    assert widget.jobs["oneshot missing file"]["status"] == "failed"
-    assert "Data file not found" in panel.error.value
-    widget.selected = "coarse"                              # the widget keeps working
+    assert widget.jobs["strings"]["status"] == "failed" and "strings failed: " in panel.error.value
+    # (without a kernel the panel is updated from worker threads too: wait for the last update)
+    until(lambda: not panel.run.disabled, what="Run enabled again")
+    assert panel.name.value == "strings" and "strings" not in widget.profiles
+    widget.selected = "coarse"                                                  # the widget keeps working
     assert widget.cards.title == "coarse"
 
 
-def test_one_shot_from_widget_data_and_cancel(widget):
-    job = widget.add_profile("kl", "one-shot", sparsity_levels=[0.5, 0.9])
-    p = job.result(60)
+def test_panel_without_widget_data(tmp_path):
+    w = LossProfileWidget(net(tmp_path), autostart=False)
+    w.panel.name.value = "x"
+    w.panel.method.value = "one-shot"
+    assert "The widget has no data" in w.panel.fields["data"].message.value and w.panel.run.disabled
+    w.panel.fields["data"].input.value = "random (smoke test)"
+    assert not w.panel.run.disabled
+    w.close()
+
+
+def test_bars_fill_in_live_and_cancel_keeps_the_partial_profile(widget, tmp_path):
+    seen = {"fills": [], "slow": []}
+    started = threading.Event()
+
+    def record(change):
+        for name, versions in seen.items():
+            p = change["new"].get(name)
+            if p is not None and (not versions or versions[-1] is not p):
+                versions.append(p)
+                if p.partial and name == "slow":
+                    started.set()
+    widget.store.observe(record, "profiles")
+    final = widget.add_profile("fills", "one-shot", sparsity_levels=SLOW[::2]).result(60)
+    wait(widget)
+    live = seen["fills"][:-1]
+    assert live and all(p.partial and len(p.layers) == 6 for p in live)          # all layers, in place
+    first = np.isfinite(live[0].sensitivities)
+    assert 0 < first.sum() < 6 and "layers measured so far" in live[0].notes[0]
+    assert seen["fills"][-1] is final is widget.profiles["fills"] and not final.partial   # the finished one replaces it
+    assert widget.selected == "fills"
+    job = widget.add_profile("slow", "one-shot", sparsity_levels=SLOW)
+    assert started.wait(60)
+    assert widget.selected == "slow" and widget.store.profiles["slow"].partial     # shown while it runs
+    until(lambda: widget.jobs["slow"].get("partial") and "fill in" in widget.panel.status.value, what="live status")
+    widget.panel.cancel.click()
+    with pytest.raises(losswidget.AnalysisCancelled) as cancelled:
+        job.result(60)
+    wait(widget)
+    kept = widget.profiles["slow"]
+    assert kept is cancelled.value.partial and kept.partial and 0 < len(kept.layers) <= 6
+    assert widget.jobs["slow"]["status"] == "cancelled" and "kept as a partial profile" in widget.panel.queue.value
+    assert names_on_disk(tmp_path / "profiles").count("slow") == 1
+    assert widget.cards.title == "slow (partial)"
+
+
+def test_one_shot_from_widget_data(widget):
+    p = widget.add_profile("kl", "one-shot", sparsity_levels=[0.5, 0.9]).result(60)
     assert p.method == "one-shot" and p.settings["samples"] == 8 and p.recovery is not None
     wait(widget)
     cards = {c["key"]: c for c in card_values(p, p.target_sparsity)}
     assert cards["recovery"]["label"] == "Est. recovery"
     assert cards["recovery"]["detail"].startswith(p.recovery.kind) and cards["settings"]["value"] == "one-shot (auto)"
-    slow = widget.add_profile("slow", "one-shot", sparsity_levels=[i / 100 for i in range(100)])
-    queued = widget.add_profile("queued", "magnitude")
-    queued.cancel()
-    deadline = time.monotonic() + 30
-    while widget.jobs["slow"]["status"] != "running" or not widget.jobs["slow"].get("done"):
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    assert "slow" in widget.panel.status.value and widget.panel.progress.value > 0
-    widget.panel.cancel.click()                             # cancels the running one
+
+
+def test_cancel_a_chosen_queued_job_and_remove_running_ones(widget, tmp_path):
+    running = widget.add_profile("running", "one-shot", sparsity_levels=SLOW)
+    queued = [widget.add_profile(n, "magnitude") for n in ("b", "c", "d")]
+    panel = widget.panel
+    until(lambda: widget.jobs["running"]["status"] == "running", what="the one-shot to start")
+    assert [v for _, v in panel.job_choice.options] == ["running", "b", "c", "d"]
+    assert panel.job_choice.layout.display == "" and panel.job_choice.value == "running"
+    panel.job_choice.value = "c"
+    panel.cancel.click()
+    assert widget.jobs["c"]["status"] == "cancelled" and widget.jobs["running"]["status"] == "running"
+    widget.remove_profile("d")                                  # queued: cancelled, gone
+    widget.remove_profile("running")                            # running: cancelled, its results dropped
+    assert "running" not in widget.jobs and "d" not in widget.jobs
     with pytest.raises(losswidget.AnalysisCancelled):
-        slow.result(60)
+        running.result(60)
+    assert queued[0].result(60).name == "b"
     wait(widget)
-    assert widget.jobs["slow"]["status"] == "cancelled" and widget.jobs["queued"]["status"] == "cancelled"
-    assert "slow" not in widget.profiles and "queued" not in widget.profiles
+    assert set(widget.profiles) == {"Approximated", "Baseline", "b"}
+    assert names_on_disk(tmp_path / "profiles") == ["Approximated", "Baseline", "b"]
+    with pytest.raises(losswidget.SettingsError, match="No profile named 'running'"):
+        widget.remove_profile("running")
+
+
+def test_rename_rerun_remove_from_the_panel(widget, tmp_path):
+    panel, folder = widget.panel, tmp_path / "profiles"
+    widget.selected = "Baseline"
+    assert "<b>Baseline</b>" in panel.chosen.value and not panel.rerun.disabled
+    panel.new_name.value = "Approximated"
+    panel.rename.click()
+    assert "exists" in panel.manage_message.value and "Baseline" in widget.profiles
+    panel.new_name.value = "magnitude (SparseML)"
+    panel.rename.click()
+    assert list(widget.profiles) == ["Approximated", "magnitude (SparseML)"] or \
+        list(widget.profiles) == ["magnitude (SparseML)", "Approximated"]
+    assert widget.selected == "magnitude (SparseML)" and widget.select.value == "magnitude (SparseML)"
+    assert names_on_disk(folder) == ["Approximated", "magnitude (SparseML)"]
+    old = widget.profiles["magnitude (SparseML)"]
+    panel.rerun.click()
+    assert "Computing 'magnitude (SparseML)' again" in panel.manage_message.value
+    wait(widget)
+    new = widget.profiles["magnitude (SparseML)"]
+    assert new is not old and new.name == old.name and new.levels == old.levels
+    np.testing.assert_allclose(new.sensitivities, old.sensitivities)
+    assert names_on_disk(folder) == ["Approximated", "magnitude (SparseML)"]
+    panel.remove.click()                                            # asks first
+    assert panel.remove.description == "Remove magnitude (SparseML)?" and "magnitude (SparseML)" in widget.profiles
+    panel.remove.click()
+    assert list(widget.profiles) == ["Approximated"] and widget.selected == "Approximated"
+    assert names_on_disk(folder) == ["Approximated"] and panel.remove.description == "Remove"
+
+
+def test_rerun_uses_the_settings_and_a_cancelled_rerun_keeps_the_old_profile(widget):
+    first = widget.add_profile("os", "one-shot", sparsity_levels=[0.5, 0.9], samples=6).result(60)
+    wait(widget)
+    shown = threading.Event()
+    widget.store.observe(lambda c: c["new"].get("os") is not first and shown.set(), "profiles")
+    job = widget.rerun_profile("os")
+    again = job.result(60)
+    wait(widget)
+    assert again is widget.profiles["os"] and again.settings["samples"] == 6 and again.levels == first.levels
+    assert widget.store.recorded_settings(again) == {"sparsity_levels": [0.0, 0.5, 0.9], "target_sparsity": 0.85,
+                                                     "samples": 6, "batch_size": 6, "metric": "auto"}
+    last = widget.store.job("os")
+    last.settings = last.settings | {"sparsity_levels": SLOW}  # the next rerun takes a while
+    shown.clear()
+    job = widget.rerun_profile("os")
+    assert shown.wait(60)                                       # the live one replaces it while running ...
+    job.cancel()
+    with pytest.raises(losswidget.AnalysisCancelled):
+        job.result(60)
+    wait(widget)
+    assert widget.profiles["os"] is again                      # ... and the old one is back after a cancel
+    assert "the previous profile is kept" in widget.jobs["os"]["message"]
 
 
 def test_persistence_reload_and_remove(tmp_path, widget):
     folder = tmp_path / "profiles"
     assert len(list(folder.glob("*.json"))) == 2
     again = LossProfileWidget(widget.store.model, profiles_dir=folder)
+    again.wait()
     assert set(again.profiles) == {"Approximated", "Baseline"} and again.jobs == {}      # nothing recomputed
-    assert again.selected == "Approximated" and again.select.value == "Approximated"
-    assert again.cards.cards[0]["value"] == "1.5 k" and len(again.charts.bars.y) == 6    # drawn at once
+    assert again.selected == "Baseline" and again.select.value == "Baseline"            # measured before modelled
+    assert again.cards.cards[0]["value"] == "1.5 k" and len(again.charts.bars.y) == 6
     assert again.profiles["Baseline"].layers == widget.profiles["Baseline"].layers
+    assert again.store.model_hash == model_hash(widget.store.model) and again.store.ready
     other = LossProfileWidget(net(tmp_path, name="other.onnx", seed=50), profiles_dir=folder, autostart=False)
-    assert other.profiles == {}                                                          # matched by content hash
+    other.wait()
+    assert other.profiles == {} and other.store.notices == []                           # matched by content hash
     again.remove_profile("Baseline")
     assert "Baseline" not in again.profiles and len(list(folder.glob("*.json"))) == 1
     again.close()
     other.close()
+
+
+def test_most_informative_profile_first_until_the_user_chooses(tmp_path):
+    path, folder = net(tmp_path), tmp_path / "profiles"
+    folder.mkdir()
+    made = {"guess": analyze(path, "approximated", name="guess"),
+            "weights": analyze(path, "magnitude", name="weights"),
+            "measured": analyze(path, "one-shot", name="measured", data={"x": arr(4, 16)}, sparsity_levels=[0.5])}
+    sparseml = {"results": [{"param": l.weight, "index": l.index, "sparse_measurements": [[0.0, 0.0], [0.9, 9.0]]}
+                            for l in made["weights"].layers]}
+    imported = losswidget.from_sparseml(sparseml, name="imported", model=path)
+    for p in [*made.values(), imported]:
+        p.to_json(folder / f"{p.name}.json")
+    w = LossProfileWidget(path, profiles_dir=folder, autostart=False)
+    w.wait()
+    assert w.selected == "measured"                           # one-shot 3 > magnitude 1 > approximated 0 > unknown
+    (folder / "measured.json").unlink()
+    w2 = LossProfileWidget(path, profiles_dir=folder, autostart=False)
+    w2.wait()
+    assert w2.selected == "weights"
+    store = w2.store
+    store.remove("weights")
+    assert store.selected == "guess"
+    store.autostart([("Baseline", "magnitude")])              # finishes later and ranks higher: shown
+    store.wait(60)
+    assert store.selected == "Baseline"
+    store.selected = "guess"                                  # the user's choice ...
+    store.autostart([("Baseline 2", "magnitude")])
+    store.wait(60)
+    assert "Baseline 2" in store.profiles and store.selected == "guess"       # ... is kept
+    w.close()
+    w2.close()
+
+
+class GatedStore(ProfileStore):
+    """A store whose hash waits for the test: the widget must work before the hash is known."""
+    gate = threading.Event()
+
+    def _hash(self):
+        assert self.gate.wait(30)
+        return super()._hash()
+
+
+def test_hash_in_the_background_then_saved_profiles_then_jobs(tmp_path):
+    path, folder = net(tmp_path), tmp_path / "profiles"
+    analyze(path, "magnitude", name="saved").to_json(folder / "saved.json")
+    store = GatedStore(path, profiles_dir=folder)
+    panel = AddProfilePanel(store)
+    assert not store.ready and store.model_hash == "" and store.profiles == {}      # constructed, not hashed
+    job = store.add("queued early", "approximated")
+    store.autostart([("saved", "magnitude"), ("Baseline", "magnitude")])
+    time.sleep(0.3)
+    assert job.status == "queued" and store.profiles == {}
+    GatedStore.gate.set()
+    store.wait(60)
+    assert store.ready and store.model_hash == model_hash(path)
+    assert set(store.profiles) == {"saved", "queued early", "Baseline"}     # "saved" loaded, not recomputed
+    assert "saved" not in store.jobs and store.selected == "queued early"  # the user asked for it
+    assert "No profile selected" not in panel.chosen.value
+    with pytest.raises(losswidget.ModelError, match="not found"):           # a bad model still fails at once
+        LossProfileWidget(tmp_path / "missing.onnx")
+    store.close()
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_profiles_dir_that_cannot_be_used(tmp_path):
+    path = net(tmp_path)
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    for where in (blocker, blocker / "sub"):
+        w = LossProfileWidget(path, profiles_dir=where)
+        profiles = w.wait(60)
+        assert set(profiles) == {"Approximated", "Baseline"} and {j["status"] for j in w.jobs.values()} == {"done"}
+        (notice,) = w.store.notices
+        assert f"profiles_dir {where} cannot be used" in notice and "kept in memory only" in notice
+        assert "cannot be used" in w.panel.notices.value and w.panel.dismiss.layout.display == ""
+        w.panel.dismiss.click()
+        assert w.store.notices == [] and w.panel.notices.value == ""
+        w.close()
+    # a folder that turns into a file while the widget is open: the profile stays, with a notice
+    folder = tmp_path / "profiles"
+    w = LossProfileWidget(path, profiles_dir=folder, autostart=False)
+    w.wait()
+    shutil.rmtree(folder)
+    folder.write_text("now a file")
+    p = w.add_profile("m", "magnitude").result(60)
+    profiles = w.wait(60)
+    assert profiles["m"] is p and w.jobs["m"]["status"] == "done" and w.jobs["m"]["warning"]
+    (notice,) = w.store.notices
+    assert f"Could not save profile 'm' to {folder}" in notice and "kept in memory" in notice
+    assert "not saved" in w.panel.queue.value
+    w.close()
+    with pytest.raises(losswidget.ModelError):               # a failed constructor leaves nothing to trip over
+        LossProfileWidget(blocker)
+    gc.collect()
+
+
+def test_bad_files_in_profiles_dir_are_skipped_with_one_notice(tmp_path):
+    path, folder = net(tmp_path), tmp_path / "profiles"
+    good = analyze(path, "magnitude", name="good")
+    good.to_json(folder / "good.json")
+    d = good.to_dict()
+    text = json.dumps({**d, "name": "inf"})
+    (folder / "inf.json").write_text(text.replace(f'"total_params": {good.model.total_params}',
+                                                  '"total_params": Infinity'))
+    (folder / "nested.json").write_text("[" * 100_000 + "]" * 100_000)
+    uneven = json.loads(json.dumps({**d, "name": "uneven"}))
+    uneven["layers"][0]["measurements"].pop("0.5")
+    (folder / "uneven.json").write_text(json.dumps(uneven))
+    (folder / "recovery.json").write_text(json.dumps({**d, "name": "recovery", "version": 1,
+                                                      "measured_recovery": "abc"}))
+    (folder / "binary.json").write_bytes(b"\xff\xfe\x00garbage")
+    # another model's profile is known by its head and not read further (a shared folder stays quick)
+    (folder / "other.json").write_text('{"format": "losswidget.profile", "version": 2, "name": "other", "model": '
+                                       '{"path": null, "hash": "blake3:0123", "total_params": ' + "9" * 10_000)
+    w = LossProfileWidget(path, profiles_dir=folder, autostart=False)
+    w.wait()
+    assert set(w.profiles) == {"good"} and w.selected == "good"
+    (notice,) = w.store.notices
+    assert "Skipped 5 profile file(s)" in notice
+    for name in ("inf.json", "nested.json", "uneven.json", "recovery.json", "binary.json"):
+        assert name in notice
+    assert "other.json" not in notice
+    w.close()
+
+
+def test_a_model_changed_on_disk_is_reported(tmp_path):
+    path, folder = net(tmp_path), tmp_path / "profiles"
+    w = LossProfileWidget(path, profiles_dir=folder, autostart=False)
+    w.wait()
+    w.add_profile("before", "magnitude").result(60)
+    time.sleep(0.05)                                          # a new mtime, so the hash is not taken from the cache
+    net(tmp_path, seed=7)                                     # re-exported to the same path
+    w.add_profile("after", "magnitude").result(60)
+    w.wait()
+    (notice,) = w.store.notices
+    assert "changed on disk" in notice and "'after'" in notice
+    assert w.profiles["after"].model.hash != w.store.model_hash == w.profiles["before"].model.hash
+    again = LossProfileWidget(path, profiles_dir=folder, autostart=False)
+    again.wait()
+    assert set(again.profiles) == {"after"}
+    (notice,) = again.store.notices
+    assert "1 saved profile(s)" in notice and "earlier version of net.onnx" in notice
+    w.close()
+    again.close()
+
+
+def test_time_left_is_an_average_of_the_recent_rate():
+    eta = Eta(tau=10.0)
+    assert eta.update(0, 100, 30.0) is None                   # the first step comes after 30 s of loading
+    assert eta.update(5, 100, 30.01) == pytest.approx(95 / 500)   # a first burst: the average since then ...
+    assert eta.update(20, 100, 40.0) == pytest.approx(40.0)    # ... 2 steps/s over 10 s (from the start: 160 s)
+    # past tau, a burst of 10 steps in 0.1 s counts for 0.1 s: the rate moves 1 - exp(-0.01) of the way to 100/s
+    rate = 2 + (1 - math.exp(-0.01)) * (100 - 2)
+    assert eta.update(30, 100, 40.1) == pytest.approx(70 / rate)
+    # then 1 step/s for 30 s: three time constants, the rate is e^-3 of the way back from `rate` to 1
+    rate = 1 + (rate - 1) * math.exp(-3)
+    assert eta.update(60, 100, 70.1) == pytest.approx(40 / rate)
+    assert eta.update(60, 100, 70.1) == pytest.approx(40 / rate)   # no time passed: unchanged
 
 
 def test_export_payloads(widget):

@@ -78,7 +78,7 @@ def analyze(model, method: str = "magnitude", *, name: str | None = None, progre
     name = name or spec.label
     with open_model(model) as mf:
         graph = read_graph(mf)
-        hasher = threading.Thread(target=mf.content_hash, daemon=True)  # overlaps the hash with the measurements
+        hasher = threading.Thread(target=_hash_quietly, args=(mf,), daemon=True)  # overlaps the hash with the measurements
         hasher.start()
         try:
             dataset = None
@@ -100,6 +100,15 @@ def analyze(model, method: str = "magnitude", *, name: str | None = None, progre
         finally:
             hasher.join()
         return build_profile(spec, name, mf, graph, levels, {**record, **result.record}, result)
+
+
+def _hash_quietly(mf) -> None:
+    """The hash on a side thread; a failure is reported by the call that needs it (build_profile), not as a
+    thread traceback on stderr."""
+    try:
+        mf.content_hash()
+    except Exception:  # noqa: BLE001 - raised again, with its context, where the hash is used
+        pass
 
 
 def _recorded(spec: Method, values: dict, dataset) -> dict:

@@ -8,7 +8,6 @@ import anywidget
 import ipywidgets as w
 from traitlets import Unicode
 
-from ..errors import LossWidgetError
 from ..profile import LossProfile
 from .cards import JS_DIR, SummaryCards, card_values
 from .charts import Charts
@@ -73,6 +72,7 @@ class LossProfileWidget(w.VBox):
                                     readout_format=".0%", continuous_update=True)
         self.target.add_class("lw-target-slider")
         self.sidecar = None
+        self._syncing = False
         self.message = w.HTML()
         self.message.add_class("lw-message")
         controls = w.HBox([self.select, self.compare, self.target])
@@ -88,9 +88,7 @@ class LossProfileWidget(w.VBox):
         self._sync_controls(None)
         self._draw_cards()
         if autostart:
-            for name, method in AUTO_PROFILES:
-                if name not in self.store.profiles:
-                    self.store.add(name, method)
+            self.store.autostart(AUTO_PROFILES)       # once the hash is known, unless saved ones are found
 
     # -- public surface --------------------------------------------------------------------------------
     @property
@@ -116,7 +114,15 @@ class LossProfileWidget(w.VBox):
         return self.store.add(name, method, **settings)
 
     def remove_profile(self, name: str) -> None:
+        """Remove a profile and its saved file (a queued or running one is cancelled and dropped)."""
         self.store.remove(name)
+
+    def rename_profile(self, old: str, new: str) -> None:
+        self.store.rename(old, new)
+
+    def rerun_profile(self, name: str) -> Job:
+        """Compute a profile again with its settings; the new one replaces it when done."""
+        return self.store.rerun(name)
 
     def compare_profiles(self, *names: str) -> None:
         """Draw these profiles side by side (the first becomes the selected one)."""
@@ -130,14 +136,7 @@ class LossProfileWidget(w.VBox):
     def wait(self, timeout: float | None = None) -> dict[str, LossProfile]:
         """Block until the queued analyses end; returns the profiles. For scripts and notebooks run top to
         bottom (in a live notebook the widget fills in by itself)."""
-        for job in list(self.store._handles.values()):
-            try:
-                profile = job.result(timeout)
-            except LossWidgetError:
-                continue
-            if self.store.profiles.get(profile.name) is not profile:
-                self.store.put(profile, save=False)              # already saved by the job
-        return self.profiles
+        return self.store.wait(timeout)
 
     def show_sidebar(self, anchor: str = "right") -> None:
         """Open this widget in JupyterLab's sidebar (via sidecar; `anchor` as sidecar takes it); elsewhere
@@ -157,12 +156,14 @@ class LossProfileWidget(w.VBox):
         self.message.value = "<span class='lw-note'>Also open in the sidebar.</span>"
 
     def close(self) -> None:
-        self.store.close()
+        store = getattr(self, "store", None)          # None when the constructor failed (then __del__ closes)
+        if store is not None:
+            store.close()
         super().close()
 
     # -- store -> controls -----------------------------------------------------------------------------
     def _select_changed(self, change) -> None:
-        if change["new"] and change["new"] != self.store.selected:
+        if not self._syncing and change["new"] and change["new"] != self.store.selected:
             self.store.selected = change["new"]
 
     def _compare_changed(self, change) -> None:
@@ -174,11 +175,15 @@ class LossProfileWidget(w.VBox):
 
     def _sync_controls(self, _change) -> None:
         names = list(self.store.profiles)
-        if list(self.select.options) != names:
-            self.select.options = names
-            self.compare.options = names
-        if self.store.selected in names and self.select.value != self.store.selected:
-            self.select.value = self.store.selected
+        self._syncing = True                  # new options move the dropdown's value: not the user's choice
+        try:
+            if list(self.select.options) != names:
+                self.select.options = names
+                self.compare.options = names
+            if self.store.selected in names and self.select.value != self.store.selected:
+                self.select.value = self.store.selected
+        finally:
+            self._syncing = False
         wanted = tuple(n for n in self.store.compare if n in names)
         if self.compare.value != wanted:
             self.compare.value = wanted
@@ -186,5 +191,5 @@ class LossProfileWidget(w.VBox):
     def _draw_cards(self) -> None:
         profile = self.store.profiles.get(self.store.selected)
         with self.cards.hold_sync():
-            self.cards.title = profile.name if profile else "Model Summary"
+            self.cards.title = (profile.name + (" (partial)" if profile.partial else "")) if profile else "Model Summary"
             self.cards.cards = card_values(profile, self.store.target)

@@ -4,14 +4,13 @@ Screenshots of failed tests are kept in tests/e2e/artifacts/.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from labtools import CHROMIUM, TOKEN, free_port, wait_for_port
+from labtools import CHROMIUM, TOKEN, free_port, kernel_env, wait_for_port
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
@@ -27,7 +26,7 @@ def lab(tmp_path_factory):
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1", "--allow-root",
          f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}",
          f"--LabApp.workspaces_dir={root.parent / 'workspaces'}", "--LabApp.news_url=None"],
-        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, LOSSWIDGET_FRONTEND="jupyterlab"))
+        stdout=log, stderr=subprocess.STDOUT, env=dict(kernel_env(), LOSSWIDGET_FRONTEND="jupyterlab"))
     try:
         wait_for_port(port, proc)
         yield {"url": f"http://127.0.0.1:{port}", "root": root}

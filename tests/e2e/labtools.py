@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +13,12 @@ import nbformat
 CHROMIUM = os.environ.get("LOSSWIDGET_CHROMIUM", "/usr/bin/chromium")
 TOKEN = "losswidget-e2e"
 WIDGET_ERRORS = ("Failed to load model class", "Error: ", "Could not create a view", "widget error")
+
+
+def kernel_env() -> dict:
+    """The environment with this interpreter's folder first on PATH: the python3 kernelspec runs `python`
+    from PATH, which could otherwise be another installation's (and test its losswidget, not this one)."""
+    return dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
 
 
 def free_port() -> int:

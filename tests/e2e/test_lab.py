@@ -1,9 +1,11 @@
 """The widget in a real JupyterLab and Chromium: it draws, adds and cancels profiles, and opens in the sidebar."""
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from labtools import free_port, notebook, open_notebook, run_cell, wait_for_port, widget_errors
+from labtools import free_port, kernel_env, notebook, open_notebook, run_cell, wait_for_port, widget_errors
 
 SETUP = ("from losswidget import LossProfileWidget, demo\n"
          "path, data = demo('mlp')\n"                  # the 4-layer demo: these tests check mechanics, not scale
@@ -48,30 +50,70 @@ def test_widget_draws_cards_bars_and_tooltip(page, lab):
     assert not widget_errors(page), widget_errors(page)
 
 
-def test_add_profile_from_the_panel_and_cancel(page, lab):
-    notebook(lab["root"] / "panel.ipynb", SETUP,
-             "import numpy as np\nw.store.data = {'image': np.tile(data['image'], (200, 1))}")
+def shot(page, name: str, what: str = ".lw-panel") -> None:
+    """Keep a screenshot (of the panel) for people to look at, when LOSSWIDGET_SCREENS names a folder."""
+    folder = os.environ.get("LOSSWIDGET_SCREENS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.locator(what).first.screenshot(path=str(Path(folder) / f"{name}.png"))
+
+
+def test_form_checks_fields_then_runs_and_shows_the_profile(page, lab):
+    notebook(lab["root"] / "panel.ipynb", SETUP)
     open_notebook(page, lab, "panel.ipynb")
     run_cell(page, 0)
     page.wait_for_selector(".lw-name input", timeout=60_000)
+    run = page.locator("button.lw-run")
+    assert run.is_disabled()                                          # no name yet
     page.locator(".lw-name input").fill("coarse baseline")
-    page.locator(".lw-setting-sparsity-levels select").select_option(label="coarse (0, .5, .9)")
-    page.locator("button.lw-run").click()
+    page.locator(".lw-setting-sparsity-levels select").select_option(label="custom")
+    page.locator(".lw-setting-sparsity-levels input").fill("0.5, 1.5")
+    message = page.locator(".lw-setting-sparsity-levels .lw-invalid")
+    wait_until(lambda: message.count() == 1 and "must lie in [0, 1)" in message.inner_text(), what="the message")
+    assert run.is_disabled()
+    shot(page, "form-invalid")
+    page.locator(".lw-setting-sparsity-levels input").fill("0.5, 0.9")
+    wait_until(lambda: message.count() == 0 and run.is_enabled(), what="a valid form")
+    shot(page, "form-valid")
+    run.click()
     wait_until(lambda: "coarse baseline" in options(page), what="the new profile in the selector")
-    page.locator(".lw-profile-select select").select_option("coarse baseline")
-    wait_until(lambda: "coarse baseline" in page.locator(".lw-sensitivity-chart").inner_text(), what="chart title")
-    assert bars(page).count() == 4
-    # a slow one-shot run (1% levels on 90,000 samples as the widget's data), cancelled from the panel
+    wait_until(lambda: page.locator(".lw-cards-title").inner_text() == "coarse baseline", what="it is shown")
+    wait_until(lambda: "coarse baseline is done and shown" in page.locator(".lw-status").inner_text(),
+               what="the panel says so")
+    assert page.locator(".lw-name input").input_value() == "coarse baseline"        # the typed name stays
+    assert "Queued as" in page.locator(".lw-name-message").inner_text() and run.is_disabled()
+    wait_until(lambda: bars(page).count() == 4, what="its bars")
+    assert not widget_errors(page), widget_errors(page)
+
+
+def test_live_bars_then_cancel_keeps_the_partial_profile(page, lab):
+    notebook(lab["root"] / "live.ipynb", SETUP,
+             "import numpy as np\nw.store.data = {'image': np.tile(data['image'], (20, 1)), 'y': np.tile(data['y'], 20)}")
+    open_notebook(page, lab, "live.ipynb")
+    run_cell(page, 0)
+    page.wait_for_selector(".lw-name input", timeout=60_000)
     run_cell(page, 1)
+    # a slow one-shot run (1% levels on 9,000 samples as the widget's data), cancelled from the panel
     page.locator(".lw-name input").fill("slow one-shot")
     page.locator(".lw-method select").select_option(label="One-shot")
     page.locator(".lw-setting-sparsity-levels select").select_option(label="fine (0.01 steps)")
     page.locator(".lw-setting-data select").select_option(label="widget data")
+    wait_until(lambda: page.locator(".lw-setting-labels input").input_value() == "y", what="labels from the data")
     page.locator("button.lw-run").click()
-    wait_until(lambda: "slow one-shot" in page.locator(".lw-status").inner_text(), what="progress")
+    wait_until(lambda: "fill in" in page.locator(".lw-status").inner_text(), timeout=120, what="live bars")
+    wait_until(lambda: page.locator(".lw-cards-title").inner_text() == "slow one-shot (partial)", what="shown")
+    heights = [float(h) for h in page.eval_on_selector_all(".lw-sensitivity-chart .bargroup rect",
+                                                           "els => els.map(e => e.getAttribute('height'))")]
+    assert len(heights) == 4 and any(h > 0 for h in heights)         # measured layers drawn, the rest empty
+    assert "left" in page.locator(".lw-status").inner_text()         # the time-left estimate
+    shot(page, "running-live")
+    shot(page, "running-live-chart", ".lw-sensitivity-chart")
     page.locator("button.lw-cancel").click()
-    wait_until(lambda: "slow one-shot — cancelled" in page.locator(".lw-queue").inner_text(), what="cancelled")
-    assert "slow one-shot" not in options(page)
+    queue = page.locator(".lw-queue")
+    wait_until(lambda: "kept as a partial profile" in queue.inner_text(), what="cancelled, partial kept")
+    assert "slow one-shot" in options(page) and page.locator(".lw-cards-title").inner_text() == "slow one-shot (partial)"
+    assert "(partial)" in page.locator(".lw-chosen").inner_text()
+    shot(page, "cancelled-partial")
     assert not widget_errors(page), widget_errors(page)
 
 
@@ -94,7 +136,7 @@ def test_voila_app_page(page, tmp_path):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "losswidget", "app", "--no-browser", f"--port={port}",
                              f"--profiles-dir={tmp_path / 'profiles'}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, env=kernel_env())
     try:
         wait_for_port(port, proc)
         page.goto(f"http://127.0.0.1:{port}/", timeout=120_000)

@@ -88,8 +88,10 @@ def _parser(settings: bool = True) -> argparse.ArgumentParser:
     app.add_argument("model", nargs="?", help="an .onnx file (default: the bundled demo model and its data)")
     app.add_argument("--data", help="an .npz file for one-shot profiles (names like the model's inputs)")
     app.add_argument("--profiles-dir", default="losswidget-profiles", help="where profiles are kept")
-    app.add_argument("--port", type=int, default=8866)
+    app.add_argument("--port", type=int, default=8866, help="port on 127.0.0.1 (default 8866)")
     app.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    app.add_argument("--kernel-timeout", type=int, default=120, metavar="SECONDS",
+                     help="shut a page's kernel down this long after its tab is closed (default 120)")
     d = sub.add_parser("demo", help="profile a bundled demo model (trained on digits) three ways, offline")
     d.add_argument("--model", default="resnet",
                    help="resnet (default): a residual CNN with 18 layers; mlp: a 4-layer MLP, fast")
@@ -301,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "app":
             from .serve import serve
             return serve(args.model, data=args.data, profiles_dir=args.profiles_dir, port=args.port,
-                         open_browser=not args.no_browser)
+                         open_browser=not args.no_browser, kernel_timeout=args.kernel_timeout)
         return {"profile": _profile, "plan": _plan, "prune": _prune}[args.command](args)
     except LossWidgetError as exc:
         print(f"losswidget: error: {exc}", file=sys.stderr)

@@ -400,6 +400,19 @@ class LossProfile:
                  **{f"L@{lv:g}": v for lv, v in zip(l.levels, l.values)}} for l, p in zip(self.layers, plan.layers)]
         return pd.DataFrame(rows).set_index("index") if rows else pd.DataFrame()
 
+    def to_html(self, path=None, *, target: float | None = None) -> str:
+        """A self-contained HTML report: cards, SVG charts, a sortable layer table and the plan at `target`
+        (default: the profile's); with `path`, also written there atomically. No external asset: opens offline."""
+        from .report import render_html
+        plan = self.plan(target)
+        data = self.to_dict()
+        data["summary"] = self.summary_at(plan.target).to_dict()
+        data["plan"] = plan.to_dict()
+        text = render_html(data)
+        if path is not None:
+            atomic_write(path, text)
+        return text
+
     def with_name(self, name: str) -> LossProfile:
         return replace(self, name=name)
 

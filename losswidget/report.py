@@ -176,9 +176,11 @@ def scatter(layers: list[dict], planned: list | None) -> str:
     lx = lambda v: LEFT + plot_w * (math.log10(v) - x0) / (x1 - x0)                      # noqa: E731
     ly = lambda v: TOP + plot_h * (1 - (math.log10(v) - y0) / (y1 - y0))                 # noqa: E731
     out = [f'<svg class="chart chart-scatter" viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{_e(title)}">']
-    for t in xs_t:
+    for k, t in enumerate(xs_t):
+        anchor = "end" if k == len(xs_t) - 1 else "middle"          # the last label stays inside the picture
         out.append(f'<line class="grid" x1="{lx(t):.1f}" x2="{lx(t):.1f}" y1="{TOP}" y2="{TOP + plot_h}"/>'
-                   f'<text class="tick" x="{lx(t):.1f}" y="{TOP + plot_h + 16}" text-anchor="middle">{count(t)}</text>')
+                   f'<text class="tick" x="{lx(t):.1f}" y="{TOP + plot_h + 16}" text-anchor="{anchor}">'
+                   f'{count(t)}</text>')
     for t in ys_t:
         out.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{ly(t):.1f}" y2="{ly(t):.1f}"/>'
                    f'<text class="tick" x="{LEFT - 6}" y="{ly(t) + 4:.1f}" text-anchor="end">{t:g}</text>')

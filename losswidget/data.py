@@ -86,7 +86,12 @@ def _from_dict(d: dict, specs: list[InputSpec], label_key: str | None, what: str
         labels = np.asarray(d[label_key])
     unknown = sorted(set(d) - names - ({label_key} if label_key else set()))
     if unknown:
-        raise DataError(f"{what}: unknown input name(s) {unknown}; the model's inputs are {sorted(names)}.")
+        hint = ""
+        looks = [k for k in label_candidates(d, specs) if k in unknown] if label_key is None else []
+        if looks:
+            hint = (f" If {looks[0]!r} holds the labels, pass labels={looks[0]!r} (in the widget: Labels "
+                    f"{looks[0]!r}); otherwise leave it out of the data.")
+        raise DataError(f"{what}: unknown input name(s) {unknown}; the model's inputs are {sorted(names)}.{hint}")
     missing = sorted(names - set(d))
     if missing:
         raise DataError(f"{what}: missing input(s) {missing}; the model's inputs are {sorted(names)}.")
@@ -96,6 +101,24 @@ def _from_dict(d: dict, specs: list[InputSpec], label_key: str | None, what: str
         raise DataError(f"{what}: inputs disagree on the number of samples: "
                         f"{ {k: v.shape[0] for k, v in arrays.items() if k not in _scalars(specs)} }.")
     return arrays, labels
+
+
+def label_candidates(d: dict, specs: list[InputSpec]) -> list[str]:
+    """Keys of `d` that are not model inputs but could be its labels: a numeric array with one entry per
+    sample (the inputs' first axis). Only named in messages: guessing labels silently could pick a wrong one
+    and turn a KL profile into a task-loss one without the user knowing."""
+    names = {s.name for s in specs}
+    counts = {np.shape(d[s.name])[0] for s in specs if s.name in d and s.shape != () and np.ndim(d[s.name]) > 0}
+    if len(counts) != 1:
+        return []
+    n = counts.pop()
+    found = []
+    for key, value in d.items():
+        if key in names or not hasattr(value, "dtype") or value.dtype.kind not in "biuf":
+            continue
+        if value.ndim >= 1 and value.shape[0] == n:
+            found.append(key)
+    return sorted(found, key=lambda k: (d[k].dtype.kind == "f", k))      # integer arrays (class ids) first
 
 
 def _scalars(specs: list[InputSpec]) -> set[str]:

@@ -400,8 +400,56 @@ class LossProfile:
                  **{f"L@{lv:g}": v for lv, v in zip(l.levels, l.values)}} for l, p in zip(self.layers, plan.layers)]
         return pd.DataFrame(rows).set_index("index") if rows else pd.DataFrame()
 
+    def to_html(self, path=None, *, target: float | None = None) -> str:
+        """A self-contained HTML report: cards, SVG charts, a sortable layer table and the plan at `target`
+        (default: the profile's); with `path`, also written there atomically. No external asset: opens offline."""
+        from .report import render_html
+        plan = self.plan(target)
+        data = self.to_dict()
+        data["summary"] = self.summary_at(plan.target).to_dict()
+        data["plan"] = plan.to_dict()
+        text = render_html(data)
+        if path is not None:
+            atomic_write(path, text)
+        return text
+
     def with_name(self, name: str) -> LossProfile:
         return replace(self, name=name)
+
+
+BUNDLE = "losswidget.profiles"
+
+
+def profiles_to_csv(profiles, path=None) -> str:
+    """Several profiles as one table (what the widget exports when comparing): a `profile` column first, then
+    `LossProfile.to_csv`'s columns with the planned sparsity at each profile's own target (`target` column)
+    and L(s) over the union of their levels (blank where a profile has no such level)."""
+    profiles = list(profiles)
+    levels = sorted({l for p in profiles for l in p.levels})
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["profile", "index", "id", "name", "op_type", "weight", "shape", "params", "sensitivity", "target",
+                "planned_sparsity", "flags"] + [f"L@{l:g}" for l in levels])
+    for p in profiles:
+        for l, planned in zip(p.layers, p.plan().layers):
+            meas = l.measurements
+            w.writerow([p.name, l.index, l.id, l.name, l.op_type, l.weight, "x".join(map(str, l.shape)), l.params,
+                        repr(l.sensitivity), f"{p.target_sparsity:g}", f"{planned.sparsity:.6f}", ";".join(l.flags)]
+                       + [repr(meas[lv]) if lv in meas else "" for lv in levels])
+    text = buf.getvalue()
+    if path is not None:
+        atomic_write(path, text)
+    return text
+
+
+def profiles_to_json(profiles, path=None) -> str:
+    """Several profiles in one file, `{"format": "losswidget.profiles", "version": 2, "profiles": [...]}`
+    (each entry a profile as `to_json` writes it); `load_profiles` reads it back."""
+    text = json.dumps({"format": BUNDLE, "version": VERSION, "profiles": [p.to_dict() for p in profiles]},
+                      indent=1, allow_nan=False)
+    if path is not None:
+        atomic_write(path, text)
+    return text
 
 
 def _fraction(x) -> float:
@@ -423,7 +471,27 @@ def _check_fraction(x, what: str, high: float) -> float:
 
 def load_profile(path) -> LossProfile:
     """Read a losswidget profile JSON, or a SparseML sensitivity JSON ({"results": [...]})."""
-    return LossProfile.from_dict(read_json(path, "profile"), source=str(path))
+    data = read_json(path, "profile")
+    if data.get("format") == BUNDLE:
+        raise ProfileError(f"{path} holds {len(data.get('profiles') or [])} profiles (an export of compared "
+                           "profiles); read it with losswidget.load_profiles.")
+    return LossProfile.from_dict(data, source=str(path))
+
+
+def load_profiles(path) -> list[LossProfile]:
+    """Every profile in a file: a bundle from `profiles_to_json` (the widget's export when comparing), or a
+    single profile (losswidget's or SparseML's) as a list of one."""
+    data = read_json(path, "profile")
+    if data.get("format") != BUNDLE:
+        return [LossProfile.from_dict(data, source=str(path))]
+    version = data.get("version")
+    if type(version) is not int or version > VERSION:
+        raise ProfileError(f"{path} has profiles format version {version!r}; this losswidget reads up to "
+                           f"version {VERSION}. Upgrade losswidget to open it.")
+    entries = data.get("profiles")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ProfileError(f"{path} is a damaged profiles file (\"profiles\" is not a list of profiles).")
+    return [LossProfile.from_dict(e, source=f"{path} (profile {i})") for i, e in enumerate(entries)]
 
 
 def from_sparseml_dict(data, *, name: str | None = None, layer_info: dict | None = None, total_params: int = 0,

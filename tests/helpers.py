@@ -57,3 +57,16 @@ def residual_mlp(blocks=3, width=8, classes=6):
     inits.append(init("head", arr(width, classes, seed=99)))
     nodes.append(helper.make_node("MatMul", [x, "head"], ["y"], name="head"))
     return model(nodes, [vi("x", ["n", width])], [vi("y", ["n", classes])], inits)
+
+
+def layered_net(tmp_path, layers=12, width=8):
+    """`layers` MatMul + Tanh layers named block<i>.fc, of three widths and mixed weight scales, so params
+    and sensitivities differ from layer to layer."""
+    nodes, inits, x, w_in = [], [], "x", width
+    for i in range(layers):
+        w_out = width * (1 + i % 3)
+        inits.append(init(f"block{i}.weight", arr(w_in, w_out, seed=i) * (1 + (7 * i) % 5)))
+        nodes += [helper.make_node("MatMul", [x, f"block{i}.weight"], [f"h{i}"], name=f"block{i}.fc"),
+                  helper.make_node("Tanh", [f"h{i}"], [f"t{i}"])]
+        x, w_in = f"t{i}", w_out
+    return save(model(nodes, [vi("x", ["n", width])], [vi(x, ["n", w_in])], inits), tmp_path / "net.onnx")

@@ -1,11 +1,9 @@
 """The widget in a real JupyterLab and Chromium: it draws, adds and cancels profiles, and opens in the sidebar."""
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from labtools import free_port, kernel_env, notebook, open_notebook, run_cell, wait_for_port, widget_errors
+from labtools import notebook, open_notebook, run_cell, widget_errors
 
 SETUP = ("from losswidget import LossProfileWidget, demo\n"
          "path, data = demo('mlp')\n"                  # the 4-layer demo: these tests check mechanics, not scale
@@ -130,20 +128,3 @@ def test_sidebar_opens_through_sidecar(page, lab):
     wait_until(lambda: len(set(page.locator(".lw-cards-title").all_inner_texts())) == 1
                and page.locator(".lw-cards-title").count() == 2, what="both views in sync")
     assert not widget_errors(page), widget_errors(page)
-
-
-def test_voila_app_page(page, tmp_path):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "losswidget", "app", "--no-browser", f"--port={port}",
-                             f"--profiles-dir={tmp_path / 'profiles'}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=kernel_env())
-    try:
-        wait_for_port(port, proc)
-        page.goto(f"http://127.0.0.1:{port}/", timeout=120_000)
-        page.wait_for_selector(".lw-card-value", timeout=120_000)
-        wait_until(lambda: bars(page).count() == 18, timeout=120, what="bars in the app")  # the default demo
-        assert "not analysed" in page.locator(".lw-cards").inner_text()
-        assert not widget_errors(page), widget_errors(page)
-    finally:
-        proc.terminate()
-        proc.wait(20)

@@ -9,7 +9,6 @@ from helpers import arr, mlp, save
 
 
 def test_data_error_names_the_labels_fix(tmp_path):
-    from losswidget import analyze
     model = save(mlp()[0], tmp_path / "mlp.onnx")
     with pytest.raises(DataError, match=r"If 'y' holds the labels, pass labels='y' \(in the widget: Labels 'y'\)"):
         analyze(model, "one-shot", data={"x": arr(6, 4), "y": np.arange(6)})

@@ -558,7 +558,7 @@ def test_export_answers_the_request_it_was_asked(widget, monkeypatch):
     widget.selected = "Baseline"
     widget.exporter._handle(widget.exporter, {"kind": "csv", "id": "view-a-1"}, [])
     assert sent[-1]["id"] == "view-a-1" and sent[-1]["filename"] == "net-Baseline.csv"
-    empty = LossProfileWidget(net(widget.store.folder.parent, name="empty.onnx"), autostart=False)
+    empty = LossProfileWidget(net(widget.store.folder.path.parent, name="empty.onnx"), autostart=False)
     monkeypatch.setattr(empty.exporter, "send", lambda content, buffers=None: sent.append(content))
     empty.exporter._handle(empty.exporter, {"kind": "json", "id": "view-b-7"}, [])
     assert sent[-1] == {"error": "No profile to download yet: wait for one to finish.", "id": "view-b-7"}

@@ -8,10 +8,10 @@ numpy view into the map; `ModelFile.release` drops its pages from the process ag
 """
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 from onnx import AttributeProto, NodeProto, TensorProto
 
 from .errors import ModelError
+from .identity import hash_files, hash_files_async
 
 # raw_data fields at least this large are left in the file; smaller ones (shapes, scales) are parsed inline.
 _INLINE_LIMIT = 1024
@@ -64,9 +65,6 @@ def numel(tensor: TensorProto) -> int:
     for d in tensor.dims:
         n *= int(d)
     return n
-
-
-_HASHES: dict[tuple, str] = {}       # (path, size, mtime_ns, inode) of the files -> content hash
 
 
 @dataclass(frozen=True)
@@ -332,31 +330,37 @@ class ModelFile:
             mm.madvise(mmap.MADV_DONTNEED, start, length)
 
     # -- identity --------------------------------------------------------------------------------------
-    def content_hash(self) -> str:
+    def content_hash(self, block: bool = True) -> str | None:
         """"blake3:<hex>" of the model file (and of its external data files, in name order).
 
         BLAKE3 rather than SHA-256: it identifies the model for profile caches, and on a 343 MB model it
-        costs 0.14 s of CPU where SHA-256 costs 0.38 s, more than a third of a magnitude profile. Within a
-        process the hash of unchanged files (same size, mtime and inode) is computed once: the widget
-        hashes its model, then each analysis it starts does too.
+        costs 0.14 s of CPU where SHA-256 costs 0.38 s, more than a third of a magnitude profile. Hashes of
+        unchanged files are remembered in this process and on disk (identity.py), so a multi-GB model is
+        hashed once. `block=False`: the hash if already known, else None, with the hashing started on a
+        background thread (`hash_future` waits for it).
         """
         if self._hash is None:
             if self.path is None:
                 self._hash = "blake3:" + blake3(self.model.SerializeToString()).hexdigest()
-                return self._hash
-            files = [self.path] + sorted(Path(p) for p in self.external_paths())
-            stats = tuple((str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
-                          for f in files for st in [f.stat()])
-            cached = _HASHES.get(stats)
-            if cached is None:
-                digests = []
-                for file in files:
-                    with open(file, "rb") as f:
-                        digests.append(hashlib.file_digest(f, blake3))
-                h = digests[0] if len(digests) == 1 else blake3(b"".join(d.digest() for d in digests))
-                cached = _HASHES[stats] = "blake3:" + h.hexdigest()
-            self._hash = cached
+            elif block:
+                self._hash = hash_files(self._hash_paths())
+            else:
+                future = self.hash_future()
+                if not future.done() or future.exception() is not None:
+                    return None
+                self._hash = future.result()
         return self._hash
+
+    def hash_future(self) -> Future:
+        """A Future of `content_hash()`, done at once when the hash is known (see identity.py)."""
+        if self._hash is not None or self.path is None:
+            done: Future = Future()
+            done.set_result(self.content_hash())
+            return done
+        return hash_files_async(self._hash_paths())
+
+    def _hash_paths(self) -> list[Path]:
+        return [self.path] + sorted(Path(p) for p in self.external_paths())
 
     def external_paths(self) -> set[str]:
         """The external data files the model's tensors point into."""

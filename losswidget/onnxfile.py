@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import sys
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from .identity import hash_files, hash_files_async
 
 # raw_data fields at least this large are left in the file; smaller ones (shapes, scales) are parsed inline.
 _INLINE_LIMIT = 1024
+# madvise(MADV_POPULATE_READ) where Linux has it (Python < 3.13 does not name it); 0 once the kernel refuses it
+_POPULATE = getattr(mmap, "MADV_POPULATE_READ", 22) if sys.platform.startswith("linux") else 0
 
 _T = TensorProto
 # element size in bits of each stored type; None: not a numeric tensor we can size (strings)
@@ -65,6 +68,11 @@ def numel(tensor: TensorProto) -> int:
     for d in tensor.dims:
         n *= int(d)
     return n
+
+
+def stored_bytes(tensor: TensorProto) -> int:
+    """The tensor's size as stored (what reading it costs); elements of unknown size count 4 bytes."""
+    return (numel(tensor) * _BITS.get(tensor.data_type, 32) + 7) // 8
 
 
 @dataclass(frozen=True)
@@ -318,16 +326,44 @@ class ModelFile:
         for start in range(blob.offset, blob.offset + blob.length, chunk):
             yield mm[start:min(start + chunk, blob.offset + blob.length)]
 
-    def release(self, tensor: TensorProto) -> None:
-        """Let the OS drop the tensor's mapped pages from this process (they stay in the page cache)."""
+    def prefetch(self, tensor: TensorProto, start: int = 0, length: int | None = None) -> None:
+        """Map bytes start..start+length of the tensor's data into this process ahead of use: with
+        MADV_POPULATE_READ (Linux 5.14+) the page faults are taken here, on the calling thread (a reader
+        thread, while another computes on the bytes before); elsewhere MADV_WILLNEED starts the read from
+        disk. Does nothing for tensors inside the message."""
+        blob = self.blob(tensor)
+        mm = self._map(blob.path) if blob is not None else None
+        if not isinstance(mm, mmap.mmap) or not hasattr(mm, "madvise"):
+            return
+        length = blob.length - start if length is None else length
+        first = blob.offset + start
+        first -= first % mmap.PAGESIZE
+        end = min(blob.offset + start + length, len(mm))
+        global _POPULATE
+        if end <= first:
+            return
+        if _POPULATE:
+            try:
+                mm.madvise(_POPULATE, first, end - first)
+                return
+            except OSError:                  # an older kernel: read-ahead hints only
+                _POPULATE = 0
+        if hasattr(mmap, "MADV_WILLNEED"):
+            mm.madvise(mmap.MADV_WILLNEED, first, end - first)
+
+    def release(self, tensor: TensorProto, start: int = 0, length: int | None = None) -> None:
+        """Let the OS drop the tensor's mapped pages (bytes start..start+length of its data; default all) from
+        this process (they stay in the page cache)."""
         blob = self.blob(tensor)
         mm = self._maps.get(blob.path) if blob is not None else None
         if not isinstance(mm, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
             return
-        start = blob.offset - blob.offset % mmap.PAGESIZE
-        length = min(blob.offset + blob.length, len(mm)) - start
-        if length > 0:
-            mm.madvise(mmap.MADV_DONTNEED, start, length)
+        length = blob.length - start if length is None else length
+        first = blob.offset + start
+        first -= first % mmap.PAGESIZE
+        end = min(blob.offset + start + length, len(mm))
+        if end > first:
+            mm.madvise(mmap.MADV_DONTNEED, first, end - first)
 
     # -- identity --------------------------------------------------------------------------------------
     def content_hash(self, block: bool = True) -> str | None:

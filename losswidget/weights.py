@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import ModelError
 from .graph import WeightRef
-from .onnxfile import ModelFile
+from .onnxfile import ModelFile, stored_bytes
 
 _local = threading.local()
 
@@ -205,10 +205,53 @@ class Weight:
         values = values.reshape(r1 - r0, -1)
         return values if k == blocks * bs else values[:, :k]
 
-    def slices(self, budget: int = DEFAULT_SLICE_BYTES):
-        """The dequantized values in row slices (see `values`), in order."""
-        for r0, r1 in self.steps(budget):
+    def _row_bytes(self) -> int | None:
+        """Stored bytes per row when rows lie one after another in the file (read-ahead works by rows)."""
+        t = self.ref.tensor
+        if self.mf.blob(t) is None or not self.rows:
+            return None
+        dims = tuple(int(d) for d in t.dims)
+        if self.ref.kind != "nbits" and dims != self.shape:
+            return None
+        return stored_bytes(t) // self.rows
+
+    def slices(self, budget: int = DEFAULT_SLICE_BYTES, release: bool = False):
+        """The dequantized values in row slices (see `values`), in order, the file's bytes of the next slice
+        mapped on a reader thread while this one is worked on (ModelFile.prefetch). `release`: drop each
+        slice's pages from the process once the next is asked for (a layer larger than memory)."""
+        steps = self.steps(budget)
+        row_bytes = self._row_bytes()
+        if row_bytes is None or len(steps) < 2:
+            for r0, r1 in steps:
+                yield self.values(r0, r1)
+            return
+        t = self.ref.tensor
+        ahead = _reader().submit(self.mf.prefetch, t, steps[0][0] * row_bytes, (steps[0][1] - steps[0][0]) * row_bytes)
+        for k, (r0, r1) in enumerate(steps):
+            ahead.result()
+            if k + 1 < len(steps):
+                a, b = steps[k + 1]
+                ahead = _reader().submit(self.mf.prefetch, t, a * row_bytes, (b - a) * row_bytes)
             yield self.values(r0, r1)
+            if release:
+                self.mf.release(t, r0 * row_bytes, (r1 - r0) * row_bytes)
+
+    def reader(self, budget: int = DEFAULT_SLICE_BYTES, keep: int = 0, release_above: int = 1 << 29):
+        """A callable giving the values in slices each time it is called (for a kernel that reads them more
+        than once): stored floats as views of the file, read ahead; dequantized ones kept after the first
+        call when their float32 values take at most `keep` bytes (else dequantized again). Pages of a weight
+        stored in more than `release_above` bytes are dropped slice by slice."""
+        release = self.mf.blob(self.ref.tensor) is not None and stored_bytes(self.ref.tensor) > release_above
+        if self.ref.kind == "plain" or 4 * self.size > keep:
+            return lambda: self.slices(budget, release)
+        kept: list = []                             # the values, then True once all of them are in
+
+        def read():
+            if kept and kept[-1] is True:
+                return iter(kept[:-1])
+            kept.clear()
+            return _keeping(self.slices(budget, release), kept)
+        return read
 
     def magnitudes(self) -> np.ndarray:
         """|w| as a flat float32 array in this thread's buffer (valid until the thread's next call)."""
@@ -254,6 +297,27 @@ class Weight:
         full = _unpack(self.stored().reshape(n, blocks, -1), self.ref.bits).reshape(n, -1)
         full[:, :k] = codes
         return _pack(full.reshape(n, blocks, bs), self.ref.bits).reshape(self.stored().shape)
+
+
+def _keeping(slices, kept: list):
+    for part in slices:
+        kept.append(part)
+        yield part
+    kept.append(True)
+
+
+_READER = None
+_READER_LOCK = threading.Lock()
+
+
+def _reader():
+    """The threads that map file bytes ahead of the workers (one each for the usual two workers)."""
+    global _READER
+    with _READER_LOCK:
+        if _READER is None:
+            from concurrent.futures import ThreadPoolExecutor
+            _READER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="losswidget-read")
+        return _READER
 
 
 def magnitudes(mf: ModelFile, ref: WeightRef) -> np.ndarray:

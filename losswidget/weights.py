@@ -25,8 +25,9 @@ from .onnxfile import ModelFile, stored_bytes
 
 _local = threading.local()
 
-# float32 values per slice when a caller gives no budget: 16 MB, a few L2-sized steps of numpy work
-DEFAULT_SLICE_BYTES = 1 << 24
+# float32 values per slice when a caller gives no budget: small enough for a slice's temporaries to stay
+# in cache, large enough that per-slice costs (a read-ahead hand-over, numpy calls) stay small
+DEFAULT_SLICE_BYTES = 1 << 22
 
 
 def _buffer(n: int) -> np.ndarray:
@@ -192,9 +193,15 @@ class Weight:
     def _nbits_values(self, r0: int, r1: int) -> np.ndarray:
         n, k, bs, blocks = self._nbits_layout()
         packed = self.stored().reshape(n, blocks, -1)[r0:r1]
-        codes = _unpack(packed, self.ref.bits)                     # [R, blocks, block_size]
         scale, zp = self._nbits_params(r0, r1)
         g = self._g_idx()
+        kernel = _compiled() if g is None else None
+        if kernel is not None:
+            values = np.empty((r1 - r0, blocks * bs), np.float32)
+            zps = np.broadcast_to(np.float32(zp), scale.shape) if np.isscalar(zp) else zp
+            kernel(packed, scale, np.ascontiguousarray(zps), self.ref.bits, values.reshape(r1 - r0, blocks, bs))
+            return values if k == blocks * bs else values[:, :k]
+        codes = _unpack(packed, self.ref.bits)                     # [R, blocks, block_size]
         if g is not None:
             flat = codes.reshape(r1 - r0, -1)[:, :k]
             values = np.subtract(flat, zp[:, g] if not np.isscalar(zp) else zp, dtype=np.float32)
@@ -297,6 +304,36 @@ class Weight:
         full = _unpack(self.stored().reshape(n, blocks, -1), self.ref.bits).reshape(n, -1)
         full[:, :k] = codes
         return _pack(full.reshape(n, blocks, bs), self.ref.bits).reshape(self.stored().shape)
+
+
+_KERNEL: list = []
+
+
+def _compiled():
+    """numba's one-pass n-bit dequantization where numba is installed (`pip install losswidget[fast]`), else
+    None: numpy unpacks, subtracts and scales in four passes over each slice. Both compute (code - zero
+    point) x scale in float32: the same numbers."""
+    if not _KERNEL:
+        try:
+            from numba import njit
+        except ImportError:
+            _KERNEL.append(None)
+        else:
+            @njit(nogil=True, cache=True)
+            def dequantize(packed, scale, zp, bits, out):
+                per = 8 // bits
+                mask = (1 << bits) - 1
+                for r in range(packed.shape[0]):
+                    for b in range(packed.shape[1]):
+                        s = scale[r, b]
+                        z = zp[r, b]
+                        for i in range(packed.shape[2]):
+                            byte = packed[r, b, i]
+                            for j in range(per):
+                                out[r, b, i * per + j] = (np.float32((byte >> (j * bits)) & mask) - z) * s
+
+            _KERNEL.append(dequantize)
+    return _KERNEL[0]
 
 
 def _keeping(slices, kept: list):

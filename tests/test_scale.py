@@ -119,3 +119,27 @@ def test_slices_read_ahead_give_the_whole_weight_and_a_reader_can_be_read_twice(
                 assert all(np.array_equal(a, b) for a, b in zip(first, second)) and len(first) == len(second)
                 if keep and layer.ref.kind != "plain":
                     assert all(a is b for a, b in zip(read(), second))      # kept, not dequantized again
+
+
+def test_compiled_and_numpy_dequantization_give_the_same_values(tmp_path, monkeypatch):
+    pytest.importorskip("numba")
+    from losswidget import weights
+
+    cases = [dict(bits=4, zero_points="packed", k=40), dict(bits=8, zero_points=None, k=64),
+             dict(bits=2, zero_points="float", k=64)]
+    for i, case in enumerate(cases):
+        packed, s, z, deq = quantize_nbits(arr(case["k"], 24, seed=i), case["bits"], 16, case["zero_points"])
+        inputs = ["x", "B", "s"] + (["z"] if z is not None else [])
+        inits = [init("B", packed), init("s", s)] + ([init("z", z)] if z is not None else [])
+        m = model([helper.make_node("MatMulNBits", inputs, ["y"], domain="com.microsoft", K=case["k"], N=24,
+                                    bits=case["bits"], block_size=16)], [vi("x", [1, case["k"]])], [vi("y", None)],
+                  inits, extra_opsets=[MS])
+        path = save(m, tmp_path / f"m{i}.onnx")
+        with open_model(path) as mf:
+            (layer,) = read_graph(mf).layers
+            monkeypatch.setattr(weights, "_KERNEL", [])
+            compiled = Weight(mf, layer.ref).values()
+            assert weights._compiled() is not None
+            monkeypatch.setattr(weights, "_KERNEL", [None])
+            plain = Weight(mf, layer.ref).values()
+        assert np.array_equal(compiled, plain) and np.allclose(compiled.T, deq, rtol=1e-6, atol=1e-7)

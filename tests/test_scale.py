@@ -143,3 +143,13 @@ def test_compiled_and_numpy_dequantization_give_the_same_values(tmp_path, monkey
             monkeypatch.setattr(weights, "_KERNEL", [None])
             plain = Weight(mf, layer.ref).values()
         assert np.array_equal(compiled, plain) and np.allclose(compiled.T, deq, rtol=1e-6, atol=1e-7)
+
+
+def test_float16_magnitudes_by_their_bits_are_exact_for_every_value():
+    from losswidget.weights import abs_half
+
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)   # all 65536 float16s
+    got = abs_half(every, np.empty(every.size, np.float32))
+    want = np.abs(every.astype(np.float32))
+    assert np.array_equal(got, want, equal_nan=True)
+    assert np.array_equal(got.view(np.uint32)[~np.isnan(want)], want.view(np.uint32)[~np.isnan(want)])

@@ -112,6 +112,8 @@ class Weight:
         self.shape = ref.shape
         self.size = ref.params
         self.rows = self.shape[0] if self.shape else 1
+        if ref.kind == "plain" and self.rows == 1:
+            self.rows = self.size                  # one long row ([1, n]): sliced as a flat run of values
         self.row_size = self.size // self.rows if self.rows else 0
         # rows per step must be whole blocks when blocks run along the first axis
         blocked_rows = ref.kind == "linear" and ref.block_size and len(self.shape) > 1 and ref.axis % len(self.shape) == 0

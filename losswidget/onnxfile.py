@@ -211,6 +211,7 @@ class ModelFile:
         self._maps: dict[str, mmap.mmap] = {}
         self._lock = threading.Lock()
         self._hash: str | None = None
+        self._files: dict[str, tuple[Path, int, bool]] = {}
 
     # -- bytes -----------------------------------------------------------------------------------------
     def _map(self, path: str) -> mmap.mmap:
@@ -230,24 +231,34 @@ class ModelFile:
             return self._blobs[tensor.name]
         return None
 
+    def _external_file(self, location: str) -> tuple[Path, int, bool]:
+        """(resolved path, size or -1 when missing, whether it is inside the model's folder) of an external
+        data file, looked up once per location (a 7B export names one file from hundreds of tensors)."""
+        found = self._files.get(location)
+        if found is None:
+            target = (self.folder / location).resolve()
+            inside = not os.path.isabs(location) and target.is_relative_to(self.folder)
+            found = self._files[location] = (target, target.stat().st_size if inside and target.is_file() else -1,
+                                             inside)
+        return found
+
     def _external_blob(self, tensor: TensorProto) -> Blob:
         info = {e.key: e.value for e in tensor.external_data}
         where = self.path or "the model"
         location = info.get("location", "")
         if not location:
             raise ModelError(f"Tensor '{tensor.name}' in {where} says its data is external but names no file.")
-        target = (self.folder / location).resolve()
-        if os.path.isabs(location) or not target.is_relative_to(self.folder):
+        target, file_size, inside = self._external_file(location)
+        if not inside:
             raise ModelError(
                 f"Refusing external data location '{location}' of tensor '{tensor.name}' in {where}: it points "
                 f"outside the model's folder {self.folder}. Keep external data files beside the model.")
-        if not target.is_file():
+        if file_size < 0:
             raise ModelError(
                 f"External data file '{location}' for tensor '{tensor.name}' was not found in {self.folder}. "
                 "Copy it beside the model (ONNX models saved with external data are several files).")
         try:
             offset = int(info.get("offset", 0))
-            file_size = target.stat().st_size
             length = int(info["length"]) if "length" in info else file_size - offset
         except ValueError:
             raise ModelError(f"Tensor '{tensor.name}' in {where} has a malformed external data offset/length.") from None

@@ -68,7 +68,7 @@ except ImportError:
     kernel = "sort"
 t0 = time.perf_counter()
 cpu0 = time.process_time()
-p = losswidget.analyze(sys.argv[1], "magnitude")
+p = losswidget.analyze(sys.argv[1], "magnitude", name="Baseline")   # the name the widget looks for
 wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
 if len(sys.argv) > 2:
     p.to_json(sys.argv[2])

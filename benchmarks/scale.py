@@ -60,7 +60,7 @@ timed(onnxfile.ModelFile, "prefetch", "read-ahead")
 try:
     from losswidget.analysis import ranks
     timed(ranks, "measure", "selection")
-    kernel = "ranks." + ranks.default_engine() if hasattr(ranks, "default_engine") else "ranks"
+    kernel = "ranks, " + ("numba" if ranks.has_numba() else "numpy") + " engine"
 except ImportError:
     from losswidget.analysis import magnitude
     import numpy as np

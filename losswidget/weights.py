@@ -245,14 +245,17 @@ class Weight:
             if release:
                 self.mf.release(t, r0 * row_bytes, (r1 - r0) * row_bytes)
 
-    def magnitude_slices(self, budget: int = DEFAULT_SLICE_BYTES, release: bool = False):
-        """Like `slices`, for kernels that only need |w|: float16 storage comes as exact float32 |w| (in one
-        reused buffer, valid until the next slice; numpy's float16 cast is ~10x slower), float32 as views."""
-        half = self.ref.kind == "plain" and self.mf.array(self.ref.tensor).dtype == np.float16
+    def _half(self) -> bool:
+        return self.ref.kind == "plain" and self.mf.array(self.ref.tensor).dtype == np.float16
+
+    def magnitude_slices(self, budget: int = DEFAULT_SLICE_BYTES, release: bool = False, reuse: bool = True):
+        """Like `slices`, for kernels that only need |w|: float16 storage comes as exact float32 |w| (numpy's
+        float16 cast is ~10x slower; `reuse`: in one buffer, valid until the next slice), float32 as views."""
+        half = self._half()
         buf = None
         for part in self.slices(budget, release):
             if half:
-                if buf is None or buf.size < part.size:
+                if buf is None or buf.size < part.size or not reuse:
                     buf = np.empty(part.size, np.float32)
                 part = abs_half(part, buf[:part.size].reshape(part.shape))
             yield part
@@ -265,7 +268,8 @@ class Weight:
         stored in more than `release_above` bytes are dropped slice by slice. `absolute`: the kernel needs
         |w| only (`magnitude_slices`)."""
         release = self.mf.blob(self.ref.tensor) is not None and stored_bytes(self.ref.tensor) > release_above
-        if self.ref.kind == "plain" or 4 * self.size > keep:
+        made = self.ref.kind != "plain" or (absolute and self._half())     # values computed, not file views
+        if not made or 4 * self.size > keep:
             return (lambda: self.magnitude_slices(budget, release)) if absolute else (lambda: self.slices(budget, release))
         kept: list = []                             # the values, then True once all of them are in
 
@@ -273,7 +277,8 @@ class Weight:
             if kept and kept[-1] is True:
                 return iter(kept[:-1])
             kept.clear()
-            return _keeping(self.slices(budget, release), kept)
+            fresh = self.magnitude_slices(budget, release, reuse=False) if absolute else self.slices(budget, release)
+            return _keeping(fresh, kept)
         return read
 
     def magnitudes(self) -> np.ndarray:
@@ -325,7 +330,16 @@ class Weight:
 def abs_half(h: np.ndarray, out: np.ndarray) -> np.ndarray:
     """|h| of float16 values as float32 in `out`, exactly: float16's exponent and mantissa bits shifted into
     float32's places and scaled by 2**112 (right for normal and subnormal values alike); infinities and NaN
-    (exponent 31, which come out >= 65536, past float16's largest finite 65504) are cast one by one."""
+    (exponent 31, which come out >= 65536, past float16's largest finite 65504) are cast one by one. One
+    compiled pass where numba is installed, else four numpy passes."""
+    kernels = _compiled_kernels()
+    if kernels is not None and h.flags.c_contiguous and out.flags.c_contiguous:
+        if kernels[1](h.reshape(-1).view(np.uint16), out.reshape(-1)):
+            return out
+        bits = np.bitwise_and(h.view(np.uint16), 0x7FFF)
+        big = bits >= 0x7C00
+        out[big] = np.abs(h[big].astype(np.float32))
+        return out
     bits = np.bitwise_and(h.view(np.uint16), 0x7FFF)
     np.left_shift(bits, 13, out=out.view(np.uint32), dtype=np.uint32)
     out *= np.float32(2.0 ** 112)
@@ -342,6 +356,12 @@ def _compiled():
     """numba's one-pass n-bit dequantization where numba is installed (`pip install losswidget[fast]`), else
     None: numpy unpacks, subtracts and scales in four passes over each slice. Both compute (code - zero
     point) x scale in float32: the same numbers."""
+    kernels = _compiled_kernels()
+    return kernels[0] if kernels is not None else None
+
+
+def _compiled_kernels():
+    """(n-bit dequantization, float16 |w|) compiled by numba, or None without numba."""
     if not _KERNEL:
         try:
             from numba import njit
@@ -361,7 +381,22 @@ def _compiled():
                             for j in range(per):
                                 out[r, b, i * per + j] = (np.float32((byte >> (j * bits)) & mask) - z) * s
 
-            _KERNEL.append(dequantize)
+            @njit(nogil=True, cache=True)
+            def abs_half_bits(h, out):
+                """abs_half's arithmetic in one pass; False when an infinity or NaN needs the slow cast."""
+                bits = out.view(np.uint32)
+                finite = True
+                for start in range(0, h.size, 4096):                 # both steps on one cache-sized piece
+                    end = min(h.size, start + 4096)
+                    for i in range(start, end):
+                        x = np.uint32(h[i] & 0x7FFF)
+                        finite &= x < 0x7C00
+                        bits[i] = x << 13
+                    for i in range(start, end):
+                        out[i] *= np.float32(5.192296858534828e33)    # 2**112
+                return finite
+
+            _KERNEL.append((dequantize, abs_half_bits))
     return _KERNEL[0]
 
 

@@ -145,11 +145,21 @@ def test_compiled_and_numpy_dequantization_give_the_same_values(tmp_path, monkey
         assert np.array_equal(compiled, plain) and np.allclose(compiled.T, deq, rtol=1e-6, atol=1e-7)
 
 
-def test_float16_magnitudes_by_their_bits_are_exact_for_every_value():
-    from losswidget.weights import abs_half
+@pytest.mark.parametrize("engine", ["numpy", "numba"])
+def test_float16_magnitudes_by_their_bits_are_exact_for_every_value(engine, monkeypatch):
+    from losswidget import weights
 
+    if engine == "numba":
+        pytest.importorskip("numba")
+        monkeypatch.setattr(weights, "_KERNEL", [])
+    else:
+        monkeypatch.setattr(weights, "_KERNEL", [None])
     every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)   # all 65536 float16s
-    got = abs_half(every, np.empty(every.size, np.float32))
     want = np.abs(every.astype(np.float32))
-    assert np.array_equal(got, want, equal_nan=True)
-    assert np.array_equal(got.view(np.uint32)[~np.isnan(want)], want.view(np.uint32)[~np.isnan(want)])
+    for values in (every, every[(every.view(np.uint16) & 0x7C00) != 0x7C00]):      # with and without inf/NaN
+        got = weights.abs_half(values, np.empty(values.size, np.float32))
+        expect = np.abs(values.astype(np.float32))
+        assert np.array_equal(got, expect, equal_nan=True)
+        assert np.array_equal(got.view(np.uint32)[~np.isnan(expect)], expect.view(np.uint32)[~np.isnan(expect)])
+    assert (weights._compiled_kernels() is not None) == (engine == "numba")
+    assert want.size == 65536

@@ -31,13 +31,14 @@ from .ranks import default_engine, measure
 
 SPARSEML_LEVELS = tuple(i / 100 for i in range(100))
 TASK_BYTES = 64 << 20              # small layers go to a worker together, up to this many stored bytes
-KEEP_BYTES = 256 << 20             # dequantized values kept between the kernel's passes (per worker thread)
+KEEP_BYTES = 256 << 20             # computed |w| kept between the kernel's passes (per worker thread)
 
 
 def _measure_layer(mf: ModelFile, layer: Layer, levels: np.ndarray, engine: str) -> Measured:
-    """The kernel reads the weight twice, by slices (weights.Weight.reader): float storage straight from the
-    mapped file, dequantized values kept between the passes when they fit KEEP_BYTES."""
-    r = measure(Weight(mf, layer.ref).reader(keep=KEEP_BYTES), levels, engine)
+    """The kernel reads |w| twice, by slices (weights.Weight.reader): float32 storage straight from the
+    mapped file, float16 as exact float32 |w|, dequantized values; computed ones kept between the passes
+    when they fit KEEP_BYTES."""
+    r = measure(Weight(mf, layer.ref).reader(keep=KEEP_BYTES, absolute=True), levels, engine)
     mf.release(layer.ref.tensor)
     return Measured(r.values, r.energy_kept, r.energy, r.flags)
 

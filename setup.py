@@ -16,7 +16,7 @@ setup(
     extras_require={
         "dask": ["distributed>=2023.1"],
         "fast": ["numba>=0.59"],                         # the compiled magnitude kernel (analysis/ranks.py)
-        "test": ["pytest>=7", "pandas>=1.5", "distributed>=2023.1", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6",
+        "test": ["pytest>=7", "pandas>=1.5", "distributed>=2023.1", "onnx_ir>=0.1", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6",
                  "jupyterlab>=4", "notebook>=7", "voila>=0.5", "playwright>=1.40", "numba>=0.59"],
         "pandas": ["pandas>=1.5"],
         # retraining the demo models (scripts/train_demo.py); the exact torch the bundled model was made with

@@ -8,7 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "bench"
+# ../shared/bench beside the checkout (a git worktree may sit one folder deeper: the nearest one up wins)
+SHARED = next((p / "shared" / "bench" for p in Path(__file__).resolve().parents[2:]
+               if (p / "shared" / "bench").is_dir()), Path(__file__).resolve().parents[2] / "shared" / "bench")
 
 
 def make_model(kind: str, out: Path, *args: str, local_ok: bool = False) -> str:

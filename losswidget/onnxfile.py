@@ -8,10 +8,11 @@ numpy view into the map; `ModelFile.release` drops its pages from the process ag
 """
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
+import sys
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +23,12 @@ from google.protobuf.message import DecodeError
 from onnx import AttributeProto, NodeProto, TensorProto
 
 from .errors import ModelError
+from .identity import hash_files, hash_files_async
 
 # raw_data fields at least this large are left in the file; smaller ones (shapes, scales) are parsed inline.
 _INLINE_LIMIT = 1024
+# madvise(MADV_POPULATE_READ) where Linux has it (Python < 3.13 does not name it); 0 once the kernel refuses it
+_POPULATE = getattr(mmap, "MADV_POPULATE_READ", 22) if sys.platform.startswith("linux") else 0
 
 _T = TensorProto
 # element size in bits of each stored type; None: not a numeric tensor we can size (strings)
@@ -66,7 +70,9 @@ def numel(tensor: TensorProto) -> int:
     return n
 
 
-_HASHES: dict[tuple, str] = {}       # (path, size, mtime_ns, inode) of the files -> content hash
+def stored_bytes(tensor: TensorProto) -> int:
+    """The tensor's size as stored (what reading it costs); elements of unknown size count 4 bytes."""
+    return (numel(tensor) * _BITS.get(tensor.data_type, 32) + 7) // 8
 
 
 @dataclass(frozen=True)
@@ -205,6 +211,7 @@ class ModelFile:
         self._maps: dict[str, mmap.mmap] = {}
         self._lock = threading.Lock()
         self._hash: str | None = None
+        self._files: dict[str, tuple[Path, int, bool]] = {}
 
     # -- bytes -----------------------------------------------------------------------------------------
     def _map(self, path: str) -> mmap.mmap:
@@ -224,24 +231,34 @@ class ModelFile:
             return self._blobs[tensor.name]
         return None
 
+    def _external_file(self, location: str) -> tuple[Path, int, bool]:
+        """(resolved path, size or -1 when missing, whether it is inside the model's folder) of an external
+        data file, looked up once per location (a 7B export names one file from hundreds of tensors)."""
+        found = self._files.get(location)
+        if found is None:
+            target = (self.folder / location).resolve()
+            inside = not os.path.isabs(location) and target.is_relative_to(self.folder)
+            found = self._files[location] = (target, target.stat().st_size if inside and target.is_file() else -1,
+                                             inside)
+        return found
+
     def _external_blob(self, tensor: TensorProto) -> Blob:
         info = {e.key: e.value for e in tensor.external_data}
         where = self.path or "the model"
         location = info.get("location", "")
         if not location:
             raise ModelError(f"Tensor '{tensor.name}' in {where} says its data is external but names no file.")
-        target = (self.folder / location).resolve()
-        if os.path.isabs(location) or not target.is_relative_to(self.folder):
+        target, file_size, inside = self._external_file(location)
+        if not inside:
             raise ModelError(
                 f"Refusing external data location '{location}' of tensor '{tensor.name}' in {where}: it points "
                 f"outside the model's folder {self.folder}. Keep external data files beside the model.")
-        if not target.is_file():
+        if file_size < 0:
             raise ModelError(
                 f"External data file '{location}' for tensor '{tensor.name}' was not found in {self.folder}. "
                 "Copy it beside the model (ONNX models saved with external data are several files).")
         try:
             offset = int(info.get("offset", 0))
-            file_size = target.stat().st_size
             length = int(info["length"]) if "length" in info else file_size - offset
         except ValueError:
             raise ModelError(f"Tensor '{tensor.name}' in {where} has a malformed external data offset/length.") from None
@@ -320,43 +337,77 @@ class ModelFile:
         for start in range(blob.offset, blob.offset + blob.length, chunk):
             yield mm[start:min(start + chunk, blob.offset + blob.length)]
 
-    def release(self, tensor: TensorProto) -> None:
-        """Let the OS drop the tensor's mapped pages from this process (they stay in the page cache)."""
+    def prefetch(self, tensor: TensorProto, start: int = 0, length: int | None = None) -> None:
+        """Map bytes start..start+length of the tensor's data into this process ahead of use: with
+        MADV_POPULATE_READ (Linux 5.14+) the page faults are taken here, on the calling thread (a reader
+        thread, while another computes on the bytes before); elsewhere MADV_WILLNEED starts the read from
+        disk. Does nothing for tensors inside the message."""
+        blob = self.blob(tensor)
+        mm = self._map(blob.path) if blob is not None else None
+        if not isinstance(mm, mmap.mmap) or not hasattr(mm, "madvise"):
+            return
+        length = blob.length - start if length is None else length
+        first = blob.offset + start
+        first -= first % mmap.PAGESIZE
+        end = min(blob.offset + start + length, len(mm))
+        global _POPULATE
+        if end <= first:
+            return
+        if _POPULATE:
+            try:
+                mm.madvise(_POPULATE, first, end - first)
+                return
+            except OSError:                  # an older kernel: read-ahead hints only
+                _POPULATE = 0
+        if hasattr(mmap, "MADV_WILLNEED"):
+            mm.madvise(mmap.MADV_WILLNEED, first, end - first)
+
+    def release(self, tensor: TensorProto, start: int = 0, length: int | None = None) -> None:
+        """Let the OS drop the tensor's mapped pages (bytes start..start+length of its data; default all) from
+        this process (they stay in the page cache)."""
         blob = self.blob(tensor)
         mm = self._maps.get(blob.path) if blob is not None else None
         if not isinstance(mm, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
             return
-        start = blob.offset - blob.offset % mmap.PAGESIZE
-        length = min(blob.offset + blob.length, len(mm)) - start
-        if length > 0:
-            mm.madvise(mmap.MADV_DONTNEED, start, length)
+        length = blob.length - start if length is None else length
+        first = blob.offset + start
+        first -= first % mmap.PAGESIZE
+        end = min(blob.offset + start + length, len(mm))
+        if end > first:
+            mm.madvise(mmap.MADV_DONTNEED, first, end - first)
 
     # -- identity --------------------------------------------------------------------------------------
-    def content_hash(self) -> str:
+    def content_hash(self, block: bool = True) -> str | None:
         """"blake3:<hex>" of the model file (and of its external data files, in name order).
 
         BLAKE3 rather than SHA-256: it identifies the model for profile caches, and on a 343 MB model it
-        costs 0.14 s of CPU where SHA-256 costs 0.38 s, more than a third of a magnitude profile. Within a
-        process the hash of unchanged files (same size, mtime and inode) is computed once: the widget
-        hashes its model, then each analysis it starts does too.
+        costs 0.14 s of CPU where SHA-256 costs 0.38 s, more than a third of a magnitude profile. Hashes of
+        unchanged files are remembered in this process and on disk (identity.py), so a multi-GB model is
+        hashed once. `block=False`: the hash if already known, else None, with the hashing started on a
+        background thread (`hash_future` waits for it).
         """
         if self._hash is None:
             if self.path is None:
                 self._hash = "blake3:" + blake3(self.model.SerializeToString()).hexdigest()
-                return self._hash
-            files = [self.path] + sorted(Path(p) for p in self.external_paths())
-            stats = tuple((str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
-                          for f in files for st in [f.stat()])
-            cached = _HASHES.get(stats)
-            if cached is None:
-                digests = []
-                for file in files:
-                    with open(file, "rb") as f:
-                        digests.append(hashlib.file_digest(f, blake3))
-                h = digests[0] if len(digests) == 1 else blake3(b"".join(d.digest() for d in digests))
-                cached = _HASHES[stats] = "blake3:" + h.hexdigest()
-            self._hash = cached
+            elif block:
+                self._hash = hash_files(self._hash_paths())
+            else:
+                future = self.hash_future()
+                if not future.done() or future.exception() is not None:
+                    return None
+                self._hash = future.result()
         return self._hash
+
+    def hash_future(self) -> Future:
+        """A Future of `content_hash()`, done at once when the hash is known (see identity.py)."""
+        if self._hash is not None or self.path is None:
+            done: Future = Future()
+            done.set_result(self.content_hash())
+            return done
+        return hash_files_async(self._hash_paths())
+
+    def _hash_paths(self) -> list[Path]:
+        return [self.path] + sorted(Path(p) for p in self.external_paths())
 
     def external_paths(self) -> set[str]:
         """The external data files the model's tensors point into."""

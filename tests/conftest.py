@@ -1,6 +1,12 @@
+import os
+import tempfile
+
 import pytest
 
 from helpers import mlp, save
+
+# the tests' model hashes are remembered in a folder of their own, not in the user's cache (identity.py)
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="losswidget-test-cache-")
 
 
 @pytest.fixture

@@ -304,6 +304,7 @@ def run_layers(ctx: Context, fn: Callable, workers: int | None = None) -> list:
                     ctx.layer_done(i, result)
                     if ctx.progress is not None:
                         ctx.progress(done, len(layers), layers[i].name)
+                    check_cancel(ctx.cancel)        # layers finishing together: none reported past a cancel
                 check_cancel(ctx.cancel)
         except AnalysisCancelled as exc:
             exc.result = Result(results)

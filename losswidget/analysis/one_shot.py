@@ -36,7 +36,7 @@ from ..errors import AnalysisCancelled, DataError, LossWidgetError, SettingsErro
 from ..graph import Layer, read_graph
 from ..onnxfile import open_model
 from ..plan import plan_sparsity
-from ..weights import magnitudes, pruned_copy, sort_magnitudes, zero_value
+from ..weights import Weight, magnitudes, pruned_copy, sort_magnitudes
 from .base import DATA_SETTINGS, TARGET, Context, Measured, Method, Result, Setting, check_cancel, levels_setting
 
 METRICS = ("auto", "kl", "mse", "loss")
@@ -380,9 +380,11 @@ class OneShotSession:
         layer = self.layers[index]
         mags, order = self._order(layer)            # ascending
         energy = _energy(mags)
-        stored = np.asarray(self.mf.array(layer.ref.tensor))
-        work = stored.reshape(-1).copy()              # pruned in place, level after level
-        zero = zero_value(self.mf, layer.ref, stored.shape).reshape(-1)
+        weight = Weight(self.mf, layer.ref)
+        codes = weight.codes()                        # the stored elements (nbits: unpacked codes)
+        work = codes.reshape(-1).copy()               # pruned in place, level after level
+        zero = weight.zero_codes()
+        zero = np.broadcast_to(zero, codes.shape).reshape(-1) if zero.ndim else zero
         done, pruned_energy = 0, 0.0
         values, kept = [], []
         measured = {0: 0.0}                           # pruned count -> value (small layers repeat counts)
@@ -390,7 +392,7 @@ class OneShotSession:
             for level in levels:
                 k = int(round(level * mags.size))
                 if k < done:                          # levels out of order: start again from the weight
-                    work[:] = stored.reshape(-1)
+                    work[:] = codes.reshape(-1)
                     done, pruned_energy = 0, 0.0
                 pruned_energy += _energy(mags[done:k])
                 kept.append(1.0 - (pruned_energy / energy if k and energy > 0 else 0.0))
@@ -402,9 +404,10 @@ class OneShotSession:
                 idx = order[done:k].astype(np.intp)   # numpy converts int32 indices slowly
                 work[idx] = zero[idx] if zero.size > 1 else zero
                 done = k
+                fed = weight.pack(work.reshape(codes.shape))
                 totals = counts = 0.0
                 for env, scorer in zip(self.envs, self.scorers):
-                    totals = totals + scorer.score(self.model.run_with(env, {layer.weight: work.reshape(stored.shape)}))
+                    totals = totals + scorer.score(self.model.run_with(env, {layer.weight: fed}))
                     counts = counts + scorer.counts
                 values.append(float(np.mean(totals / np.maximum(counts, 1))))   # each output on its own scale
                 measured[k] = values[-1]

@@ -238,6 +238,9 @@ class ChunkedModel:
         options.log_severity_level = 3
         # many sessions live side by side: spinning idle threads of one would steal the cores of another
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # blocked int4 DequantizeLinear -> MatMul is fused into MatMulNBits, by default with int8 activations;
+        # a fed (pruned) weight is not fused: both must do the same float arithmetic to be compared
+        options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
         if threads or self._threads:
             options.intra_op_num_threads = threads or self._threads
         consts, names, values, keep = [], [], [], []
@@ -293,6 +296,20 @@ class ChunkedModel:
             self._entries.pop(w, None)
 
     # -- running -----------------------------------------------------------------------------------------
+    def _feedable(self, value: np.ndarray, tensor: TensorProto, alive: list):
+        """The value as onnxruntime takes it: sub-byte types (int4, uint4, ...) as an OrtValue over their
+        packed bytes (onnxruntime's numpy bridge knows no 4-bit dtype; it reads a buffer the size of the
+        logical tensor from its start, so the packed bytes go first in one, kept in `alive`: the OrtValue
+        does not own it)."""
+        if np.dtype(value.dtype).itemsize != 1 or tensor.data_type not in _SUB_BYTE:
+            return value
+        packed = onnx.numpy_helper.from_array(np.asarray(value), tensor.name).raw_data
+        buf = np.zeros(max(value.size, len(packed)), np.uint8)
+        buf[:len(packed)] = np.frombuffer(packed, np.uint8)
+        alive.append(buf)
+        return self._ort.OrtValue.ortvalue_from_numpy_with_onnx_type(buf[:value.size].reshape(value.shape),
+                                                                     tensor.data_type)
+
     def run_dense(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         env = dict(feeds)
         for c in self.chunks:
@@ -309,8 +326,10 @@ class ChunkedModel:
         else:
             first = self.open_session()
         feeds = {n: env[n] for n in first.inputs}
+        alive: list = []                               # buffers behind OrtValues, until the run is over
         for w in first.fed:
-            feeds[w] = swaps[w] if w in swaps else self._mf.array(self._inits[w])
+            feeds[w] = self._feedable(swaps[w] if w in swaps else self._mf.array(self._inits[w]), self._inits[w],
+                                      alive)
         local = dict(zip(first.outputs, first.session.run(first.outputs, feeds)))
         changed = set(local)
         for c in self.chunks[first.next_chunk:]:
@@ -321,6 +340,9 @@ class ChunkedModel:
             changed.update(c.outputs)
         return {o: local[o] if o in local else env[o] for o in self.graph_outputs}
 
+
+_SUB_BYTE = frozenset(getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+                      if hasattr(TensorProto, n))
 
 # elementwise ops that commonly finish a layer's output (bias, activation, GELU's pieces)
 _FINISHING = frozenset({"Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "Tanh",

@@ -41,9 +41,10 @@ from common import SHARED, compile_ours, make_model, peer_python, run_json
 MAGNITUDE = r"""
 import json, resource, sys, threading, time
 import losswidget
-from losswidget import onnxfile
-spent = {"read-ahead": 0.0, "selection": 0.0}
+from losswidget import onnxfile, weights
+spent = {"read-ahead": 0.0, "selection": 0.0, "slices": 0.0, "numba load": 0.0}
 lock = threading.Lock()
+local = threading.local()
 
 def timed(owner, name, key):
     original = getattr(owner, name)
@@ -56,36 +57,41 @@ def timed(owner, name, key):
                 spent[key] += time.thread_time() - t
     setattr(owner, name, wrapper)
 
-timed(onnxfile.ModelFile, "prefetch", "read-ahead")
-from losswidget import weights
-spent["slices"] = 0.0
-original_reader = weights.Weight.reader
-
-def timed_reader(self, *a, **k):
-    read = original_reader(self, *a, **k)
-    def again():
-        parts = iter(read())
+def timed_slices(owner, name):
+    # thread time inside the generator (reading, converting, dequantizing); the outermost one counts
+    original = getattr(owner, name)
+    def wrapper(*a, **k):
+        parts = original(*a, **k)
         while True:
+            depth = getattr(local, "depth", 0)
+            local.depth = depth + 1
             t = time.thread_time()
             try:
                 part = next(parts)
             except StopIteration:
                 return
             finally:
-                with lock:
-                    spent["slices"] += time.thread_time() - t
+                local.depth = depth
+                if depth == 0:
+                    with lock:
+                        spent["slices"] += time.thread_time() - t
             yield part
-    return again
-weights.Weight.reader = timed_reader
+    setattr(owner, name, wrapper)
+
+timed(onnxfile.ModelFile, "prefetch", "read-ahead")
+for name in ("slices", "magnitude_slices", "code_blocks"):
+    if hasattr(weights.Weight, name):
+        timed_slices(weights.Weight, name)
+from losswidget.analysis import magnitude, ranks
 try:
-    from losswidget.analysis import ranks
-    timed(ranks, "measure", "selection")
-    kernel = "ranks, " + ("numba" if ranks.has_numba() else "numpy") + " engine"
+    from losswidget.analysis import kernels
+    timed(kernels, "compiled", "numba load")          # the loading thread's call (later calls return at once)
 except ImportError:
-    from losswidget.analysis import magnitude
-    import numpy as np
-    timed(magnitude, "measure_sorted", "selection")
-    kernel = "sort"
+    pass
+for name in ("measure", "measure_half", "measure_codes"):
+    if hasattr(magnitude, name):
+        timed(magnitude, name, "selection")
+kernel = "ranks, " + ("numba" if ranks.has_numba() else "numpy") + " engine"
 t0 = time.perf_counter()
 cpu0 = time.process_time()
 p = losswidget.analyze(sys.argv[1], "magnitude", name="Baseline")   # the name the widget looks for
@@ -187,9 +193,10 @@ def split(r: dict) -> str:
     """Where a magnitude run's CPU time went, in thread-seconds (both workers and the reader threads)."""
     s = r["spent"]
     kernel = s["selection"] - s.get("slices", 0.0)       # the slices are pulled from inside the kernel
-    rest = r["cpu"] - s["read-ahead"] - s["selection"]
-    return (f"CPU {r['cpu']:.1f} s: read-ahead {s['read-ahead']:.1f}, slices (mapping, float16 |w|, dequantizing) "
-            f"{s.get('slices', 0.0):.1f}, selection kernel {kernel:.1f}, the rest {rest:.1f}")
+    load = s.get("numba load", 0.0)
+    rest = r["cpu"] - s["read-ahead"] - s["selection"] - load
+    return (f"CPU {r['cpu']:.1f} s: read-ahead {s['read-ahead']:.1f}, slices (mapping, converting, dequantizing) "
+            f"{s.get('slices', 0.0):.1f}, selection kernel {kernel:.1f}, numba's load {load:.1f}, the rest {rest:.1f}")
 
 
 def whole(python: str, code: str, *args: str) -> tuple[float, dict]:

@@ -260,6 +260,27 @@ class Weight:
                 part = abs_half(part, buf[:part.size].reshape(part.shape))
             yield part
 
+    def code_blocks(self, budget: int = DEFAULT_SLICE_BYTES):
+        """An nbits weight (without g_idx) as stored, by row slices, for kernels that count codes instead of
+        dequantizing them: (packed codes [rows, blocks, bytes per block] uint8, scales [rows, blocks] float32,
+        zero points [rows, blocks] float32 or one number, codes in each row's last block that are weights);
+        the next slice's bytes mapped ahead. Its values are (code - zero point) x scale in float32."""
+        if self.ref.kind != "nbits" or self.ref.g_idx is not None:
+            raise ValueError(f"'{self.ref.tensor.name}' is not an n-bit weight in blocks of consecutive codes")
+        n, k, bs, blocks = self._nbits_layout()
+        packed = self.stored().reshape(n, blocks, -1)
+        steps, t = self.steps(budget), self.ref.tensor
+        row_bytes = self._row_bytes() if len(steps) > 1 else None
+        ahead = None
+        for i, (r0, r1) in enumerate(steps):
+            if ahead is not None:
+                ahead.result()
+            if row_bytes is not None and i + 1 < len(steps):
+                a, b = steps[i + 1]
+                ahead = _reader().submit(self.mf.prefetch, t, a * row_bytes, (b - a) * row_bytes)
+            scale, zp = self._nbits_params(r0, r1)
+            yield packed[r0:r1], scale, zp, k - (blocks - 1) * bs
+
     def reader(self, budget: int = DEFAULT_SLICE_BYTES, keep: int = 0, release_above: int = 1 << 29,
                absolute: bool = False):
         """A callable giving the values in slices each time it is called (for a kernel that reads them more

@@ -180,7 +180,8 @@ def test_bad_input(engine):
         measure_array(np.ones(3), [0.5], engine)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         measure_array(np.ones(3, np.float32), [0.5, 1.5], engine)
-    rounds = iter([np.ones(10, np.float32), np.ones(9, np.float32)])
+    # ten distinct values in one bucket, so the cut at 0.55 sends pass 2 back to read them
+    rounds = iter([np.float32(1 + np.arange(10) * 2e-5), np.float32(1 + np.arange(9) * 2e-5)])
     with pytest.raises(ValueError, match="must not change"):
         measure(lambda: (next(rounds),), [0.55], engine)
     # a failure between the passes leaves nothing behind for the next layer

@@ -21,25 +21,62 @@ from concurrent.futures import FIRST_COMPLETED, wait
 
 import numpy as np
 
+from onnx import TensorProto
+
 from ..errors import AnalysisCancelled, ModelError, SettingsError
 from ..graph import Layer, read_graph
 from ..identity import file_key
 from ..onnxfile import ModelFile, open_model, stored_bytes
 from ..weights import Weight
 from .base import TARGET, Context, Measured, Method, Result, levels_setting, run_layers
-from .ranks import default_engine, measure
+from .kernels import load_async, ready
+from .ranks import default_engine, measure, measure_codes, measure_half
 
 SPARSEML_LEVELS = tuple(i / 100 for i in range(100))
 TASK_BYTES = 64 << 20              # small layers go to a worker together, up to this many stored bytes
 KEEP_BYTES = 256 << 20             # computed |w| kept between the kernel's passes (per worker thread)
+RELEASE_ABOVE = 1 << 29            # a weight stored in more bytes drops its file pages slice by slice
+CODE_BITS = (2, 4)                 # n-bit codes counted per block (8-bit blocks have too many codes to pay)
+CODE_SLICE_BYTES = 16 << 20        # code slices by their float32 size: 4M codes, 2 MB packed (fewer calls)
+# values of a layer from which it waits for the compiled engine rather than run on numpy's while numba
+# loads: where numpy's engine would take longer than the load's usual ~0.5-1 s
+NUMPY_LIMIT = {"half": 1 << 28, "codes": 1 << 26, "values": 1 << 24}
+
+
+def _source(layer: Layer) -> str:
+    """How the kernel reads this layer's weight: 16-bit float patterns, n-bit codes or float32 |w|."""
+    ref = layer.ref
+    if ref.kind == "nbits" and ref.bits in CODE_BITS and ref.g_idx is None:
+        return "codes"
+    if ref.kind == "plain" and ref.tensor.data_type in (TensorProto.FLOAT16, TensorProto.BFLOAT16):
+        return "half"
+    return "values"
+
+
+def _bfloat16_bits(values: np.ndarray) -> np.ndarray:
+    """bfloat16 weights read as float32 (their bits shifted up 16) back to their 16-bit patterns."""
+    return (np.ascontiguousarray(values, np.float32).view(np.uint32) >> 16).astype(np.uint16)
 
 
 def _measure_layer(mf: ModelFile, layer: Layer, levels: np.ndarray, engine: str) -> Measured:
-    """The kernel reads |w| twice, by slices (weights.Weight.reader): float32 storage straight from the
-    mapped file, float16 as exact float32 |w|, dequantized values; computed ones kept between the passes
-    when they fit KEEP_BYTES."""
-    r = measure(Weight(mf, layer.ref).reader(keep=KEEP_BYTES, absolute=True), levels, engine)
-    mf.release(layer.ref.tensor)
+    """One layer through the kernel that fits its storage (analysis/ranks.py), its weight read by slices
+    (weights.Weight): 16-bit floats counted by bit pattern in one pass; MatMulNBits codes counted per block,
+    never dequantized; anything else as float32 |w| in two passes (dequantized values kept between them
+    when they fit KEEP_BYTES)."""
+    w, t = Weight(mf, layer.ref), layer.ref.tensor
+    source = _source(layer)
+    if engine == "numba" and not ready() and layer.params < NUMPY_LIMIT[source]:
+        engine = "numpy"                    # numba still loading: this layer is done before it would be
+    release = mf.blob(t) is not None and stored_bytes(t) > RELEASE_ABOVE
+    if source == "codes":
+        r = measure_codes(lambda: w.code_blocks(CODE_SLICE_BYTES), layer.ref.bits, levels, engine)
+    elif source == "half" and t.data_type == TensorProto.FLOAT16:
+        r = measure_half(lambda: w.slices(release=release), levels, engine)
+    elif source == "half":
+        r = measure_half(lambda: map(_bfloat16_bits, w.slices(release=release)), levels, engine, bfloat16=True)
+    else:
+        r = measure(w.reader(keep=KEEP_BYTES, absolute=True), levels, engine)
+    mf.release(t)
     return Measured(r.values, r.energy_kept, r.energy, r.flags)
 
 
@@ -47,6 +84,8 @@ def run(ctx: Context) -> Result:
     engine = default_engine(sum(layer.params for layer in ctx.layers))
     if ctx.executor is not None:
         return _run_shared(ctx, engine)
+    if engine == "numba":
+        load_async()                        # numba loads on a thread while the first layers run on numpy
     return Result(run_layers(ctx, lambda layer: _measure_layer(ctx.mf, layer, ctx.levels, engine)))
 
 

@@ -224,9 +224,11 @@ class InputNorms:
         """Elements of the weight these norms rank."""
         return math.prod(self.view)
 
-    def scores(self, magnitudes: np.ndarray) -> np.ndarray:
-        """|w| x ||x_j|| (float32, flat, storage order) from the weight's |w| (flat, storage order)."""
-        return np.multiply(magnitudes.reshape(self.view), self.values, dtype=np.float32).reshape(-1)
+    def scores(self, magnitudes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """|w| x ||x_j|| (float32, flat, storage order) from the weight's |w| (flat, storage order); into
+        `out` (flat float32 of the weight's size) when given."""
+        shaped = None if out is None else out.reshape(self.view)
+        return np.multiply(magnitudes.reshape(self.view), self.values, out=shaped, dtype=np.float32).reshape(-1)
 
     def to_dict(self) -> dict:
         return {"shape": list(self.shape), "view": list(self.view),

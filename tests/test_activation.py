@@ -269,15 +269,48 @@ def test_relative_error_by_hand(tmp_path):
     assert layer.sensitivity == pytest.approx(13.25 / 29.25 + (13.25 - 4.25) / 29.25 * 0.8, rel=1e-6)
 
 
-def test_relative_error_kernel_equal_scores_and_flags():
-    levels = np.array([0.0, 0.5, 1.0 - 1e-9])
-    m = relative_errors(np.array([1, 1, 1, 1], np.float32), np.array([1, 2, 3, 4], np.float32), levels)
-    # equal scores go in index order: level 0.5 prunes the first two weights (|w| 1 and 2) of energy 30
-    np.testing.assert_allclose(m.values, [0, 0.5, 1.0])
-    np.testing.assert_allclose(m.energy_kept, [1, 1 - 5 / 30, 0])
-    assert relative_errors(np.zeros(3, np.float32), np.ones(3, np.float32), levels).flags == ("zero_input",)
-    assert relative_errors(np.zeros(3, np.float32), np.zeros(3, np.float32), levels).flags == ("all_zero",)
-    assert relative_errors(np.array([0, 1, np.nan], np.float32), np.ones(3, np.float32), levels).flags == ("non_finite",)
+def test_selection_kernel_by_hand_equal_scores_nan_and_flags():
+    from losswidget.weights import lowest_cuts_in, lowest_square_sums
+    scores = np.array([1, 1, 1, 1], np.float32)
+    w = np.array([1, 2, 3, 4], np.float32)
+    cuts, sums, hist = lowest_square_sums(scores, [0, 2, 4], scores, w)
+    # equal scores go in index order: the 2 lowest are the first two weights (|w| 1 and 2: energy 5 of 30)
+    np.testing.assert_allclose(sums, [[0, 2, 4], [0, 5, 30]])
+    assert cuts == [None, (1.0, 0, 4), (1.0, 0, 4)] and lowest_cuts_in(scores, [2], hist) == [(1.0, 0, 4)]
+    m = relative_errors(np.array([0.0, 0.5]), 4, np.append(sums[0, :2], sums[0, 2]), np.append(sums[1, :2], sums[1, 2]))
+    np.testing.assert_allclose(m.values, [0, 0.5])
+    np.testing.assert_allclose(m.energy_kept, [1, 1 - 5 / 30])
+    # NaN last; values spread over many buckets; cuts say (value, lower, lower or equal)
+    v = np.array([3.0, np.nan, 0.5, 2.0, 0.5, 1e-30, 7e5], np.float32)
+    cuts, sums, hist = lowest_square_sums(v, [1, 3, 6, 7], np.nan_to_num(v))
+    assert cuts[:3] == [(pytest.approx(1e-30), 0, 1), (0.5, 1, 3), (7e5, 5, 6)] and np.isnan(cuts[3][0])
+    np.testing.assert_allclose(sums[0, :3], [1e-60, 0.5, 0.5 + 4 + 9 + 49e10])
+    assert relative_errors(np.array([0.0]), 3, [0, 0], [0, 3]).flags == ("zero_input",)
+    assert relative_errors(np.array([0.0]), 3, [0, 0], [0, 0]).flags == ("all_zero",)
+    assert relative_errors(np.array([0.0]), 3, [0, np.nan], [0, 3]).flags == ("non_finite",)
+
+
+def test_selection_kernel_equals_a_stable_sort():
+    from losswidget.weights import lowest_cuts_in, lowest_square_sums, sort_magnitudes
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        n = int(rng.integers(1, 5000))
+        v = [np.abs(rng.standard_normal(n)), rng.integers(0, 4, n), 1 + rng.random(n) * 1e-6][trial % 3].astype(np.float32)
+        if trial % 4 == 0:
+            v[rng.integers(0, n, n // 10)] = np.nan
+        w = rng.standard_normal(n).astype(np.float32)
+        counts = sorted(set(rng.integers(0, n + 1, 6).tolist()) | {n})
+        cuts, sums, hist = lowest_square_sums(v, counts, w)
+        s, order = sort_magnitudes(v)
+        np.testing.assert_allclose(sums[0], [float((w[order[:k]].astype(np.float64) ** 2).sum()) for k in counts],
+                                   rtol=1e-9)
+        for k, cut, again in zip(counts, cuts, lowest_cuts_in(v, counts, hist)):
+            if k == 0:
+                continue
+            value = s[k - 1]
+            lower = int((~np.isnan(v)).sum()) if np.isnan(value) else int((v < value).sum())
+            upto = n if np.isnan(value) else int((v <= value).sum())
+            assert cut[1:] == again[1:] == (lower, upto) and (cut[0] == value or np.isnan(value))
 
 
 def test_values_match_a_numpy_reference_on_a_residual_net(tmp_path):
@@ -331,8 +364,11 @@ def test_recovery_is_the_plan_at_each_target_in_activation_order(tmp_path):
         assert value == pytest.approx((pruned.argmax(-1) == dense.argmax(-1)).mean())
 
 
-def test_prune_zeroes_exactly_what_the_recovery_runs_zeroed(tmp_path, monkeypatch):
-    from losswidget.analysis import runner
+@pytest.mark.parametrize("counts_limit", [None, 0])       # 0: each run finds its weights from the scores again
+def test_prune_zeroes_exactly_what_the_recovery_runs_zeroed(tmp_path, monkeypatch, counts_limit):
+    from losswidget.analysis import activation, runner
+    if counts_limit is not None:
+        monkeypatch.setattr(activation, "KEEP_COUNTS_LIMIT", counts_limit)
     m = residual_mlp(3, 8)
     path = save(m, tmp_path / "r.onnx")
     seen = []

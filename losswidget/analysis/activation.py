@@ -33,13 +33,17 @@ from onnx import helper
 from ..errors import AnalysisCancelled, DataError, LossWidgetError, SettingsError
 from ..graph import Layer
 from ..onnxfile import ModelFile, constant_tensor
-from ..plan import CAP, InputNorms, grid_for
-from ..weights import criterion_scores, magnitudes, pruned_copy, sort_magnitudes
+from ..plan import InputNorms
+from ..weights import criterion_scores, keep_mask, lowest_cuts_in, lowest_square_sums, magnitudes, masked_copy
 from .base import DATA_SETTINGS, TARGET, Context, Measured, Method, Result, Setting, levels_setting, run_layers
 from .recovery import METRICS, RECOVERY_TARGETS, Comparison, Settings, first_line, recovery_points
 
-DEFAULT_LEVELS = tuple(i / 100 for i in range(100))
+# one-shot's levels, so that the two data methods' curves compare level for level
+DEFAULT_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
 NOT_MEASURED = "not_measured"
+# recovery keeps, per weight, how many of the plans keep it (one byte each) while the model has at most
+# this many params; past it each run finds its weights from the scores again
+KEEP_COUNTS_LIMIT = 500_000_000
 
 
 # -- kernels: squared input-feature norms of one batch, shaped to broadcast against the weight --------------
@@ -412,23 +416,14 @@ def probe(layer: Layer, graph: _Graph) -> Probe | str:
 
 
 # -- L(s) from the scores -------------------------------------------------------------------------------
-def _segment_sums(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """Sums of squares (float64) of values[a:b] for consecutive bounds, then their running total from 0."""
-    parts = [np.einsum("i,i->", values[a:b], values[a:b], dtype=np.float64) for a, b in zip(bounds[:-1], bounds[1:])]
-    return np.concatenate([[0.0], np.cumsum(parts)])
-
-
-def relative_errors(sorted_scores: np.ndarray, sorted_weights: np.ndarray, levels: np.ndarray) -> Measured:
-    """L(s) = Sum of the round(s n) lowest scores^2 / Sum of all scores^2 per level, the weight energy
-    (Sum w^2) each level keeps, and flags, from the scores ascending and |w| in the same order."""
-    n = sorted_scores.size
+def relative_errors(levels: np.ndarray, n: int, scored: np.ndarray, weighed: np.ndarray) -> Measured:
+    """L(s) per level and the weight energy each level keeps, from the sums over the round(s n) lowest
+    scores of score^2 (`scored`, per level) and of w^2 (`weighed`), the last of each being the whole layer's
+    (a count of n): L(s) = scored / scored total, kept = 1 - weighed / weighed total."""
+    total, energy = float(scored[-1]), float(weighed[-1])
+    scored, weighed = np.asarray(scored[:-1]), np.asarray(weighed[:-1])
     if n == 0:
         return Measured(np.zeros(len(levels)), np.ones(len(levels)), 0.0, ("empty",))
-    counts = np.round(np.asarray(levels) * n).astype(np.int64)     # half to even, as prune's round(s * n)
-    bounds = np.array(sorted({0, n, *counts.tolist()}))
-    at = np.searchsorted(bounds, counts)
-    scored, weighed = _segment_sums(sorted_scores, bounds), _segment_sums(sorted_weights, bounds)
-    total, energy = float(scored[-1]), float(weighed[-1])
     flags: tuple[str, ...] = ()
     if not (math.isfinite(total) and math.isfinite(energy)):
         flags = ("non_finite",)
@@ -436,25 +431,24 @@ def relative_errors(sorted_scores: np.ndarray, sorted_weights: np.ndarray, level
         flags = ("all_zero",)
     elif total == 0:
         flags = ("zero_input",)       # its inputs are all zero on this data: pruning it changes nothing here
-    values = scored[at] / total if total > 0 else np.zeros(len(levels))
-    kept = 1.0 - weighed[at] / energy if energy > 0 and math.isfinite(energy) else np.ones(len(levels))
+    values = scored / total if total > 0 else np.zeros(len(levels))
+    kept = 1.0 - weighed / energy if energy > 0 and math.isfinite(energy) else np.ones(len(levels))
     return Measured(values, kept, energy, flags)
 
 
+def level_counts(levels, n: int) -> list[int]:
+    """Weights pruned at each level: round(s n), half to even, as prune's round(s * params)."""
+    return [int(round(float(s) * n)) for s in levels]
+
+
 def _measure(mf: ModelFile, layer: Layer, levels: np.ndarray, norms: InputNorms):
-    """(Measured, {pruned count: (cut, below)} for the plan grid's levels: what recovery prunes by)."""
-    mags = magnitudes(mf, layer.ref)                # this thread's buffer: read before the next call
+    """(Measured, the histogram of the scores: what recovery finds its cuts with, weights.lowest_cut_in)."""
+    mags = magnitudes(mf, layer.ref)                # this thread's buffer: used before the next call
     scores = norms.scores(mags)
-    sorted_scores, order = sort_magnitudes(scores)
-    measured = relative_errors(sorted_scores, mags[order], levels)
-    n = sorted_scores.size
-    cuts = {}
-    for g in grid_for(CAP):
-        k = int(round(float(g) * n))
-        if 0 < k and k not in cuts:
-            value = sorted_scores[k - 1]
-            cuts[k] = (float(value), int(np.searchsorted(sorted_scores, value, side="left")))
-    return replace(measured, input_norms=norms), cuts
+    n = scores.size
+    _, sums, histogram = lowest_square_sums(scores, level_counts(levels, n) + [n], scores, mags)
+    measured = relative_errors(levels, n, sums[0], sums[1])
+    return replace(measured, input_norms=norms), histogram.astype(np.int32 if n < 2**31 else np.int64)
 
 
 # -- the method ------------------------------------------------------------------------------------------
@@ -506,7 +500,7 @@ def run(ctx: Context) -> Result:
             except Exception as exc:  # this layer's input does not fit what was expected; the others go on
                 errors[i] = f"{type(exc).__name__}: {first_line(exc)}"
                 del active[i]
-        dense.append({o: out[o] for o in model.graph_outputs})
+        dense.append({o: out[o] if o in out else batch[o] for o in model.graph_outputs})
         del out
         report(b + 1, total, f"dense pass: batch {b + 1} of {len(batches)}")
     norms = {i: InputNorms.from_array(np.sqrt(sums[i]), active[i].view) for i in active}
@@ -523,10 +517,10 @@ def run(ctx: Context) -> Result:
 
     # each layer's L(s)
     order = sorted(norms)
-    cuts: dict[int, dict] = {}
+    histograms: dict[int, np.ndarray] = {}
 
     def measure(layer: Layer) -> Measured:
-        measured, cuts[layer.index] = _measure(ctx.mf, layer, ctx.levels, norms[layer.index])
+        measured, histograms[layer.index] = _measure(ctx.mf, layer, ctx.levels, norms[layer.index])
         return measured
     sub = replace(ctx, layers=[layers[i] for i in order],
                   progress=lambda d, t, m: report(len(batches) + skipped + d, total, m),
@@ -544,21 +538,52 @@ def run(ctx: Context) -> Result:
     comparison = Comparison(dense, model.graph_outputs, dataset.labels, settings)
     done = [0]
 
+    # per layer, the pruned counts of every plan, and how many of those plans keep each weight: plans prune
+    # nested sets (the k lowest of one order), so plan j keeps the weights kept by more than j of them
+    counts: dict[int, list[int]] = {}
+    kept_by: dict[int, np.ndarray] = {}
+    cuts: dict[tuple[int, int], tuple] = {}
+    copies: dict[int, np.ndarray] = {}            # one pruned copy per layer, rewritten by each run
+    small = sum(l.params for l in layers) <= KEEP_COUNTS_LIMIT
+
+    def prepare_layer(i: int) -> None:
+        scores = criterion_scores(ctx.mf, layers[i].ref, norms[i])
+        found = lowest_cuts_in(scores, counts[i], histograms[i])
+        cuts.update(zip(((i, k) for k in counts[i]), found))
+        if small:
+            total = np.zeros(scores.size, np.uint8)
+            mask = np.empty(scores.size, np.bool_)
+            for k, cut in zip(counts[i], found):
+                total += keep_mask(scores, k, cut, out=mask)
+            kept_by[i] = total
+
+    def prepare(plans: list[dict[int, float]]) -> None:
+        for plan in plans:
+            for i, s in plan.items():
+                counts.setdefault(i, set()).add(int(round(s * layers[i].params)))
+        counts.update((i, sorted(c)) for i, c in counts.items())
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="losswidget-cuts") as pool:
+            list(pool.map(prepare_layer, counts))
+
     def pruned(i: int, sparsity: float) -> np.ndarray:
         layer = layers[i]
         k = int(round(sparsity * layer.params))
-        return pruned_copy(ctx.mf, layer.ref, k, scores=criterion_scores(ctx.mf, layer.ref, norms[i]),
-                           cut=cuts[i].get(k))
+        if i in kept_by:
+            keep = kept_by[i] > counts[i].index(k)
+        else:
+            keep = keep_mask(criterion_scores(ctx.mf, layer.ref, norms[i]), k, cuts[i, k])
+        copies[i] = masked_copy(ctx.mf, layer.ref, keep, out=copies.get(i))
+        return copies[i]
 
     def recover(sparsity: dict[int, float]) -> tuple[str, float]:
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="losswidget-prune") as pool:
             swaps = dict(zip((layers[i].weight for i in sparsity), pool.map(pruned, sparsity, sparsity.values())))
-        outputs = [model.run_whole(batch, swaps) for batch in batches]
+        outputs = [{**batch, **model.run_whole(batch, swaps)} for batch in batches]
         done[0] += 1
         report(len(batches) + len(layers) + done[0], total, f"recovery: plan {done[0]} of {len(targets)}")
         return comparison.recovery(outputs)
     try:
-        recovery = recovery_points(ctx, results, recover)
+        recovery = recovery_points(ctx, results, recover, prepare)
     except AnalysisCancelled as exc:
         exc.result = Result(results, errors, None, comparison.record(), _notes(layers, probes))
         raise

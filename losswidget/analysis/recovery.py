@@ -313,20 +313,26 @@ def record(rules: list[Scoring] | None) -> dict:
     return {"scoring": {r.output: r.describe() for r in rules}} if rules else {}
 
 
-def recovery_points(ctx: Context, results: list, recover) -> tuple[str, dict[float, float]] | None:
+def recovery_points(ctx: Context, results: list, recover, prepare=None) -> tuple[str, dict[float, float]] | None:
     """Recovery of the plan (plan.py, from these curves) at each of RECOVERY_TARGETS and the profile's target:
-    `recover({layer index: sparsity})` -> (kind, value) runs one plan."""
+    `recover({layer index: sparsity})` -> (kind, value) runs one plan; `prepare(plans)`, when given, sees
+    every plan first (to do per layer once what the runs share)."""
     if not any(r is not None for r in results):
         return None
     nan = np.full(len(ctx.levels), np.nan)
     values = [r.values if r is not None else nan for r in results]
     kept = [r.energy_kept if r is not None else nan for r in results]
     params = [l.params for l in ctx.layers]
-    points, kind = {}, None
+    plans = {}
     for target in sorted({*RECOVERY_TARGETS, ctx.target}):
-        ctx.check_cancel()
         sparsity = plan_sparsity("measured", ctx.levels, values, kept, params, target)
-        kind, points[float(target)] = recover({i: float(s) for i, s in enumerate(sparsity) if s > 0})
+        plans[float(target)] = {i: float(s) for i, s in enumerate(sparsity) if s > 0}
+    if prepare is not None:
+        prepare(list(plans.values()))
+    points, kind = {}, None
+    for target, plan in plans.items():
+        ctx.check_cancel()
+        kind, points[target] = recover(plan)
     return kind, points
 
 

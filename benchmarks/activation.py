@@ -9,11 +9,14 @@ with the steal time the host took during each run and the Spearman correlation o
 rankings (random weights and data: agreement there says little about real models).
 
 quality: the bundled demo (`losswidget.demo()`: a digits classifier and its 450 held-out digits) and a
-generated two-output model (the demo's trunk with its classifier, plus a second output of a very
-different scale: a regression of the digit's ink, sum of pixels x 100, fitted by least squares). Each
+generated two-output model (the demo with its classifier, plus a second output of a very different scale:
+the digit's ink, sum of pixels x 100, read from the trunk's first activation through a ReLU layer of its
+own and a ridge-regression readout fitted on the profiling digits). Each
 method profiles the first 150 held-out digits with its defaults; plans at 50 / 70 / 85% are pruned into
 the model with losswidget.prune and judged on the other 300 digits in onnxruntime (accuracy of the
-classifier; R^2 of the ink output). Spearman: between the activation and one-shot sensitivity rankings.
+classifier; R^2 of the ink output). Beside the plans, every layer at the target sparsity ("uniform") in
+activation order (|w| ||x_j||) and in magnitude order: the ranking within layers on its own. Spearman:
+between the activation and one-shot sensitivity rankings.
 
   flock /work/locks/bench.lock python benchmarks/activation.py timing --model t4 --repeat 3
   flock /work/locks/bench.lock python benchmarks/activation.py timing --model t12
@@ -22,7 +25,7 @@ classifier; R^2 of the ink output). Spearman: between the activation and one-sho
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import subprocess
 import sys
@@ -52,10 +55,6 @@ def spearman(a, b) -> float:
 def cpu_model() -> str:
     out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     return next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), "unknown")
-
-
-def load() -> str:
-    return os.getloadavg().__repr__()
 
 
 def timing(args) -> None:
@@ -88,34 +87,45 @@ def timing(args) -> None:
 
 
 # -- quality on held-out digits ----------------------------------------------------------------------------
+def uniform(plan, s: float):
+    """The plan with every layer at sparsity s (its criterion and norms kept)."""
+    return dataclasses.replace(plan, layers=tuple(dataclasses.replace(l, sparsity=s) for l in plan.layers))
+
+
 def two_output_model(demo_path: str, fit_x: np.ndarray):
     """The demo classifier plus an ink output (sum of pixels x 100: values ~2e3 beside logits ~10), read
-    from the trunk's first hidden layer through a ReLU layer of its own and a least-squares readout."""
+    from the trunk's first activation (pooled over space when it has any) through a ReLU layer of its own
+    and a ridge-regression readout fitted on `fit_x`."""
     import onnx
     import onnxruntime as ort
     from onnx import helper, numpy_helper
 
     m = onnx.load(demo_path)
     g = m.graph
-    first = next(n for n in g.node if n.op_type == "Relu")            # the trunk's first hidden activation
-    rng = np.random.default_rng(3)
-    width = int(numpy_helper.to_array(next(t for t in g.initializer if t.name == g.node[0].input[1])).shape[0])
-    w1 = (rng.standard_normal((width, 64)) / np.sqrt(width)).astype(np.float32)
+    first = next(n for n in g.node if n.op_type == "Relu").output[0]       # the trunk's first activation
     probe = onnx.ModelProto()
     probe.CopyFrom(m)
-    probe.graph.output.append(helper.make_tensor_value_info(first.output[0], onnx.TensorProto.FLOAT, None))
-    h = ort.InferenceSession(probe.SerializeToString()).run([first.output[0]], {g.input[0].name: fit_x})[0]
-    feats = np.maximum(h @ w1, 0)
-    target = fit_x.sum(axis=1) * 100
-    design = np.hstack([feats, np.ones((len(feats), 1), np.float32)])
-    coef = np.linalg.lstsq(design, target, rcond=None)[0]
+    probe.graph.output.append(helper.make_tensor_value_info(first, onnx.TensorProto.FLOAT, None))
+    h = ort.InferenceSession(probe.SerializeToString()).run([first], {g.input[0].name: fit_x})[0]
+    nodes, feats = [], first
+    if h.ndim > 2:                                                          # [N, C, H, W]: pool over space
+        nodes = [helper.make_node("GlobalAveragePool", [first], ["ink_pool"]),
+                 helper.make_node("Flatten", ["ink_pool"], ["ink_x"])]
+        feats, h = "ink_x", h.mean(axis=tuple(range(2, h.ndim)))
+    rng = np.random.default_rng(3)
+    w1 = (rng.standard_normal((h.shape[1], 64)) / np.sqrt(h.shape[1])).astype(np.float32)
+    hidden = np.maximum(h @ w1, 0)
+    target = fit_x.reshape(len(fit_x), -1).sum(axis=1) * 100
+    design = np.hstack([hidden, np.ones((len(hidden), 1))])
+    gram = design.T @ design                     # ridge: some pooled channels are all but constant
+    coef = np.linalg.solve(gram + 1e-4 * np.trace(gram) / len(gram) * np.eye(len(gram)), design.T @ target)
     g.initializer.extend([numpy_helper.from_array(w1, "ink.fc.weight"),
                           numpy_helper.from_array(coef[:-1, None].astype(np.float32), "ink.head.weight"),
                           numpy_helper.from_array(np.array([coef[-1]], np.float32), "ink.head.bias")])
-    g.node.extend([helper.make_node("MatMul", [first.output[0], "ink.fc.weight"], ["ink_h"], name="ink.fc"),
-                   helper.make_node("Relu", ["ink_h"], ["ink_r"]),
-                   helper.make_node("MatMul", ["ink_r", "ink.head.weight"], ["ink_m"], name="ink.head"),
-                   helper.make_node("Add", ["ink_m", "ink.head.bias"], ["ink"])])
+    g.node.extend(nodes + [helper.make_node("MatMul", [feats, "ink.fc.weight"], ["ink_h"], name="ink.fc"),
+                           helper.make_node("Relu", ["ink_h"], ["ink_r"]),
+                           helper.make_node("MatMul", ["ink_r", "ink.head.weight"], ["ink_m"], name="ink.head"),
+                           helper.make_node("Add", ["ink_m", "ink.head.bias"], ["ink"])])
     g.output.append(helper.make_tensor_value_info("ink", onnx.TensorProto.FLOAT, ["batch", 1]))
     return m
 
@@ -139,7 +149,7 @@ def quality(args) -> None:
             sess = ort.InferenceSession(model)
             outs = [o.name for o in sess.get_outputs()]
             dense = dict(zip(outs, sess.run(None, {name: x[held]})))
-            ink_true = x[held].sum(axis=1) * 100
+            ink_true = x[held].reshape(len(x[held]), -1).sum(axis=1) * 100
 
             def judge(p: str) -> str:
                 got = dict(zip(outs, ort.InferenceSession(p).run(None, {name: x[held]})))
@@ -155,12 +165,14 @@ def quality(args) -> None:
             base = judge(model)
             print(f"\n{label}: {len(profiles['activation'].layers)} layers; dense {what} {base} on {len(y[held])} "
                   f"held-out digits (profiles on the first {fit.stop}); Spearman(activation, one-shot) = {rho:.3f}")
-            print(f"\n| target | {' | '.join(profiles)} |\n|---|{'---|' * len(profiles)}")
+            heads = ["activation plan", "one-shot plan", "magnitude plan", "uniform, activation order",
+                     "uniform, magnitude order"]
+            print(f"\n| target | {' | '.join(heads)} |\n|---|{'---|' * len(heads)}")
             for t in targets:
-                cells = []
-                for p in profiles.values():
-                    out = Path(tmp) / "pruned.onnx"
-                    cells.append(judge(losswidget.prune(model, p.plan(t), out)))
+                act = profiles["activation"].plan(t)
+                plans = [act, profiles["one-shot"].plan(t), profiles["magnitude"].plan(t), uniform(act, t),
+                         dataclasses.replace(uniform(act, t), criterion="magnitude")]
+                cells = [judge(losswidget.prune(model, p, Path(tmp) / "pruned.onnx")) for p in plans]
                 print(f"| {t:.0%} | {' | '.join(cells)} |")
             for k, p in profiles.items():
                 print(f"  {k}: sensitivities {', '.join(f'{l.name} {l.sensitivity:.3g}' for l in p.layers)}")

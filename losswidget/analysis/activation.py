@@ -442,7 +442,7 @@ def level_counts(levels, n: int) -> list[int]:
 
 
 def _measure(mf: ModelFile, layer: Layer, levels: np.ndarray, norms: InputNorms):
-    """(Measured, the histogram of the scores: what recovery finds its cuts with, weights.lowest_cut_in)."""
+    """(Measured, the histogram of the scores: what recovery finds its cuts with, weights.lowest_cuts_in)."""
     mags = magnitudes(mf, layer.ref)                # this thread's buffer: used before the next call
     scores = norms.scores(mags)
     n = scores.size
@@ -551,11 +551,11 @@ def run(ctx: Context) -> Result:
         found = lowest_cuts_in(scores, counts[i], histograms[i])
         cuts.update(zip(((i, k) for k in counts[i]), found))
         if small:
-            total = np.zeros(scores.size, np.uint8)
+            kept = np.zeros(scores.size, np.uint8)
             mask = np.empty(scores.size, np.bool_)
             for k, cut in zip(counts[i], found):
-                total += keep_mask(scores, k, cut, out=mask)
-            kept_by[i] = total
+                kept += keep_mask(scores, k, cut, out=mask)
+            kept_by[i] = kept
 
     def prepare(plans: list[dict[int, float]]) -> None:
         for plan in plans:

@@ -20,7 +20,7 @@ between the activation and one-shot sensitivity rankings.
 
   flock /work/locks/bench.lock python benchmarks/activation.py timing --model t4 --repeat 3
   flock /work/locks/bench.lock python benchmarks/activation.py timing --model t12
-  python benchmarks/activation.py quality
+  python benchmarks/activation.py quality [--demo mlp]
 """
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def quality(args) -> None:
     import losswidget
 
     targets = [float(t) for t in args.targets.split(",")]
-    path, data = losswidget.demo()
+    path, data = losswidget.demo(args.demo)
     name = next(k for k in data if k != "y")
     x, y = data[name], data["y"]
     fit, held = slice(0, 150), slice(150, None)
@@ -187,6 +187,7 @@ def main() -> None:
     t.add_argument("--repeat", type=int, default=1)
     q = sub.add_parser("quality")
     q.add_argument("--targets", default="0.5,0.7,0.85")
+    q.add_argument("--demo", default="resnet", help="which bundled demo model (resnet, mlp)")
     args = ap.parse_args()
     timing(args) if args.part == "timing" else quality(args)
 

@@ -319,7 +319,6 @@ def test_values_match_a_numpy_reference_on_a_residual_net(tmp_path):
     levels = [0.1, 0.3, 0.5, 0.9]
     p = profile(m, tmp_path, {"x": x}, sparsity_levels=levels)
     weights = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in m.graph.initializer}
-    inputs = {"b0.w1": x, "b0.w2": None}
     h = x.astype(np.float64)
     acts = {}
     for b in range(2):
@@ -328,7 +327,6 @@ def test_values_match_a_numpy_reference_on_a_residual_net(tmp_path):
         acts[f"b{b}.w2"] = t
         h = h + t @ weights[f"b{b}.w2"]
     acts["head"] = h
-    del inputs
     for layer in p.layers:
         w, a = weights[layer.weight], acts[layer.weight]
         score = np.abs(w) * np.sqrt((a ** 2).sum(axis=0))[:, None]
@@ -434,8 +432,9 @@ def test_progress_cancel_and_partial(tmp_path, monkeypatch):
     cancel = threading.Event()
     real = activation._measure
 
-    def held(mf, layer, levels, norms):            # the second layer to finish waits until the user cancels
-        if held.calls.append(layer) or len(held.calls) > 1:
+    def held(mf, layer, levels, norms):            # every layer after the first waits until the user cancels
+        held.calls.append(layer)
+        if len(held.calls) > 1:
             assert cancel.wait(10)
         return real(mf, layer, levels, norms)
     held.calls = []

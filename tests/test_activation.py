@@ -476,3 +476,34 @@ def test_cli_profile_and_methods(tmp_path):
     listed = {m["name"]: m for m in losswidget.methods()}["activation"]
     assert listed["needs_data"] and listed["rank"] == 2 and listed["settings"]["metric"]["choices"] == [
         "auto", "kl", "mse", "loss"]
+
+
+def test_matmulnbits_is_measured_and_pruned_in_activation_order(tmp_path):
+    from helpers import quantize_nbits
+    from losswidget.onnxfile import open_model
+    from losswidget.graph import read_graph
+    from losswidget.weights import Weight
+    k, n = 64, 24
+    b, s, z, _ = quantize_nbits(arr(k, n, seed=3), 4, 16, "packed")
+    node = helper.make_node("MatMulNBits", ["x", "B", "s", "z"], ["y"], name="proj", domain="com.microsoft", K=k, N=n,
+                            bits=4, block_size=16)
+    m = model([node], [vi("x", ["batch", k])], [vi("y", ["batch", n])], [init("B", b), init("s", s), init("z", z)],
+              extra_opsets=[helper.make_opsetid("com.microsoft", 1)])
+    path = save(m, tmp_path / "nbits.onnx")
+    x = arr(20, k, seed=5)
+    p = losswidget.analyze(path, "activation", data={"x": x}, sparsity_levels=[0.5])
+    layer = p.layers[0]
+    assert layer.flags == () and (layer.input_norms.shape, layer.input_norms.view) == ((1, k), (n, k))   # [N, K]
+    np.testing.assert_allclose(layer.input_norms.values.ravel() ** 2, (x.astype(np.float64) ** 2).sum(axis=0),
+                               rtol=1e-5)
+    plan = p.plan(0.5)
+    out = losswidget.prune(path, plan, tmp_path / "pruned.onnx")
+    with open_model(path) as mf:
+        values = Weight(mf, read_graph(mf).layers[0].ref).values().reshape(n, k)
+    with open_model(out) as mf:
+        pruned = Weight(mf, read_graph(mf).layers[0].ref).values().reshape(n, k)
+    scores = np.multiply(np.abs(values), layer.input_norms.values, dtype=np.float32).ravel()
+    gone = np.zeros(n * k, bool)
+    gone[np.argsort(scores, kind="stable")[:plan.layers[0].pruned]] = True          # the lowest |w|·||x_j||
+    assert plan.layers[0].pruned > 0 and (pruned.ravel()[gone] == 0).all()           # zero point codes: exactly 0
+    np.testing.assert_array_equal(pruned.ravel()[~gone], values.ravel()[~gone])

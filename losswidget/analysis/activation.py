@@ -2,9 +2,9 @@
 
 The dense pass (onnxruntime, the layers' inputs returned as extra outputs; batches one at a time, so memory
 holds one batch's activations) records for every layer the squared L2 norm of each input feature x_j over
-all samples and positions: the feature weight w multiplies. For MatMul / Gemm a feature is a row of the
-weight's reduction axis (Gemm's transA / transB, the weight as either operand and batched MatMul
-included); for Conv it is an (input channel, kernel offset) pair over the im2col window, with strides,
+all samples and positions: the feature weight w multiplies. For MatMul / Gemm / MatMulNBits a feature is a
+row of the weight's reduction axis (Gemm's transA / transB, the weight as either operand and batched
+MatMul included); for Conv it is an (input channel, kernel offset) pair over the im2col window, with strides,
 pads (auto_pad too), dilations and groups; for ConvTranspose an (input channel, kernel offset) over the
 input positions whose output is kept; for LSTM / GRU / RNN the input (W) or the previous hidden state (R);
 quantized forms use their dequantized input (the float input of a DynamicQuantizeLinear). A layer whose
@@ -228,9 +228,11 @@ class Probe:
     view: tuple[int, ...]                # the stored weight's elements viewed so (storage order)
 
 
-# op -> (slot of A, slot of B, (scale slot, zero point slot) of A, of B): the matmul-like layers
+# op -> (slot of A, slot of B, (scale slot, zero point slot) of A, of B): the matmul-like layers (MatMulNBits'
+# weight is read as its logical [N, K]: B transposed)
 _MATMUL = {
     "MatMul": (0, 1, None, None), "FusedMatMul": (0, 1, None, None), "Gemm": (0, 1, None, None),
+    "MatMulNBits": (0, 1, None, None),
     "DynamicQuantizeMatMul": (0, 1, None, None), "MatMulInteger": (0, 1, (None, 2), (None, 3)),
     "QLinearMatMul": (0, 3, (1, 2), (4, 5)), "MatMulIntegerToFloat": (0, 1, (2, 4), (3, 5)),
 }
@@ -346,7 +348,7 @@ def probe(layer: Layer, graph: _Graph) -> Probe | str:
         if attrs.get("transBatchA") or attrs.get("transBatchB"):
             return f"{op} with transBatchA / transBatchB: input features are not mapped"
         first = slot == a
-        ta, tb = bool(attrs.get("transA", 0)), bool(attrs.get("transB", 0))
+        ta, tb = bool(attrs.get("transA", 0)), bool(attrs.get("transB", 0)) or op == "MatMulNBits"
         reads = graph.data(node, b if first else a, dq_b if first else dq_a)
         trans_x, trans_w = (tb, ta) if first else (ta, tb)
         return Probe(reads, stored_view(lambda x, scale, zp: matmul_norms(_dequantize(x, scale, zp), seen, first,

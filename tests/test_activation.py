@@ -372,10 +372,10 @@ def test_prune_zeroes_exactly_what_the_recovery_runs_zeroed(tmp_path, monkeypatc
     seen = []
     real = runner.ChunkedModel.run_whole
 
-    def spy(self, feeds, swaps=None):
+    def spy(self, feeds, swaps=None, outputs=None):
         if swaps:
             seen.append({k: v.copy() for k, v in swaps.items()})
-        return real(self, feeds, swaps)
+        return real(self, feeds, swaps, outputs)
     monkeypatch.setattr(runner.ChunkedModel, "run_whole", spy)
     p = losswidget.analyze(path, "activation", data={"x": arr(20, 8, seed=25)}, batch_size=20,
                            sparsity_levels=[0.3, 0.6, 0.9])

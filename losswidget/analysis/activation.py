@@ -580,7 +580,7 @@ def run(ctx: Context) -> Result:
     def recover(sparsity: dict[int, float]) -> tuple[str, float]:
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="losswidget-prune") as pool:
             swaps = dict(zip((layers[i].weight for i in sparsity), pool.map(pruned, sparsity, sparsity.values())))
-        outputs = [{**batch, **model.run_whole(batch, swaps)} for batch in batches]
+        outputs = [{**batch, **model.run_whole(batch, swaps, model.graph_outputs)} for batch in batches]
         done[0] += 1
         report(len(batches) + len(layers) + done[0], total, f"recovery: plan {done[0]} of {len(targets)}")
         return comparison.recovery(outputs)

@@ -323,16 +323,18 @@ class ChunkedModel:
             env.update(zip(c.outputs, c.session.run(c.outputs, {n: env[n] for n in c.inputs})))
         return env
 
-    def run_whole(self, feeds: dict[str, np.ndarray], swaps: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """Every output of the whole-graph session (graph outputs and kept values), the layer weights from
-        `swaps` where given, else as stored (read from the memory map, not copied)."""
+    def run_whole(self, feeds: dict[str, np.ndarray], swaps: dict[str, np.ndarray] | None = None,
+                  outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """The whole-graph session's outputs (default: all of them, graph outputs and kept values), the layer
+        weights from `swaps` where given, else as stored (read from the memory map, not copied)."""
         c = self.open_session()
         inputs = {n: feeds[n] for n in c.inputs}
         alive: list = []                               # buffers behind OrtValues, until the run is over
         for w in c.fed:
             inputs[w] = self._feedable(swaps[w] if swaps and w in swaps else self._mf.array(self._inits[w]),
                                        self._inits[w], alive)
-        return dict(zip(c.outputs, c.session.run(c.outputs, inputs)))
+        names = c.outputs if outputs is None else [o for o in c.outputs if o in outputs]
+        return dict(zip(names, c.session.run(names, inputs)))
 
     def run_with(self, env: dict[str, np.ndarray], swaps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Graph outputs with the given weights replaced; `env` is a dense run's cache."""

@@ -224,10 +224,6 @@ class _Scorer:
             if logp.shape[:-1] != lab.shape:
                 raise DataError(f"Labels of shape {list(lab.shape)} do not fit output '{rule.output}' of shape "
                                 f"{list(y.shape)} (expected {list(logp.shape[:-1])} class indices).")
-            classes = logp.shape[-1]
-            if lab.size and (lab.min() < 0 or lab.max() >= classes):
-                raise DataError(f"Labels hold class indices from {lab.min()} to {lab.max()}, but output "
-                                f"'{rule.output}' has {classes} classes (0 to {classes - 1}).")
             picked = np.take_along_axis(logp, lab[..., None].astype(np.int64), axis=-1)[..., 0]
             return float(-picked.sum()), picked.size, float((logp.argmax(-1) == lab).sum())
         if lab.shape != y.shape:

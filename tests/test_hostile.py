@@ -239,28 +239,6 @@ def test_damaged_plans(tmp_path):
             losswidget.prune(path, str(tmp_path / "plan.json"), tmp_path / "out.onnx")
 
 
-def test_bad_files_in_profiles_dir_are_skipped_with_a_warning(tmp_path, caplog):
-    from losswidget.widget.store import ProfileStore
-    m, _ = mlp()
-    path = save(m, tmp_path / "m.onnx")
-    folder = tmp_path / "profiles"
-    folder.mkdir()
-    losswidget.analyze(path, sparsity_levels=[0.5]).to_json(folder / "good.json")
-    doc = json.loads((folder / "good.json").read_text())
-    (folder / "deep.json").write_text("[" * 100_000)
-    (folder / "inf.json").write_text(json.dumps(doc).replace('"total_params": 64', '"total_params": Infinity', 1))
-    (folder / "uneven.json").write_text(json.dumps(edit(doc, "layers.1.measurements", {"0.0": 0.0})))
-    (folder / "recovery.json").write_text(json.dumps({**edit(doc, "version", 1), "measured_recovery": "abc"}))
-    os.mkfifo(folder / "fifo.json")
-    with caplog.at_level(logging.WARNING, logger="losswidget"):
-        store = ProfileStore(path, profiles_dir=folder)
-    assert list(store.profiles) == ["Baseline (weight magnitude)"]
-    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    for bad in ("deep", "inf", "uneven", "recovery", "fifo"):
-        assert sum(f"{bad}.json" in w.split(":")[0] for w in warned) == 1, (bad, warned)
-    store.close()
-
-
 # -- 6. models: names, external data, dims, nesting ---------------------------------------------------------
 def with_bytes_replaced(m: onnx.ModelProto, old: bytes, new: bytes, path) -> str:
     data = m.SerializeToString()

@@ -215,6 +215,7 @@ class _Source:
         self.file, self.path = file, path
         st = os.fstat(file.fileno())
         self.size, self.mtime_ns, self.dev, self.ino = st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino
+        self.identity = (self.dev, self.ino, self.size, self.mtime_ns)
 
     def replaced(self) -> bool:
         """Whether the path now names another file (moved over it) than the one open here."""
@@ -286,21 +287,29 @@ class ModelFile:
         self.folder = path.parent.resolve() if path is not None else Path.cwd().resolve()
         self._blobs = blobs or {}
         self._sources: dict[str, _Source] = {}
+        self._seen: dict[str, tuple] = {}    # path -> (device, inode, size, mtime) of the file first opened there
+        self._main = str(path.resolve()) if path is not None else None
         if file is not None:
-            self._sources[str(path.resolve())] = _Source(file, str(path))
+            self._sources[self._main] = src = _Source(file, str(path))
+            self._seen[self._main] = src.identity
         self._lock = threading.Lock()
         self._hash: str | None = None
-        self._closed = False
         self._files: dict[str, tuple[Path, bool, os.stat_result | None]] = {}
 
     # -- bytes -----------------------------------------------------------------------------------------
     def _source(self, path: str) -> _Source:
+        """The open file at `path` (opened on first use; after `close`, opened again only if it is still the
+        file first read there)."""
         with self._lock:
-            if self._closed:     # reopening by path could read another file than the one parsed
-                raise ModelError(f"{self.path or 'The model'} was closed; open it again to read its weights.")
             src = self._sources.get(path)
             if src is None:
-                src = self._sources[path] = _Source(_open_regular(path, "external data file"), path)
+                shown = str(self.path) if path == self._main else path
+                src = _Source(_open_regular(path, "model file" if path == self._main else "external data file"), shown)
+                if self._seen.setdefault(path, src.identity) != src.identity:
+                    src.file.close()
+                    raise ModelChanged(f"{shown} is not the file it was when the model was opened (it was replaced "
+                                       "or rewritten). Open the model again.")
+                self._sources[path] = src
             return src
 
     def _read(self, blob: Blob) -> np.ndarray:
@@ -526,7 +535,7 @@ class ModelFile:
 
     def _snapshot_hash(self) -> str:
         """content_hash of the open files themselves (not cached: only for files moved away since)."""
-        sources = [self._source(str(self.path.resolve()))] + [self._source(p) for p in sorted(self.external_paths())]
+        sources = [self._source(self._main)] + [self._source(p) for p in sorted(self.external_paths())]
         digests = [self._digest(s) for s in sources]
         h = digests[0] if len(digests) == 1 else blake3(b"".join(d.digest() for d in digests))
         return "blake3:" + h.hexdigest()
@@ -553,7 +562,6 @@ class ModelFile:
 
     def close(self) -> None:
         with self._lock:
-            self._closed = True
             for src in self._sources.values():
                 src.file.close()
             self._sources.clear()

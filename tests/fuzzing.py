@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import random
 import resource
@@ -32,7 +31,6 @@ import subprocess
 import sys
 import time
 import traceback
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -9,25 +9,23 @@ address space (RLIMIT_AS) whose peak RSS is reset before each input and checked 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import stat
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 import fuzzing
 import losswidget
-from losswidget import DataError, LossWidgetError, ModelError, ProfileError
+from losswidget import DataError, ModelError, ProfileError
 from losswidget.errors import first_line
 from losswidget.files import atomic_write
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data import Dataset
-from ..errors import AnalysisCancelled, DataError, LossWidgetError, SettingsError
+from ..data import Dataset, check_fits, memory_budget
+from ..errors import AnalysisCancelled, DataError, LossWidgetError, ModelChanged, SettingsError, first_line
 from ..graph import Layer, read_graph
 from ..onnxfile import open_model
 from ..plan import plan_sparsity
@@ -295,8 +295,13 @@ class OneShotSession:
         self.dataset = dataset
         try:                                  # the model's first dense run comes with its chunks
             self.model = ChunkedModel(self.mf, [l.weight for l in self.layers], threads, probe=dataset.batches[0])
-            self.envs = [self.model.probe_env if i == 0 and self.model.probe_env is not None else
-                         self.model.run_dense(b) for i, b in enumerate(dataset.batches)]
+            first = self.model.probe_env if self.model.probe_env is not None else self.model.run_dense(dataset.batches[0])
+            # every batch's dense run is kept (the pruned runs start from it): refuse what cannot fit
+            per_batch = sum(getattr(v, "nbytes", 0) for v in first.values())
+            fit = max(1, int(dataset.samples * memory_budget() / max(per_batch * len(dataset.batches), 1)))
+            check_fits(per_batch * len(dataset.batches), f"Keeping the dense run of {dataset.samples} samples",
+                       f"pass samples= (at most about {fit})")
+            self.envs = [first] + [self.model.run_dense(b) for b in dataset.batches[1:]]
         except LossWidgetError:
             raise
         except Exception as exc:
@@ -305,9 +310,13 @@ class OneShotSession:
         if settings.output is not None and settings.output not in outs:
             raise SettingsError(f"Unknown output '{settings.output}'; the model's outputs are {outs}.")
         names = [settings.output] if settings.output else [
-            o for o in outs if np.issubdtype(self.envs[0][o].dtype, np.floating)]
+            o for o in outs if np.issubdtype(self.envs[0][o].dtype, np.floating) and self.envs[0][o].size]
         if not names:
-            raise DataError("The model has no floating-point output to compare.")
+            raise DataError("The model has no floating-point output with values to compare.")
+        empty = [n for n in names if not np.asarray(self.envs[0][n]).size]
+        if empty:
+            raise DataError(f"Output '{empty[0]}' holds no values on this data (shape "
+                            f"{list(np.shape(self.envs[0][empty[0]]))}); there is nothing to compare.")
         if settings.metric == "loss":
             if dataset.labels is None:
                 raise SettingsError("metric='loss' needs labels (labels=array or the key of the labels in the data).")
@@ -325,6 +334,8 @@ class OneShotSession:
                 shape = [1] * max(arrays[0].ndim, 1)
                 shape[rule.axis if arrays[0].ndim else 0] = -1
                 inv_var[rule.output] = (1.0 / var).astype(np.float32).reshape(shape if arrays[0].ndim else ())
+        if settings.metric == "loss":
+            _check_class_labels(dataset.labels, self.rules[0], self.envs[0][self.rules[0].output])
         labels = dataset.labels or [None] * len(self.envs)
         self.scorers = [_Scorer({n: e[n] for n in outs}, self.rules, settings.metric, lab, inv_var)
                         for e, lab in zip(self.envs, labels)]
@@ -439,6 +450,17 @@ class OneShotSession:
         return kind, float(np.mean(values))
 
 
+def _check_class_labels(labels: list[np.ndarray], rule: Scoring, output: np.ndarray) -> None:
+    """DataError when integer labels are not class indices of the output (negative ones would wrap around)."""
+    flat = np.concatenate([np.ravel(l) for l in labels])
+    if not flat.size or not np.issubdtype(flat.dtype, np.integer) or not output.ndim:
+        return
+    classes = output.shape[rule.axis]
+    if flat.min() < 0 or flat.max() >= classes:
+        raise DataError(f"Labels hold class indices from {flat.min()} to {flat.max()}, but output '{rule.output}' "
+                        f"has {classes} classes (0 to {classes - 1}).")
+
+
 def _energy(values: np.ndarray) -> float:
     """Sum of squares, accumulated in float64 (einsum, not np.dot: BLAS threads would spin against the
     onnxruntime runs on the other cores)."""
@@ -464,6 +486,8 @@ def remote_measure(model_path, key, dataset, settings, threads, index, levels):
     session = _session_for(model_path, key, dataset, settings, threads)
     try:
         return index, session.measure(index, levels), None, session.rules
+    except ModelChanged:
+        raise
     except Exception as exc:  # reported for this layer; the others go on
         return index, None, f"{type(exc).__name__}: {first_line(exc)}", session.rules
 
@@ -552,7 +576,7 @@ def _measure_here(ctx: Context, session: OneShotSession, workers: int, results: 
             events.put(f"{layer.name} @ {level:g}")
         try:
             results[i] = session.measure(i, levels, step)
-        except AnalysisCancelled:
+        except (AnalysisCancelled, ModelChanged):
             raise
         except Exception as exc:  # this layer failed (e.g. an op onnxruntime cannot run); the rest go on
             errors[i] = f"{type(exc).__name__}: {first_line(exc)}"
@@ -624,12 +648,6 @@ def _fingerprint(dataset: Dataset) -> str:
 
 def default_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(workers, 1))
-
-
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message (its type name when the message is empty)."""
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
 
 
 METHOD = Method(

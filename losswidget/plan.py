@@ -321,7 +321,7 @@ class Plan:
         """The plan as JSON text; with `path`, also written there atomically."""
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
         if path is not None:
-            atomic_write(path, text)
+            atomic_write(path, text, "plan")
         return text
 
     def to_csv(self, path=None) -> str:
@@ -334,7 +334,7 @@ class Plan:
                         int(l.excluded)])
         text = buf.getvalue()
         if path is not None:
-            atomic_write(path, text)
+            atomic_write(path, text, "plan")
         return text
 
     def to_recipe(self, path=None) -> str:
@@ -359,7 +359,7 @@ class Plan:
                       "    params:"] + [f"      - {json.dumps(w)}" for w in groups[s]]
         text = "\n".join(lines) + "\n"
         if path is not None:
-            atomic_write(path, text)
+            atomic_write(path, text, "plan")
         return text
 
     @classmethod
@@ -379,12 +379,13 @@ class Plan:
             return cls(target=_fraction(d["target"]), achieved=_fraction(d["achieved"]), layers=layers,
                        total_params=int(model.get("total_params") or sum(l.params for l in layers)),
                        cap=_fraction(d.get("cap", CAP)), est_recovery=_opt(d.get("est_recovery")),
-                       recovery_kind=d.get("recovery_kind"), weight_energy_kept=_opt(d.get("weight_energy_kept")),
+                       recovery_kind=_opt_str(d.get("recovery_kind")),
+                       weight_energy_kept=_opt(d.get("weight_energy_kept")),
                        criterion=str(d.get("criterion", "magnitude")), profile=str(d.get("profile", "")),
                        method=str(d.get("method", "")), model_hash=str(model.get("hash", "")),
-                       model_path=model.get("path"), warnings=tuple(map(str, d.get("warnings", ()))),
+                       model_path=_opt_str(model.get("path")), warnings=tuple(map(str, d.get("warnings", ()))),
                        notes=tuple(map(str, d.get("notes", ()))))
-        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as exc:
             raise ProfileError(f"{source} is a damaged plan file ({type(exc).__name__}: {exc}).") from None
 
 
@@ -403,6 +404,12 @@ def _fraction(x) -> float:
 
 def _opt(x) -> float | None:
     return None if x is None else float(x)
+
+
+def _opt_str(x) -> str | None:
+    if x is not None and not isinstance(x, str):
+        raise TypeError(f"expected text or null, got {x!r}")
+    return x
 
 
 def _num(x):

@@ -109,7 +109,8 @@ class LayerResult:
                    shape=tuple(int(x) for x in d.get("shape", ())), params=int(d.get("params", 0)),
                    levels=levels, values=tuple(meas[l] for l in levels),
                    energy_kept=tuple(kept[l] for l in levels) if set(kept) >= set(levels) else (),
-                   energy=float(d.get("energy") or 0.0), flags=tuple(flags), error=d.get("error"),
+                   energy=float(d.get("energy") or 0.0), flags=tuple(flags),
+                   error=None if d.get("error") is None else str(d["error"]),
                    input_norms=InputNorms.from_dict(d["input_norms"]) if d.get("input_norms") else None)
 
 
@@ -317,7 +318,7 @@ class LossProfile:
         """The profile as JSON text; with `path`, also written there atomically (temp file + rename)."""
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
         if path is not None:
-            atomic_write(path, text)
+            atomic_write(path, text, "profile")
         return text
 
     @classmethod
@@ -334,7 +335,7 @@ class LossProfile:
             raise ProfileError(f"{source} has an invalid profile format version {version!r}.")
         try:
             m = d["model"]
-            settings = dict(d.get("settings") or {})
+            settings = _finite(dict(d.get("settings") or {}))
             layers = tuple(LayerResult.from_dict(l) for l in d["layers"])
             if len({l.levels for l in layers}) > 1:
                 raise ValueError("the layers were measured at different sparsity levels")
@@ -368,7 +369,7 @@ class LossProfile:
                        settings=settings, notes=tuple(map(str, d.get("notes", ()))),
                        partial=bool(d.get("partial", False)), recovery=recovery, plan_cost=plan_cost,
                        criterion=criterion, layers=layers)
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, LossWidgetError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError, LossWidgetError) as exc:
             raise ProfileError(f"{source} is a damaged profile file ({type(exc).__name__}: {exc}).") from None
 
     @classmethod
@@ -388,7 +389,7 @@ class LossProfile:
                         repr(l.sensitivity), f"{p.sparsity:.6f}", ";".join(l.flags)] + [repr(v) for v in l.values])
         text = buf.getvalue()
         if path is not None:
-            atomic_write(path, text)
+            atomic_write(path, text, "profile")
         return text
 
     def to_dataframe(self):
@@ -454,6 +455,17 @@ def profiles_to_json(profiles, path=None) -> str:
     if path is not None:
         atomic_write(path, text)
     return text
+
+
+def _finite(value):
+    """JSON data with its non-finite floats (a file's Infinity, NaN, 1e400) as None: what to_json writes."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _fraction(x) -> float:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from .errors import LossWidgetError, ModelError, SettingsError
+from .files import temp_file
 from .graph import read_graph
 from .onnxfile import ModelFile, open_model, stored_tensors
 from .plan import Plan, load_plan
@@ -107,10 +107,11 @@ def _full_model(mf: ModelFile) -> onnx.ModelProto:
 
 
 def _write(mf: ModelFile, full: onnx.ModelProto, new: dict, out: Path, data_name: str) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.parent.is_dir():
+        raise SettingsError(f"Cannot write the pruned model to {out}: the folder {out.parent} does not exist.")
     tmp_model = tmp_data = None
     try:
-        data_fd, tmp_data = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=out.parent)
+        data_fd, tmp_data = temp_file(out.parent / data_name)
         wrote_data = False
         with os.fdopen(data_fd, "wb") as data:
             for tensor, key in stored_tensors(full.graph, copy=False):
@@ -135,7 +136,7 @@ def _write(mf: ModelFile, full: onnx.ModelProto, new: dict, out: Path, data_name
                 wrote_data = True
             data.flush()
             os.fsync(data.fileno())
-        model_fd, tmp_model = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        model_fd, tmp_model = temp_file(out)
         with os.fdopen(model_fd, "wb") as f:
             f.write(full.SerializeToString())
             f.flush()

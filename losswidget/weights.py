@@ -22,10 +22,11 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+from onnx import TensorProto
 
 from .errors import ModelError
 from .graph import WeightRef
-from .onnxfile import ModelFile, stored_bytes
+from .onnxfile import ModelFile, native_dtype, stored_bytes
 from .plan import InputNorms
 
 _local = threading.local()
@@ -57,8 +58,10 @@ def broadcast_param(param: np.ndarray, shape: tuple[int, ...], axis: int, block_
                     rows: tuple[int, int] | None = None) -> np.ndarray:
     """Shape a scale / zero point so it broadcasts against the weight's rows `rows` (default: all of them),
     per tensor, per axis or blocked. A blocked parameter is expanded for those rows only."""
-    if param.size == 1 or not shape:
+    if param.size == 1:
         return param.reshape(())
+    if not shape:
+        raise ModelError(f"Cannot apply {what} of shape {list(param.shape)} to a scalar weight.")
     r0, r1 = rows if rows is not None else (0, shape[0])
     axis = axis % len(shape) if -len(shape) <= axis < len(shape) else None
     if axis is None:
@@ -125,11 +128,26 @@ class Weight:
         blocked_rows = ref.kind == "linear" and ref.block_size and len(self.shape) > 1 and ref.axis % len(self.shape) == 0
         self.align = ref.block_size if blocked_rows else 1
         self._params: dict[str, np.ndarray | None] = {}
+        self._stored: np.ndarray | None = None
 
     # -- what is stored ----------------------------------------------------------------------------------
     def stored(self) -> np.ndarray:
-        """The stored tensor in its stored dtype and dims (a read-only view into the file where possible)."""
-        return self.mf.array(self.ref.tensor)
+        """The stored tensor in its stored dtype and dims (read from the file once per Weight; slices of
+        rows are read on their own, see `_stored_rows`)."""
+        if self._stored is None:
+            self._stored = self.mf.array(self.ref.tensor)
+        return self._stored
+
+    def _stored_rows(self, r0: int, r1: int) -> np.ndarray:
+        """Stored rows r0..r1, [rows, stored row] in the stored dtype (nbits: the packed bytes): only those
+        bytes read from the file when its rows lie there one after another, else cut from `stored`."""
+        row_bytes = self._row_bytes()
+        t = self.ref.tensor
+        dtype = np.dtype(np.uint8) if self.ref.kind == "nbits" else native_dtype(t.data_type)
+        if row_bytes is None or dtype is None or self._stored is not None:
+            arr = self.stored()
+            return (arr.reshape(self.rows, -1) if self.rows else arr.reshape(0, 0))[r0:r1]
+        return self.mf.read(t, r0 * row_bytes, (r1 - r0) * row_bytes).view(dtype).reshape(r1 - r0, -1)
 
     def _param(self, name: str) -> np.ndarray | None:
         if name not in self._params:
@@ -174,19 +192,18 @@ class Weight:
         per = max(self.align, per - per % self.align)
         return [(r, min(r + per, self.rows)) for r in range(0, self.rows, per)] if self.rows else []
 
-    def values(self, r0: int = 0, r1: int | None = None) -> np.ndarray:
+    def values(self, r0: int = 0, r1: int | None = None, stored: np.ndarray | None = None) -> np.ndarray:
         """Rows r0..r1 of the dequantized weight, [rows, row size]: float32, or for plain float storage the
-        stored values as they are (float16 stays float16; a view into the file where possible)."""
+        stored values as they are (float16 stays float16). `stored`: those rows as `_stored_rows` gives
+        them, when already read."""
         r1 = self.rows if r1 is None else r1
         ref = self.ref
+        part = self._stored_rows(r0, r1) if stored is None else stored
         if ref.kind == "nbits":
-            return self._nbits_values(r0, r1)
-        arr = self.stored()
-        arr2 = arr.reshape(self.rows, -1) if self.rows else arr.reshape(0, 0)
+            return self._nbits_values(r0, r1, part)
         if ref.kind == "plain" or (ref.scale is None and ref.zero_point is None):
-            part = arr2[r0:r1]
             return part if part.dtype.kind == "f" and part.dtype.itemsize <= 4 else part.astype(np.float32)
-        part = arr[r0:r1] if arr.ndim else arr
+        part = part.reshape((r1 - r0,) + self.shape[1:]) if self.shape else part.reshape(())
         values = part.astype(np.float32)
         rows = (r0, r1)
         zp, scale = self._param("zero_point"), self._param("scale")
@@ -198,9 +215,9 @@ class Weight:
                                       f"scale '{ref.scale.name}'", rows)
         return values.reshape(r1 - r0, -1)
 
-    def _nbits_values(self, r0: int, r1: int) -> np.ndarray:
+    def _nbits_values(self, r0: int, r1: int, rows: np.ndarray) -> np.ndarray:
         n, k, bs, blocks = self._nbits_layout()
-        packed = self.stored().reshape(n, blocks, -1)[r0:r1]
+        packed = rows.reshape(r1 - r0, blocks, -1)
         scale, zp = self._nbits_params(r0, r1)
         g = self._g_idx()
         kernel = _compiled() if g is None else None
@@ -232,27 +249,22 @@ class Weight:
 
     def slices(self, budget: int = DEFAULT_SLICE_BYTES, release: bool = False):
         """The dequantized values in row slices (see `values`), in order, the file's bytes of the next slice
-        mapped on a reader thread while this one is worked on (ModelFile.prefetch). `release`: drop each
-        slice's pages from the process once the next is asked for (a layer larger than memory)."""
+        read on a reader thread while this one is worked on (only one slice's bytes ahead are held).
+        `release`: kept for callers; nothing of the file is mapped to drop."""
         steps = self.steps(budget)
-        row_bytes = self._row_bytes()
-        if row_bytes is None or len(steps) < 2:
+        if self._row_bytes() is None or len(steps) < 2:
             for r0, r1 in steps:
                 yield self.values(r0, r1)
             return
-        t = self.ref.tensor
-        ahead = _reader().submit(self.mf.prefetch, t, steps[0][0] * row_bytes, (steps[0][1] - steps[0][0]) * row_bytes)
+        ahead = _reader().submit(self._stored_rows, *steps[0])
         for k, (r0, r1) in enumerate(steps):
-            ahead.result()
+            rows = ahead.result()
             if k + 1 < len(steps):
-                a, b = steps[k + 1]
-                ahead = _reader().submit(self.mf.prefetch, t, a * row_bytes, (b - a) * row_bytes)
-            yield self.values(r0, r1)
-            if release:
-                self.mf.release(t, r0 * row_bytes, (r1 - r0) * row_bytes)
+                ahead = _reader().submit(self._stored_rows, *steps[k + 1])
+            yield self.values(r0, r1, rows)
 
     def _half(self) -> bool:
-        return self.ref.kind == "plain" and self.mf.array(self.ref.tensor).dtype == np.float16
+        return self.ref.kind == "plain" and self.ref.tensor.data_type == TensorProto.FLOAT16
 
     def magnitude_slices(self, budget: int = DEFAULT_SLICE_BYTES, release: bool = False, reuse: bool = True):
         """Like `slices`, for kernels that only need |w|: float16 storage comes as exact float32 |w| (numpy's
@@ -269,12 +281,12 @@ class Weight:
     def reader(self, budget: int = DEFAULT_SLICE_BYTES, keep: int = 0, release_above: int = 1 << 29,
                absolute: bool = False):
         """A callable giving the values in slices each time it is called (for a kernel that reads them more
-        than once): stored floats as views of the file, read ahead; dequantized ones kept after the first
-        call when their float32 values take at most `keep` bytes (else dequantized again). Pages of a weight
-        stored in more than `release_above` bytes are dropped slice by slice. `absolute`: the kernel needs
-        |w| only (`magnitude_slices`)."""
-        release = self.mf.blob(self.ref.tensor) is not None and stored_bytes(self.ref.tensor) > release_above
-        made = self.ref.kind != "plain" or (absolute and self._half())     # values computed, not file views
+        than once), read ahead; values read from the file or dequantized are kept after the first call when
+        their float32 values take at most `keep` bytes (else read and dequantized again). `release_above`:
+        kept for callers (nothing is mapped). `absolute`: the kernel needs |w| only (`magnitude_slices`)."""
+        release = False
+        # values made here (read from the file, or computed), not views of an array already in memory
+        made = self.ref.kind != "plain" or (absolute and self._half()) or self.mf.blob(self.ref.tensor) is not None
         if not made or 4 * self.size > keep:
             return (lambda: self.magnitude_slices(budget, release)) if absolute else (lambda: self.slices(budget, release))
         kept: list = []                             # the values, then True once all of them are in
@@ -295,7 +307,6 @@ class Weight:
             m = part.size
             np.abs(part.reshape(-1), out=out[pos:pos + m], casting="same_kind")
             pos += m
-        self.mf.release(self.ref.tensor)
         return out
 
     # -- codes and pruning ---------------------------------------------------------------------------------

@@ -399,6 +399,7 @@ class GatedStore(ProfileStore):
 
 def test_hash_in_the_background_then_saved_profiles_then_jobs(tmp_path):
     path, folder = net(tmp_path), tmp_path / "profiles"
+    folder.mkdir()                                    # files are written into existing folders (issue 14)
     analyze(path, "magnitude", name="saved").to_json(folder / "saved.json")
     store = GatedStore(path, profiles_dir=folder)
     panel = AddProfilePanel(store)
@@ -453,6 +454,7 @@ def test_profiles_dir_that_cannot_be_used(tmp_path):
 
 def test_bad_files_in_profiles_dir_are_skipped_with_one_notice(tmp_path):
     path, folder = net(tmp_path), tmp_path / "profiles"
+    folder.mkdir()                                    # files are written into existing folders (issue 14)
     good = analyze(path, "magnitude", name="good")
     good.to_json(folder / "good.json")
     d = good.to_dict()

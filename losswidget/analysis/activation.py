@@ -30,13 +30,13 @@ from typing import Callable
 import numpy as np
 from onnx import helper
 
-from ..errors import AnalysisCancelled, DataError, LossWidgetError, SettingsError
+from ..errors import AnalysisCancelled, DataError, LossWidgetError, ModelChanged, SettingsError, first_line
 from ..graph import Layer
 from ..onnxfile import ModelFile, constant_tensor
 from ..plan import InputNorms
 from ..weights import criterion_scores, keep_mask, lowest_cuts_in, lowest_square_sums, magnitudes, masked_copy
 from .base import DATA_SETTINGS, TARGET, Context, Measured, Method, Result, Setting, levels_setting, run_layers
-from .recovery import METRICS, RECOVERY_TARGETS, Comparison, Settings, first_line, recovery_points
+from .recovery import METRICS, RECOVERY_TARGETS, Comparison, Settings, recovery_points
 
 # one-shot's levels, so that the two data methods' curves compare level for level
 DEFAULT_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)

@@ -2,9 +2,9 @@
 
 For each level s the measurement is the mean |w| of the weights that pruning from the previous level to s
 removes (see DESIGN.md). The ranks come from analysis/ranks.py's two histogram passes, not from sorting
-|w|: weights come to the kernel by slices (weights.Weight.reader: float storage straight from the
-memory-mapped file, the next slice mapped ahead; quantized storage dequantized a slice at a time and kept
-for the second pass when it fits). Layers are spread over a thread pool, largest first (numba's passes
+|w|: weights come to the kernel by slices (weights.Weight.reader: float storage read from the file, the
+next slice read ahead; quantized storage dequantized a slice at a time; either kept for the second pass
+when it fits). Layers are spread over a thread pool, largest first (numba's passes
 release the GIL; so do the numpy engine's ufunc steps). Plans from these profiles weigh layers by the
 weight energy they lose (plan cost "energy", see plan.py): the mean |w| values carry each layer's own
 weight scale.
@@ -35,9 +35,9 @@ KEEP_BYTES = 256 << 20             # computed |w| kept between the kernel's pass
 
 
 def _measure_layer(mf: ModelFile, layer: Layer, levels: np.ndarray, engine: str) -> Measured:
-    """The kernel reads |w| twice, by slices (weights.Weight.reader): float32 storage straight from the
-    mapped file, float16 as exact float32 |w|, dequantized values; computed ones kept between the passes
-    when they fit KEEP_BYTES."""
+    """The kernel reads |w| twice, by slices (weights.Weight.reader): float32 storage as read from the
+    file, float16 as exact float32 |w|, dequantized values; kept between the passes when they fit
+    KEEP_BYTES (else read again)."""
     r = measure(Weight(mf, layer.ref).reader(keep=KEEP_BYTES, absolute=True), levels, engine)
     mf.release(layer.ref.tensor)
     return Measured(r.values, r.energy_kept, r.energy, r.flags)

@@ -31,13 +31,13 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import numpy as np
 
-from ..data import Dataset
-from ..errors import AnalysisCancelled, DataError, LossWidgetError, SettingsError
+from ..data import Dataset, check_fits, memory_budget
+from ..errors import AnalysisCancelled, DataError, LossWidgetError, ModelChanged, SettingsError, first_line
 from ..graph import Layer, read_graph
 from ..onnxfile import open_model
 from ..weights import Weight, magnitudes, pruned_copy, sort_magnitudes
 from .base import DATA_SETTINGS, TARGET, Context, Measured, Method, Result, Setting, check_cancel, levels_setting
-from .recovery import METRICS, Comparison, Settings, first_line, record, recovery_points
+from .recovery import METRICS, Comparison, Settings, record, recovery_points
 
 DEFAULT_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
 
@@ -71,8 +71,13 @@ class OneShotSession:
         self.dataset = dataset
         try:                                  # the model's first dense run comes with its chunks
             self.model = ChunkedModel(self.mf, [l.weight for l in self.layers], threads, probe=dataset.batches[0])
-            self.envs = [self.model.probe_env if i == 0 and self.model.probe_env is not None else
-                         self.model.run_dense(b) for i, b in enumerate(dataset.batches)]
+            first = self.model.probe_env if self.model.probe_env is not None else self.model.run_dense(dataset.batches[0])
+            # every batch's dense run is kept (the pruned runs start from it): refuse what cannot fit
+            per_batch = sum(getattr(v, "nbytes", 0) for v in first.values())
+            fit = max(1, int(dataset.samples * memory_budget() / max(per_batch * len(dataset.batches), 1)))
+            check_fits(per_batch * len(dataset.batches), f"Keeping the dense run of {dataset.samples} samples",
+                       f"pass samples= (at most about {fit})")
+            self.envs = [first] + [self.model.run_dense(b) for b in dataset.batches[1:]]
         except LossWidgetError:
             raise
         except Exception as exc:
@@ -177,6 +182,17 @@ class OneShotSession:
         return self.comparison.recovery(self.model.run_with(env, swaps) if swaps else env for env in self.envs)
 
 
+def _check_class_labels(labels: list[np.ndarray], rule: Scoring, output: np.ndarray) -> None:
+    """DataError when integer labels are not class indices of the output (negative ones would wrap around)."""
+    flat = np.concatenate([np.ravel(l) for l in labels])
+    if not flat.size or not np.issubdtype(flat.dtype, np.integer) or not output.ndim:
+        return
+    classes = output.shape[rule.axis]
+    if flat.min() < 0 or flat.max() >= classes:
+        raise DataError(f"Labels hold class indices from {flat.min()} to {flat.max()}, but output '{rule.output}' "
+                        f"has {classes} classes (0 to {classes - 1}).")
+
+
 def _energy(values: np.ndarray) -> float:
     """Sum of squares, accumulated in float64 (einsum, not np.dot: BLAS threads would spin against the
     onnxruntime runs on the other cores)."""
@@ -202,6 +218,8 @@ def remote_measure(model_path, key, dataset, settings, threads, index, levels):
     session = _session_for(model_path, key, dataset, settings, threads)
     try:
         return index, session.measure(index, levels), None, session.rules
+    except ModelChanged:
+        raise
     except Exception as exc:  # reported for this layer; the others go on
         return index, None, f"{type(exc).__name__}: {first_line(exc)}", session.rules
 
@@ -286,7 +304,7 @@ def _measure_here(ctx: Context, session: OneShotSession, workers: int, results: 
             events.put(f"{layer.name} @ {level:g}")
         try:
             results[i] = session.measure(i, levels, step)
-        except AnalysisCancelled:
+        except (AnalysisCancelled, ModelChanged):
             raise
         except Exception as exc:  # this layer failed (e.g. an op onnxruntime cannot run); the rest go on
             errors[i] = f"{type(exc).__name__}: {first_line(exc)}"
@@ -299,7 +317,7 @@ def _measure_here(ctx: Context, session: OneShotSession, workers: int, results: 
         futures = [pool.submit(task, i) for i in range(len(layers))]
         # the session recovery runs in, made by the first worker out of layers (errors show in recovery);
         # recovery runs alone, so it gets every worker's core
-        opening = pool.submit(lambda: contextlib.suppress(Exception)(session.model.open_session)(workers))
+        opening = pool.submit(_open_quietly, session.model, workers)
         for i, f in enumerate(futures):
             f.add_done_callback(lambda _, i=i: events.put(i))        # wakes the loop when a layer ends
         finished = 0
@@ -338,6 +356,12 @@ def _fingerprint(dataset: Dataset) -> str:
         if dataset.labels is not None:
             h.update(np.ascontiguousarray(dataset.labels[i]).tobytes())
     return h.hexdigest()[:16]
+
+
+def _open_quietly(model, threads: int) -> None:
+    """Open the recovery session ahead of time; an error shows again (and is reported) when recovery opens it."""
+    with contextlib.suppress(Exception):
+        model.open_session(threads)
 
 
 def default_threads(workers: int) -> int:

@@ -50,8 +50,13 @@ class Scoring:
     kind: str                 # "kl" | "mse"
     axis: int                 # non-negative
     probabilities: bool = False
+    task_loss: bool = False   # metric="loss": the task loss on this output, not the comparison above
 
     def describe(self) -> str:
+        if self.task_loss:
+            return (f"task loss: cross-entropy over axis {self.axis} "
+                    f"({'probabilities' if self.probabilities else 'logits'}) for class labels, "
+                    "squared error for float targets")
         if self.kind == "kl":
             return f"KL over axis {self.axis} ({'probabilities' if self.probabilities else 'logits'})"
         return f"MSE standardised per index of axis {self.axis}"
@@ -113,7 +118,7 @@ def choose_scoring(name: str, arrays: list[np.ndarray], metric: str, axis: int |
     last = max(ndim - 1, 0)
     if metric in ("kl", "loss"):
         a = last if axis is None else axis
-        return Scoring(name, "kl", a, _is_probabilities(arrays, a) if ndim else False)
+        return Scoring(name, "kl", a, _is_probabilities(arrays, a) if ndim else False, task_loss=metric == "loss")
     if metric == "mse":
         return Scoring(name, "mse", _channel_axis(arrays) if axis is None else axis)
     # auto
@@ -264,9 +269,13 @@ class Comparison:
         if settings.output is not None and settings.output not in outputs:
             raise SettingsError(f"Unknown output '{settings.output}'; the model's outputs are {outputs}.")
         names = [settings.output] if settings.output else [
-            o for o in outputs if np.issubdtype(dense[0][o].dtype, np.floating)]
+            o for o in outputs if np.issubdtype(dense[0][o].dtype, np.floating) and dense[0][o].size]
         if not names:
-            raise DataError("The model has no floating-point output to compare.")
+            raise DataError("The model has no floating-point output with values to compare.")
+        empty = [n for n in names if not np.asarray(dense[0][n]).size]
+        if empty:
+            raise DataError(f"Output '{empty[0]}' holds no values on this data (shape "
+                            f"{list(np.shape(dense[0][empty[0]]))}); there is nothing to compare.")
         if settings.metric == "loss":
             if labels is None:
                 raise SettingsError("metric='loss' needs labels (labels=array or the key of the labels in the data).")
@@ -284,6 +293,8 @@ class Comparison:
                 shape = [1] * max(arrays[0].ndim, 1)
                 shape[rule.axis if arrays[0].ndim else 0] = -1
                 inv_var[rule.output] = (1.0 / var).astype(np.float32).reshape(shape if arrays[0].ndim else ())
+        if settings.metric == "loss":
+            _check_class_labels(labels, self.rules[0], dense[0][self.rules[0].output])
         labels = labels or [None] * len(dense)
         self.scorers = [_Scorer({n: e[n] for n in outputs}, self.rules, settings.metric, lab, inv_var)
                         for e, lab in zip(dense, labels)]
@@ -307,6 +318,17 @@ class Comparison:
     def record(self) -> dict:
         """What the profile records of the scoring: the rule of each output."""
         return record(self.rules)
+
+
+def _check_class_labels(labels: list[np.ndarray], rule: Scoring, output: np.ndarray) -> None:
+    """DataError when integer labels are not class indices of the output (negative ones would wrap around)."""
+    flat = np.concatenate([np.ravel(l) for l in labels])
+    if not flat.size or not np.issubdtype(flat.dtype, np.integer) or not output.ndim:
+        return
+    classes = output.shape[rule.axis]
+    if flat.min() < 0 or flat.max() >= classes:
+        raise DataError(f"Labels hold class indices from {flat.min()} to {flat.max()}, but output '{rule.output}' "
+                        f"has {classes} classes (0 to {classes - 1}).")
 
 
 def record(rules: list[Scoring] | None) -> dict:
@@ -335,8 +357,3 @@ def recovery_points(ctx: Context, results: list, recover, prepare=None) -> tuple
         kind, points[target] = recover(plan)
     return kind, points
 
-
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message (its type name when the message is empty)."""
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

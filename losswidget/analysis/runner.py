@@ -12,8 +12,9 @@ Recovery (every layer pruned at once) runs one session of the whole graph with a
 A model made with `chunks=0` has only that session (`run_whole`), which may also return inner values
 (`keep`): the activation-aware method reads the layers' inputs from it in its one dense pass.
 
-Weights are never serialized into the sessions: the large ones are handed to onnxruntime as external
-initializers that point at the model file's memory map (ModelFile.stored); small ones are embedded.
+Weights are never serialized into the sessions: the large ones are read from the file (ModelFile.stored)
+and handed to onnxruntime as external initializers over those arrays; small ones are embedded. External
+data that the chunks do not hand over (Constant values, subgraph initializers) is read into the message.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, helper
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from ..onnxfile import ModelFile, numel
 
 
@@ -88,6 +89,21 @@ def hoist_weights(model: onnx.ModelProto, names: set[str]) -> None:
     visit(main, True)
 
 
+def _inline_external(graph: onnx.GraphProto, mf: ModelFile, main: bool) -> None:
+    """Read into the message every external tensor the chunks do not hand over themselves (Constant values,
+    subgraph initializers): sessions are made from bytes, so onnxruntime would look for their data files
+    relative to the working directory, not the model's folder."""
+    for t in ([] if main else graph.initializer):
+        if t.data_location == TensorProto.EXTERNAL:
+            t.CopyFrom(mf.inline(t))
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == AttributeProto.TENSOR and attr.t.data_location == TensorProto.EXTERNAL:
+                attr.t.CopyFrom(mf.inline(attr.t))
+            for g in ([attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)):
+                _inline_external(g, mf, main=False)
+
+
 @dataclass
 class Chunk:
     session: object
@@ -122,6 +138,7 @@ class ChunkedModel:
         model = onnx.ModelProto()
         model.CopyFrom(mf.model)             # light: the large weights stay in the file
         hoist_weights(model, self.weights)
+        _inline_external(model.graph, mf, main=True)
         self._inits = {t.name: t for t in model.graph.initializer}
         missing = self.weights - set(self._inits)
         if missing:
@@ -140,6 +157,7 @@ class ChunkedModel:
         self._last_read = {name: i for i, u in enumerate(used) for name in u}   # index of the last reader
         self._consts = set(self._inits) - self.weights
         self._entries: dict[str, Chunk] = {}
+        self._dense_weights: dict[str, np.ndarray] = {}
         self._open: Chunk | None = None
         self._lock = threading.Lock()
         self.probe_env = None
@@ -256,7 +274,7 @@ class ChunkedModel:
             if view is None:
                 consts.append(self._mf.inline(t))
                 continue
-            # a stand-in that names the bytes; onnxruntime reads them from the memory map (not serialized)
+            # a stand-in that names the bytes; onnxruntime uses the array read from the file (not serialized)
             stub = TensorProto(name=name, data_type=t.data_type, dims=t.dims, data_location=TensorProto.EXTERNAL)
             for key, value in (("location", "losswidget-memory"), ("offset", "0"), ("length", str(view.nbytes))):
                 stub.external_data.add(key=key, value=value)
@@ -275,7 +293,7 @@ class ChunkedModel:
         try:
             session = ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise ModelError(f"onnxruntime cannot load this model: {str(exc).splitlines()[0][:300]}") from None
+            raise ModelError(f"onnxruntime cannot load this model: {first_line(exc)}") from None
         return Chunk(session, inputs, outputs, list(fed), next_chunk, (keep, values))
 
     def _entry(self, w: str) -> Chunk:
@@ -301,6 +319,13 @@ class ChunkedModel:
         """Drop the entry session of weight w (once its layer is measured)."""
         with self._lock:
             self._entries.pop(w, None)
+
+    def _unswapped(self, w: str) -> np.ndarray:
+        """Weight w as stored, for runs that feed it unchanged (read from the file once, then kept)."""
+        value = self._dense_weights.get(w)
+        if value is None:
+            value = self._dense_weights[w] = self._mf.array(self._inits[w])
+        return value
 
     # -- running -----------------------------------------------------------------------------------------
     def _feedable(self, value: np.ndarray, tensor: TensorProto, alive: list):
@@ -348,8 +373,7 @@ class ChunkedModel:
         feeds = {n: env[n] for n in first.inputs}
         alive: list = []                               # buffers behind OrtValues, until the run is over
         for w in first.fed:
-            feeds[w] = self._feedable(swaps[w] if w in swaps else self._mf.array(self._inits[w]), self._inits[w],
-                                      alive)
+            feeds[w] = self._feedable(swaps[w] if w in swaps else self._unswapped(w), self._inits[w], alive)
         local = dict(zip(first.outputs, first.session.run(first.outputs, feeds)))
         changed = set(local)
         for c in self.chunks[first.next_chunk:]:

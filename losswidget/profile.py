@@ -23,7 +23,8 @@ import numpy as np
 
 from .errors import LossWidgetError, ProfileError
 from .files import atomic_write, read_json
-from .plan import CAP, PLAN_COSTS, Plan, PlannedLayer, cost_curves, energy_kept_at, grid_for, segments, take
+from .plan import (CAP, PLAN_COSTS, InputNorms, Plan, PlannedLayer, cost_curves, energy_kept_at, grid_for,
+                   segments, take)
 
 FORMAT = "losswidget.profile"
 VERSION = 2
@@ -74,6 +75,7 @@ class LayerResult:
     energy: float = 0.0                       # the layer's sum(w^2) (data-free recovery weights by it)
     flags: tuple[str, ...] = ()               # non_finite, all_zero, shape_unknown, failed, ...
     error: str | None = None
+    input_norms: InputNorms | None = field(default=None, repr=False)   # activation profiles: ||x_j|| (plan.py)
 
     @property
     def measurements(self) -> dict[float, float]:
@@ -91,7 +93,8 @@ class LayerResult:
                 "measurements": {_level_key(l): _num(v) for l, v in zip(self.levels, self.values)},
                 "energy": _num(self.energy),
                 "energy_kept": {_level_key(l): _num(v) for l, v in zip(self.levels, self.energy_kept)},
-                "flags": list(self.flags), "error": self.error}
+                "flags": list(self.flags), "error": self.error,
+                **({"input_norms": self.input_norms.to_dict()} if self.input_norms is not None else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> LayerResult:
@@ -107,7 +110,8 @@ class LayerResult:
                    levels=levels, values=tuple(meas[l] for l in levels),
                    energy_kept=tuple(kept[l] for l in levels) if set(kept) >= set(levels) else (),
                    energy=float(d.get("energy") or 0.0), flags=tuple(flags),
-                   error=None if d.get("error") is None else str(d["error"]))
+                   error=None if d.get("error") is None else str(d["error"]),
+                   input_norms=InputNorms.from_dict(d["input_norms"]) if d.get("input_norms") else None)
 
 
 def _level(key) -> float:
@@ -240,7 +244,7 @@ class LossProfile:
         if recovery is not None and keep.any():
             notes.append("Recovery was measured for plans without exclusions; this plan's is interpolated from them.")
         levels = list(self.levels)
-        layers = tuple(PlannedLayer(l.index, l.name, l.weight, l.op_type, l.params, float(s), bool(k))
+        layers = tuple(PlannedLayer(l.index, l.name, l.weight, l.op_type, l.params, float(s), bool(k), l.input_norms)
                        for l, s, k in zip(self.layers, sparsity, keep))
         energy = energy_kept_at(levels, [l.energy_kept for l in self.layers], [l.energy for l in self.layers],
                                 sparsity) if self.layers else None

@@ -590,3 +590,24 @@ def test_sidebar_in_notebook_7_says_it_stays_inline(widget, monkeypatch):
     assert sidecar is not None
     widget.host.host = "notebook7"
     assert widget.sidecar is None and sidecar.comm is None and "stays here" in widget.message.value
+
+
+def test_activation_profile_from_the_panel(widget, tmp_path):
+    panel = widget.panel
+    assert [m for _, m in panel.method.options][-1] == "activation" and panel.method.value != "activation"
+    panel.method.value = "activation"
+    shown = {n for n, f in panel.fields.items() if f.box.layout.display == ""}
+    assert {"data", "labels", "metric", "sparsity_levels", "samples"} <= shown
+    panel.name.value = "wanda"
+    panel.fields["sparsity_levels"].input.value = "coarse (0, .5, .9)"
+    job = panel.submit()
+    p = job.result(60)
+    wait(widget)
+    assert widget.jobs["wanda"]["status"] == "done" and "wanda" in widget.profiles
+    assert p.method == "activation" and p.criterion == "activation" and p.levels == (0.0, 0.5, 0.9)
+    assert p.settings["samples"] == 8 and all(l.input_norms is not None for l in p.layers)
+    widget.selected = "wanda"
+    cards = {c["key"]: c for c in widget.cards.cards}
+    assert cards["recovery"]["label"] == "Est. recovery" and cards["settings"]["value"] == "activation (auto)"
+    saved = losswidget.load_profile(next((tmp_path / "profiles").glob("*wanda*.json")))
+    assert saved.plan(0.5).layers == p.plan(0.5).layers            # the norms are saved with it

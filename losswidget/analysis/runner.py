@@ -9,6 +9,8 @@ A run with one layer pruned starts in a small *entry* session made for that laye
 end of that chunk, the weight a plain input fed the pruned copy) and then runs only the chunks whose inputs
 changed, feeding the rest from the dense cache. Entries are built when a layer is measured and dropped after.
 Recovery (every layer pruned at once) runs one session of the whole graph with all layer weights as inputs.
+A model made with `chunks=0` has only that session (`run_whole`), which may also return inner values
+(`keep`): the activation-aware method reads the layers' inputs from it in its one dense pass.
 
 Weights are never serialized into the sessions: the large ones are read from the file (ModelFile.stored)
 and handed to onnxruntime as external initializers over those arrays; small ones are embedded. External
@@ -127,7 +129,8 @@ class ChunkedModel:
     def __init__(self, mf: ModelFile, weights: list[str], threads: int | None = None,
                  probe: dict[str, np.ndarray] | None = None, chunks: int | None = None):
         """`probe`: one batch of inputs; its dense run time decides whether fewer chunks pay off (its dense
-        run is kept in `probe_env`). `chunks` forces a count: 1 for the whole graph."""
+        run is kept in `probe_env`). `chunks` forces a count: 1 for the whole graph, 0 for none (the model runs
+        whole through `open_session` / `run_whole` only)."""
         import onnxruntime as ort
 
         self._ort, self._threads, self._mf = ort, threads, mf
@@ -163,6 +166,9 @@ class ChunkedModel:
         sizes = {w: numel(self._inits[w]) for w in ends}
         # finest first (a cut after every layer, up to MAX_CHUNKS); a model so fast that run overheads
         # dominate is re-cut into fewer chunks
+        if chunks == 0:
+            self.bounds, self.chunks = [(0, n)], []
+            return
         self._build(_split(ends, n, chunks or self.MAX_CHUNKS, sizes))
         if chunks is None and probe is not None and len(self.chunks) > 1:
             t0 = time.perf_counter()
@@ -299,13 +305,14 @@ class ChunkedModel:
                 self._entries[w] = entry
         return entry
 
-    def open_session(self, threads: int | None = None) -> Chunk:
+    def open_session(self, threads: int | None = None, keep=()) -> Chunk:
         """The whole graph with every layer weight fed (runs with several weights swapped: recovery), made
-        on first use with `threads` intra-op threads (default: as the chunks)."""
+        on first use with `threads` intra-op threads (default: as the chunks); it also returns the values
+        named in `keep` that nodes produce (graph inputs and initializers are not outputs)."""
         with self._lock:
             if self._open is None:
                 self._open = self._session(0, len(self._nodes), sorted(self._readers), len(self.chunks),
-                                           threads=threads)
+                                           keep=set(keep), threads=threads)
             return self._open
 
     def release(self, w: str) -> None:
@@ -340,6 +347,19 @@ class ChunkedModel:
         for c in self.chunks:
             env.update(zip(c.outputs, c.session.run(c.outputs, {n: env[n] for n in c.inputs})))
         return env
+
+    def run_whole(self, feeds: dict[str, np.ndarray], swaps: dict[str, np.ndarray] | None = None,
+                  outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """The whole-graph session's outputs (default: all of them, graph outputs and kept values), the layer
+        weights from `swaps` where given, else as stored (read from the memory map, not copied)."""
+        c = self.open_session()
+        inputs = {n: feeds[n] for n in c.inputs}
+        alive: list = []                               # buffers behind OrtValues, until the run is over
+        for w in c.fed:
+            inputs[w] = self._feedable(swaps[w] if swaps and w in swaps else self._mf.array(self._inits[w]),
+                                       self._inits[w], alive)
+        names = c.outputs if outputs is None else [o for o in c.outputs if o in outputs]
+        return dict(zip(names, c.session.run(names, inputs)))
 
     def run_with(self, env: dict[str, np.ndarray], swaps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Graph outputs with the given weights replaced; `env` is a dense run's cache."""

@@ -19,8 +19,9 @@ def _executor(args):
             raise SettingsError("--scheduler needs Dask: pip install 'losswidget[dask]'") from None
         try:
             return Client(args.scheduler, timeout="10s").get_executor()
-        except OSError as exc:
-            raise SettingsError(f"Cannot reach the Dask scheduler at {args.scheduler}: {exc}") from None
+        except (OSError, ValueError, TypeError) as exc:   # unreachable, or not an address (ValueError)
+            from .errors import first_line
+            raise SettingsError(f"Cannot reach the Dask scheduler at {args.scheduler!r}: {first_line(exc)}") from None
     return None
 
 
@@ -224,6 +225,7 @@ def _demo(model: str, out: str) -> int:
     print(f"Demo: {DESCRIPTION[model]} trained on scikit-learn's digits ({ACCURACY[model]:.1%} held-out "
           f"accuracy), {len(data['y'])} held-out digits with labels\n")
     folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)              # the demo's own output folder, made on request
     for method, extra in (("approximated", {}), ("magnitude", {}),
                           ("one-shot", {"data": data, "labels": "y", "metric": "loss"})):
         profile = analyze(path, method, **extra)

@@ -399,6 +399,7 @@ class GatedStore(ProfileStore):
 
 def test_hash_in_the_background_then_saved_profiles_then_jobs(tmp_path):
     path, folder = net(tmp_path), tmp_path / "profiles"
+    folder.mkdir()                                    # files are written into existing folders (issue 14)
     analyze(path, "magnitude", name="saved").to_json(folder / "saved.json")
     store = GatedStore(path, profiles_dir=folder)
     panel = AddProfilePanel(store)
@@ -453,6 +454,7 @@ def test_profiles_dir_that_cannot_be_used(tmp_path):
 
 def test_bad_files_in_profiles_dir_are_skipped_with_one_notice(tmp_path):
     path, folder = net(tmp_path), tmp_path / "profiles"
+    folder.mkdir()                                    # files are written into existing folders (issue 14)
     good = analyze(path, "magnitude", name="good")
     good.to_json(folder / "good.json")
     d = good.to_dict()
@@ -588,3 +590,24 @@ def test_sidebar_in_notebook_7_says_it_stays_inline(widget, monkeypatch):
     assert sidecar is not None
     widget.host.host = "notebook7"
     assert widget.sidecar is None and sidecar.comm is None and "stays here" in widget.message.value
+
+
+def test_activation_profile_from_the_panel(widget, tmp_path):
+    panel = widget.panel
+    assert [m for _, m in panel.method.options][-1] == "activation" and panel.method.value != "activation"
+    panel.method.value = "activation"
+    shown = {n for n, f in panel.fields.items() if f.box.layout.display == ""}
+    assert {"data", "labels", "metric", "sparsity_levels", "samples"} <= shown
+    panel.name.value = "wanda"
+    panel.fields["sparsity_levels"].input.value = "coarse (0, .5, .9)"
+    job = panel.submit()
+    p = job.result(60)
+    wait(widget)
+    assert widget.jobs["wanda"]["status"] == "done" and "wanda" in widget.profiles
+    assert p.method == "activation" and p.criterion == "activation" and p.levels == (0.0, 0.5, 0.9)
+    assert p.settings["samples"] == 8 and all(l.input_norms is not None for l in p.layers)
+    widget.selected = "wanda"
+    cards = {c["key"]: c for c in widget.cards.cards}
+    assert cards["recovery"]["label"] == "Est. recovery" and cards["settings"]["value"] == "activation (auto)"
+    saved = losswidget.load_profile(next((tmp_path / "profiles").glob("*wanda*.json")))
+    assert saved.plan(0.5).layers == p.plan(0.5).layers            # the norms are saved with it

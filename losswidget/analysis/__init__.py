@@ -19,7 +19,7 @@ from ..profile import LayerResult, LossProfile, ModelInfo, Recovery, from_sparse
 from .base import Context, Measured, Method, Progress, Result, Setting
 
 # display order; each module exposes METHOD
-REGISTRY = ("approximated", "magnitude", "one_shot")
+REGISTRY = ("approximated", "magnitude", "one_shot", "activation")
 
 _METHODS: dict[str, Method] | None = None
 
@@ -128,7 +128,7 @@ def build_profile(spec: Method, name: str, mf, graph: ModelGraph, levels: np.nda
         layers.append(LayerResult(
             index=l.index, id=l.id, name=l.name, op_type=l.op_type, weight=l.weight, shape=l.shape, params=l.params,
             levels=lv, values=tuple(float(v) for v in m.values), energy_kept=tuple(float(v) for v in m.energy_kept),
-            energy=float(m.energy), flags=tuple(m.flags), error=e))
+            energy=float(m.energy), flags=tuple(m.flags), error=e, input_norms=m.input_norms))
     notes = list(notes) + list(result.notes)
     notes += [f"Layer {l.name} failed: {e}" for l, e in zip(graph.layers, errors) if e]
     if not layers:

@@ -180,11 +180,13 @@ DATA_SETTINGS = (
 # -- what a method declares and returns ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Measured:
-    """One layer's result: a value per level, the fraction of weight energy kept per level, and flags."""
+    """One layer's result: a value per level, the fraction of weight energy kept per level, and flags;
+    `input_norms` (plan.InputNorms) for criteria that rank weights by their inputs."""
     values: np.ndarray
     energy_kept: np.ndarray
     energy: float
     flags: tuple[str, ...] = ()
+    input_norms: Any = None
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,14 @@
 """Weight-magnitude measurements, number for number what SparseML's `pruning_loss_sens_magnitude` gives.
 
 For each level s the measurement is the mean |w| of the weights that pruning from the previous level to s
-removes (see DESIGN.md). The ranks come from analysis/ranks.py's two histogram passes, not from sorting
-|w|: weights come to the kernel by slices (weights.Weight.reader: float storage straight from the
-memory-mapped file, the next slice mapped ahead; quantized storage dequantized a slice at a time and kept
-for the second pass when it fits). Layers are spread over a thread pool, largest first (numba's passes
-release the GIL; so do the numpy engine's ufunc steps). Plans from these profiles weigh layers by the
-weight energy they lose (plan cost "energy", see plan.py): the mean |w| values carry each layer's own
-weight scale.
+removes (see DESIGN.md). The ranks come from analysis/ranks.py's counting kernels, not from sorting
+|w|, the kernel chosen by how the weight is stored (`_source`): 16-bit floats counted by bit pattern in one
+pass, MatMulNBits 2/4-bit codes counted per block without dequantizing, anything else as float32 |w| in two
+histogram passes. Weights come by slices read ahead (weights.Weight), so memory stays bounded whatever a
+layer's size; dequantized values are kept for the second pass when they fit KEEP_BYTES.
+Layers are spread over a thread pool, largest first (numba's passes release the GIL; so do the numpy
+engine's ufunc steps). Plans from these profiles weigh layers by the weight energy they lose (plan cost
+"energy", see plan.py): the mean |w| values carry each layer's own weight scale.
 
 With `executor=` (a concurrent.futures Executor: a process pool, or a Dask cluster's
 `client.get_executor()`), layers are shared out by their stored size: each task is one large layer, or
@@ -20,7 +21,6 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, wait
 
 import numpy as np
-
 from onnx import TensorProto
 
 from ..errors import AnalysisCancelled, ModelError, SettingsError
@@ -35,7 +35,6 @@ from .ranks import default_engine, measure, measure_codes, measure_half
 SPARSEML_LEVELS = tuple(i / 100 for i in range(100))
 TASK_BYTES = 64 << 20              # small layers go to a worker together, up to this many stored bytes
 KEEP_BYTES = 256 << 20             # computed |w| kept between the kernel's passes (per worker thread)
-RELEASE_ABOVE = 1 << 29            # a weight stored in more bytes drops its file pages slice by slice
 CODE_BITS = (2, 4)                 # n-bit codes counted per block (8-bit blocks have too many codes to pay)
 CODE_SLICE_BYTES = 16 << 20        # code slices by their float32 size: 4M codes, 2 MB packed (fewer calls)
 # values of a layer from which it waits for the compiled engine rather than run on numpy's while numba
@@ -53,11 +52,6 @@ def _source(layer: Layer) -> str:
     return "values"
 
 
-def _bfloat16_bits(values: np.ndarray) -> np.ndarray:
-    """bfloat16 weights read as float32 (their bits shifted up 16) back to their 16-bit patterns."""
-    return (np.ascontiguousarray(values, np.float32).view(np.uint32) >> 16).astype(np.uint16)
-
-
 def _measure_layer(mf: ModelFile, layer: Layer, levels: np.ndarray, engine: str) -> Measured:
     """One layer through the kernel that fits its storage (analysis/ranks.py), its weight read by slices
     (weights.Weight): 16-bit floats counted by bit pattern in one pass; MatMulNBits codes counted per block,
@@ -67,13 +61,10 @@ def _measure_layer(mf: ModelFile, layer: Layer, levels: np.ndarray, engine: str)
     source = _source(layer)
     if engine == "numba" and not ready() and layer.params < NUMPY_LIMIT[source]:
         engine = "numpy"                    # numba still loading: this layer is done before it would be
-    release = mf.blob(t) is not None and stored_bytes(t) > RELEASE_ABOVE
     if source == "codes":
         r = measure_codes(lambda: w.code_blocks(CODE_SLICE_BYTES), layer.ref.bits, levels, engine)
-    elif source == "half" and t.data_type == TensorProto.FLOAT16:
-        r = measure_half(lambda: w.slices(release=release), levels, engine)
     elif source == "half":
-        r = measure_half(lambda: map(_bfloat16_bits, w.slices(release=release)), levels, engine, bfloat16=True)
+        r = measure_half(w.half_slices, levels, engine, bfloat16=t.data_type == TensorProto.BFLOAT16)
     else:
         r = measure(w.reader(keep=KEEP_BYTES, absolute=True), levels, engine)
     mf.release(t)

@@ -128,3 +128,25 @@ def test_sidebar_opens_through_sidecar(page, lab):
     wait_until(lambda: len(set(page.locator(".lw-cards-title").all_inner_texts())) == 1
                and page.locator(".lw-cards-title").count() == 2, what="both views in sync")
     assert not widget_errors(page), widget_errors(page)
+
+
+def test_activation_profile_from_the_panel(page, lab):
+    notebook(lab["root"] / "activation.ipynb", SETUP)
+    open_notebook(page, lab, "activation.ipynb")
+    run_cell(page, 0)
+    page.wait_for_selector(".lw-name input", timeout=60_000)
+    page.locator(".lw-name input").fill("activation-aware")
+    page.locator(".lw-method select").select_option(label="Activation-aware")
+    page.locator(".lw-setting-data select").select_option(label="widget data")
+    page.locator(".lw-setting-labels input").fill("y")                  # the demo data holds its labels
+    assert page.locator(".lw-setting-metric select").is_visible()
+    page.locator("button.lw-run").click()
+    wait_until(lambda: "activation-aware" in options(page), what="the new profile in the selector")
+    page.locator(".lw-profile-select select").select_option("activation-aware")
+    wait_until(lambda: "activation-aware" in page.locator(".lw-cards-title").first.inner_text(), what="its cards")
+    labels = [label.lower() for label in page.locator(".lw-card-label").all_inner_texts()]   # shown in capitals
+    assert "est. recovery" in labels and bars(page).count() == 4
+    assert "activation (auto)" in page.locator(".lw-cards").inner_text()
+    shot(page, "activation-cards", ".lw-cards")
+    shot(page, "activation-bars", ".lw-sensitivity-chart")
+    assert not widget_errors(page), widget_errors(page)

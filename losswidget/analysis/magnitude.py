@@ -39,7 +39,7 @@ CODE_BITS = (2, 4)                 # n-bit codes counted per block (8-bit blocks
 CODE_SLICE_BYTES = 16 << 20        # code slices by their float32 size: 4M codes, 2 MB packed (fewer calls)
 # values of a layer from which it waits for the compiled engine rather than run on numpy's while numba
 # loads: where numpy's engine would take longer than the load's usual ~0.5-1 s
-NUMPY_LIMIT = {"half": 1 << 28, "codes": 1 << 26, "values": 1 << 24}
+NUMPY_LIMIT = {"half": 1 << 28, "codes": 1 << 24, "values": 1 << 24}
 
 
 def _source(layer: Layer) -> str:

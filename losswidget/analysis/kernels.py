@@ -1,7 +1,7 @@
 """The compiled loops of the magnitude kernel (analysis/ranks.py) and their loading.
 
 The loops are plain module-level functions, compiled by numba on first use (`compiled()`, or
-`load_async()` on a thread while the model is opened), so numba's on-disk cache finds them again in the
+`load_async()` on a thread while the first slices are read), so numba's on-disk cache finds them again in the
 next process: a kernel defined inside a function, or calling another compiled kernel through a closure,
 was compiled afresh in every process (~1.5 s each time). No loop calls another, each is compiled for one
 signature of C-contiguous arrays (eagerly: a wrong dtype is a TypeError, never a silent recompile), and
@@ -296,11 +296,6 @@ def compiled() -> Kernels:
                 _compiled = Kernels(**{name: njit(sig, nogil=True, cache=True)(g[name])
                                        for name, sig in _signatures(types).items()})
     return _compiled
-
-
-def ready() -> bool:
-    """Whether the compiled loops are loaded (no waiting)."""
-    return _compiled is not None
 
 
 def load_async() -> None:

@@ -29,7 +29,7 @@ from ..identity import file_key
 from ..onnxfile import ModelFile, open_model, stored_bytes
 from ..weights import Weight
 from .base import TARGET, Context, Measured, Method, Result, levels_setting, run_layers
-from .kernels import load_async, ready
+from .kernels import load_async
 from .ranks import default_engine, measure, measure_codes, measure_half
 
 SPARSEML_LEVELS = tuple(i / 100 for i in range(100))
@@ -37,9 +37,6 @@ TASK_BYTES = 64 << 20              # small layers go to a worker together, up to
 KEEP_BYTES = 256 << 20             # computed |w| kept between the kernel's passes (per worker thread)
 CODE_BITS = (2, 4)                 # n-bit codes counted per block (8-bit blocks have too many codes to pay)
 CODE_SLICE_BYTES = 16 << 20        # code slices by their float32 size: 4M codes, 2 MB packed (fewer calls)
-# values of a layer from which it waits for the compiled engine rather than run on numpy's while numba
-# loads: where numpy's engine would take longer than the load's usual ~0.5-1 s
-NUMPY_LIMIT = {"half": 1 << 28, "codes": 1 << 24, "values": 1 << 24}
 
 
 def _source(layer: Layer) -> str:
@@ -59,8 +56,6 @@ def _measure_layer(mf: ModelFile, layer: Layer, levels: np.ndarray, engine: str)
     when they fit KEEP_BYTES)."""
     w, t = Weight(mf, layer.ref), layer.ref.tensor
     source = _source(layer)
-    if engine == "numba" and not ready() and layer.params < NUMPY_LIMIT[source]:
-        engine = "numpy"                    # numba still loading: this layer is done before it would be
     if source == "codes":
         r = measure_codes(lambda: w.code_blocks(CODE_SLICE_BYTES), layer.ref.bits, levels, engine)
     elif source == "half":
@@ -76,7 +71,9 @@ def run(ctx: Context) -> Result:
     if ctx.executor is not None:
         return _run_shared(ctx, engine)
     if engine == "numba":
-        load_async()                        # numba loads on a thread while the first layers run on numpy
+        # loading starts while the first slices are read; layers wait for it rather than run on numpy
+        # meanwhile: numpy's passes hold the GIL the load needs (t12: the load took 3.7-6.6 s, not 1.1 s)
+        load_async()
     return Result(run_layers(ctx, lambda layer: _measure_layer(ctx.mf, layer, ctx.levels, engine)))
 
 

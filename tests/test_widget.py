@@ -2,7 +2,10 @@
 import gc
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 
@@ -480,6 +483,30 @@ def test_bad_files_in_profiles_dir_are_skipped_with_one_notice(tmp_path):
         assert name in notice
     assert "other.json" not in notice
     w.close()
+
+
+STORE_WITH_A_FIFO = """
+import os, sys, time
+sys.path.insert(0, sys.argv[2])
+from helpers import mlp, save
+from losswidget.widget.store import ProfileStore
+folder = os.path.join(sys.argv[1], "profiles")
+os.mkdir(folder)
+os.mkfifo(os.path.join(folder, "a.json"))           # a FIFO named like a profile: a plain open() blocks on it
+m, _ = mlp()
+store = ProfileStore(save(m, os.path.join(sys.argv[1], "m.onnx")), profiles_dir=folder)
+store.wait()
+print(store.notices)
+store.close()
+"""
+
+
+def test_a_fifo_in_profiles_dir_is_skipped_not_waited_on(tmp_path):
+    # in a child process: were the FIFO opened, the store's hash thread would block for ever
+    out = subprocess.run([sys.executable, "-c", STORE_WITH_A_FIFO, str(tmp_path), os.path.dirname(__file__)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Skipped 1 profile file(s)" in out.stdout and "a.json" in out.stdout and "FIFO" in out.stdout
 
 
 def test_a_model_changed_on_disk_is_reported(tmp_path):

@@ -32,11 +32,11 @@ from traitlets import Bool, Dict, Float, HasTraits, List, Unicode, observe
 from ..analysis import analyze, get_method, model_hash, registry
 from ..analysis.base import TARGET
 from ..data import model_inputs
-from ..errors import AnalysisCancelled, LossWidgetError, SettingsError
+from ..errors import AnalysisCancelled, LossWidgetError, SettingsError, first_line
 from ..graph import read_graph
 from ..onnxfile import open_model
 from ..profile import LossProfile, ModelInfo
-from .folder import ProfileFolder, first_line
+from .folder import ProfileFolder
 from .progress import Eta, LayerId, LiveProfile
 
 log = logging.getLogger(__name__)

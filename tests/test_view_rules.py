@@ -84,6 +84,8 @@ def test_short_numbers():
 def test_scaled_normalised_and_slope():
     np.testing.assert_allclose(rules.scaled([1.0, 3.0, np.nan], "percent"), [0.25, 0.75, 0.0])
     np.testing.assert_allclose(rules.normalised([-4.0, 2.0]), [-1.0, 0.5])
+    np.testing.assert_allclose(rules.normalised([1.0, 2.0, 50.0], [False, False, True]), [0.5, 1.0, 25.0])
+    assert rules.scale_of([0.0, 0.0]) == 1.0
     assert rules.loglog_slope([10, 100, 1000], [1.0, 0.1, 0.01]) == pytest.approx(-1.0)
     assert rules.loglog_slope([10, 10, 10], [1.0, 0.1, 0.01]) is None
     assert rules.loglog_slope([10, 100], [1.0, 0.1]) is None
@@ -121,3 +123,10 @@ def test_preferred_profile_ranks_by_method_then_newest(tmp_path):
     newer = dataclasses.replace(base, name="new", created="2030-01-01T00:00:00+00:00")
     assert preferred_profile({"old": older, "new": newer}) == "new"
     assert preferred_profile([dataclasses.replace(newer, name="b"), dataclasses.replace(newer, name="a")]) == "a"
+
+
+def test_nice_ticks():
+    assert rules.nice_ticks(0, 1.068) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert rules.nice_ticks(-0.02, 0.31, 4) == [0, 0.1, 0.2, 0.3]
+    assert rules.nice_ticks(0, 2304 * 1.04, 4) == [0, 500, 1000, 1500, 2000]
+    assert rules.nice_ticks(1.0, 1.0) == []

@@ -97,16 +97,16 @@ def log_values(values, floor: float) -> np.ndarray:
     return np.where(np.isfinite(out), np.maximum(out, floor), floor)
 
 
-def log_ticks(lo: float, hi: float) -> tuple[list[float], dict[float, str]]:
+def log_ticks(lo: float, hi: float, most: int = 8) -> tuple[list[float], dict[float, str]]:
     """Tick positions (log10) and their labels for a log axis from lo to hi: 1-2-5 steps, or decades only
-    when that gives more than 8 ticks."""
+    when that gives more than `most` ticks."""
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
         return [], {}
     ticks = []
     for mult in ((1, 2, 5), (1,)):
         ticks = [math.log10(m) + k for k in range(math.floor(lo), math.ceil(hi) + 1) for m in mult
                  if lo - 1e-9 <= math.log10(m) + k <= hi + 1e-9]
-        if len(ticks) <= 8:
+        if len(ticks) <= most:
             break
     return ticks, {t: short(10 ** t) for t in ticks}
 
@@ -129,11 +129,18 @@ def scaled(values, mode: str) -> np.ndarray:
     return v
 
 
-def normalised(values) -> np.ndarray:
-    """Each profile over its own largest |value|, so profiles of different methods share one axis."""
+def scale_of(values, skip=None) -> float:
+    """What a profile is normalised by: its largest |value| among the layers not in `skip` (its
+    outliers, so one outlier does not flatten its bars); 1 when that is 0."""
     v = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
-    top = np.abs(v).max() if v.size else 0
-    return v / top if top else v
+    rest = v if skip is None else v[~np.asarray(skip, dtype=bool)]
+    top = float(np.abs(rest).max()) if rest.size else 0.0
+    return top if top else 1.0
+
+
+def normalised(values, skip=None) -> np.ndarray:
+    """A profile over scale_of(values, skip), so profiles of different methods share one axis."""
+    return np.nan_to_num(np.asarray(values, dtype=float), nan=0.0) / scale_of(values, skip)
 
 
 def loglog_slope(params, values) -> float | None:
@@ -147,3 +154,18 @@ def loglog_slope(params, values) -> float | None:
     if np.ptp(x) == 0:
         return None
     return float(np.polyfit(x, y, 1)[0])
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """About `count` round tick values (1, 2 or 5 times a power of ten apart, chosen as d3's ticks() does)
+    from lo to hi: bqplot leaves ticks unrounded once a scale's min and max are set (0.256, 0.534, ...)."""
+    span = hi - lo
+    if not (math.isfinite(span) and span > 0):
+        return []
+    raw = span / max(count, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    error = raw / power
+    step = power * (10 if error >= math.sqrt(50) else 5 if error >= math.sqrt(10) else 2 if error >= math.sqrt(2) else 1)
+    first = math.ceil(lo / step - 1e-9)
+    ticks = [round(k * step, 12) for k in range(first, math.floor(hi / step + 1e-9) + 1)]
+    return [0.0 if t == 0 else t for t in ticks]

@@ -88,10 +88,12 @@ class Charts:
         self._zoom()
 
     def _zoom(self) -> None:
+        # the end bars stay whole without a margin here: bqplot pads a figure's x range by half a bar
         lo, hi = self.window.value
-        if (self.xs.min, self.xs.max) != (lo - 0.5, hi + 0.5):
+        lo, hi = (lo - 0.5, hi + 0.5) if lo == hi else (float(lo), float(hi))
+        if (self.xs.min, self.xs.max) != (lo, hi):
             with self.xs.hold_sync():
-                self.xs.min, self.xs.max = lo - 0.5, hi + 0.5
+                self.xs.min, self.xs.max = lo, hi
 
     def _follow(self, change) -> None:
         """A layer clicked in the table but outside the window: slide the window over it."""

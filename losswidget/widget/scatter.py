@@ -39,7 +39,7 @@ class ScatterChart:
                                      enable_hover=False)
         self.points = bq.Scatter(x=[], y=[], scales=scales, colors=[BASE], default_size=36, stroke="white",
                                  stroke_width=0.5, interactions={"hover": "none", "click": "none"},
-                                 selected_style={"stroke": "black", "stroke-width": 2.5},
+                                 selected_style={"stroke": "var(--jp-ui-font-color0, #000)", "stroke-width": 3},
                                  unselected_style={})
         self.points.on_hover(lambda _m, e: setattr(self.focus, "hovered", self._index(e)))
         self.points.on_element_click(lambda _m, e: setattr(self.focus, "layer", self._index(e)))

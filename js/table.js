@@ -46,6 +46,7 @@ function el(tag, cls, text) {
 function render({ model, el: root }) {
   root.classList.add("lw-table");
   const collapsed = new Set(); // view-local: which groups are folded
+  let typing = null; // the search box's pending update
   const byIndex = new Map(); // layer index -> <tr>
 
   const bar = el("div", "lw-table-bar");
@@ -160,7 +161,7 @@ function render({ model, el: root }) {
 
   function draw() {
     header();
-    search.value = model.get("query");
+    if (typing === null) search.value = model.get("query"); // not while the user's typing is on its way
     group.value = String(model.get("group"));
     const all = rowsWithPlan();
     const query = model.get("query").trim().toLowerCase();
@@ -251,10 +252,10 @@ function render({ model, el: root }) {
       model.save_changes();
     }
   });
-  let typing = null;
   search.addEventListener("input", () => {
     clearTimeout(typing);
     typing = setTimeout(() => {
+      typing = null;
       model.set("query", search.value);
       model.save_changes();
     }, 120);

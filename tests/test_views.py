@@ -147,7 +147,8 @@ def test_drill_down_marks_reuses_lines_and_rescales(outlier):
     at = outlier.profiles["Approximated"].layers[3]
     assert list(curve.at_95.x) == [0.95] and curve.at_95.y[0] == pytest.approx(at.sensitivity)
     outlier.target.value = 0.6
-    assert [list(x) for x in curve.rules.x] == [[0.95, 0.95], [0.6, 0.6]] and "target 60%" in curve.notes.text
+    assert list(curve.rule_95.x) == [0.95, 0.95] and list(curve.rule_target.x) == [0.6, 0.6]
+    assert "target 60%" in curve.notes.text
     charts.select_layer(-1)
     assert curve.fig not in curve.box.children
 

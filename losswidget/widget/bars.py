@@ -164,8 +164,10 @@ class SensitivityChart:
                                  enable_hover=False, apply_clip=False)
         self.cut_line = bq.Lines(x=[], y=[], scales={"x": xs, "y": self.ys}, colors=[HIGHLIGHT],
                                  line_style="dashed", stroke_width=1, enable_hover=False)
-        self.pointer = bq.Scatter(x=[], y=[], scales={"x": xs, "y": self.ys}, marker="triangle-down",
-                                  default_size=60, colors=["#333"], enable_hover=False, apply_clip=False)
+        # a text mark, not a Scatter: a Scatter widens the figure's x padding (its marker size) past the
+        # bars' in a narrow sidebar, and the two bar charts would no longer line up
+        self.pointer = bq.Label(x=[], y=[], text=[], scales={"x": xs, "y": self.ys}, colors=["#333"], default_size=14,
+                                align="middle", y_offset=-2, enable_hover=False, apply_clip=False)
         self.x_axis = bq.Axis(scale=xs, label="layer (graph order)", tick_format="d", tick_values=[],
                               grid_lines="none", label_offset="34px")
         self.y_axis = bq.Axis(scale=self.ys, side="left", label=Y_LABEL["values"], tick_format=".3~g",
@@ -275,14 +277,15 @@ class SensitivityChart:
         """Move the pointer over the clicked (dark) and hovered (grey) layers; refresh the readout."""
         f = self.frame
         present = set(f.index.tolist())
-        xs, colors = [], []
-        for index, color in ((self.focus.layer, "var(--jp-ui-font-color0, #222)"),
-                             (self.focus.hovered, "var(--jp-ui-font-color3, #aaa)")):
+        xs, colors, marks = [], [], []
+        for index, color, mark in ((self.focus.layer, "var(--jp-ui-font-color0, #222)", "▼"),
+                                   (self.focus.hovered, "var(--jp-ui-font-color2, #888)", "▽")):
             if index in present and index not in xs:
                 xs.append(index)
                 colors.append(color)
+                marks.append(mark)
         with self.pointer.hold_sync():
-            self.pointer.x, self.pointer.y = xs, [f.hi] * len(xs)
+            self.pointer.x, self.pointer.y, self.pointer.text = xs, [f.hi] * len(xs), marks
             self.pointer.colors = colors or ["#333"]
         self.readout.value = self.describe(self.focus.hovered if self.focus.hovered >= 0 else self.focus.layer)
 

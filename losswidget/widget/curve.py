@@ -35,8 +35,11 @@ class CurveChart:
         self.lines: list[bq.Lines] = []                            # one per shown profile, reused
         self.at_95 = bq.Scatter(x=[], y=[], scales=scales, marker="diamond", default_size=70, colors=["#333"],
                                 enable_hover=False)
-        self.rules = bq.Lines(x=[[], []], y=[[], []], scales=scales, colors=["#888", TARGET_COLOR],
-                              line_style="dashed", stroke_width=1, enable_hover=False)
+        # one 1-D Lines per rule: an empty 2-D Lines (x=[[], []]) cannot be drawn by bqplot
+        self.rule_95 = bq.Lines(x=[], y=[], scales=scales, colors=["#888"], line_style="dashed", stroke_width=1,
+                                enable_hover=False)
+        self.rule_target = bq.Lines(x=[], y=[], scales=scales, colors=[TARGET_COLOR], line_style="dashed",
+                                    stroke_width=1, enable_hover=False)
         self.notes = bq.Label(x=[], y=[], text=[], scales=scales, colors=["#888", TARGET_COLOR], default_size=11,
                               align="end", x_offset=-4, y_offset=12, enable_hover=False)
         self.fig = bq.Figure(marks=[], axes=[bq.Axis(scale=self.xs, label="sparsity", tick_format=".0%",
@@ -108,13 +111,14 @@ class CurveChart:
         with self.at_95.hold_sync():
             self.at_95.x, self.at_95.y = points
             self.at_95.colors = [PALETTE[k % len(PALETTE)] for k in range(len(drawn))] or ["#333"]
-        with self.rules.hold_sync():
-            self.rules.x = [[SENSITIVITY_LEVEL, SENSITIVITY_LEVEL], [target, target]]
-            self.rules.y = [[bottom, top], [bottom, top]]
+        with self.rule_95.hold_sync():
+            self.rule_95.x, self.rule_95.y = [SENSITIVITY_LEVEL, SENSITIVITY_LEVEL], [bottom, top]
+        with self.rule_target.hold_sync():
+            self.rule_target.x, self.rule_target.y = [target, target], [bottom, top]
         with self.notes.hold_sync():
             self.notes.x, self.notes.y = [SENSITIVITY_LEVEL, target], [bottom + (top - bottom) * 0.12, top]
             self.notes.text = ["0.95", f"target {target:.0%}"]
-        marks = drawn + [self.rules, self.at_95, self.notes]
+        marks = drawn + [self.rule_95, self.rule_target, self.at_95, self.notes]
         if self.fig.marks != marks:
             self.fig.marks = marks
         if self.box.children != (self.title, self.key, self.fig):

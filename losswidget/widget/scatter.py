@@ -1,5 +1,5 @@
 """Params x sensitivity, log-log, for the selected profile: does "fewer params, more sensitive" hold here,
-and which layers sit in the prune-first corner (more params than the median layer, less sensitive)?
+and which layers sit in the prune-first corner (at least the median layer's params, less sensitive than the median)?
 
 The log-log least-squares slope is drawn and stated (negative: fewer params, more sensitive); dashed lines
 at the median params and the median sensitivity mark the corner, whose layers and share of params the
@@ -31,8 +31,9 @@ class ScatterChart:
         self.index = np.zeros(0, dtype=int)
         self.xs, self.ys = bq.LogScale(min=1.0, max=10.0), bq.LogScale(min=0.1, max=1.0)
         scales = {"x": self.xs, "y": self.ys}
-        self.corner = bq.Lines(x=[[], []], y=[[], []], scales=scales, colors=["#999"], line_style="dashed",
-                               stroke_width=1, enable_hover=False)
+        # the median lines, one 1-D Lines each: an empty 2-D Lines (x=[[], []]) cannot be drawn by bqplot
+        self.median_x, self.median_y = (bq.Lines(x=[], y=[], scales=scales, colors=["#999"], line_style="dashed",
+                                                 stroke_width=1, enable_hover=False) for _ in range(2))
         self.trend = bq.Lines(x=[], y=[], scales=scales, colors=["#999"], stroke_width=1.5, enable_hover=False)
         self.corner_label = bq.Label(x=[], y=[], text=[], scales=scales, colors=["#54a24b"], align="end",
                                      default_size=12, font_weight="bold", x_offset=-4, y_offset=-6,
@@ -47,7 +48,7 @@ class ScatterChart:
                               label_offset="34px")
         self.y_axis = bq.Axis(scale=self.ys, side="left", label="sensitivity", tick_format="~g", label_offset="48px",
                               grid_lines="none")
-        self.fig = bq.Figure(marks=[self.corner, self.trend, self.points, self.corner_label],
+        self.fig = bq.Figure(marks=[self.median_x, self.median_y, self.trend, self.points, self.corner_label],
                              axes=[self.x_axis, self.y_axis],
                              fig_margin={"top": 12, "bottom": 44, "left": 64, "right": 16}, display_toolbar=False,
                              padding_x=0.0, padding_y=0.0, layout=w.Layout(width="100%", height="300px"))
@@ -89,9 +90,10 @@ class ScatterChart:
                 self.points.colors = np.where(flagged, HIGHLIGHT, BASE).tolist()
                 self.points.opacities = np.where(tiny, TINY_OPACITY, 0.85).tolist()
             mx, my = (float(np.median(params)), float(np.median(y[positive]))) if positive.any() else (x_lo, y_lo)
-            with self.corner.hold_sync():
-                self.corner.x = [[mx, mx], [x_lo, x_hi]] if layers else [[], []]
-                self.corner.y = [[y_lo, y_hi], [my, my]] if layers else [[], []]
+            with self.median_x.hold_sync():
+                self.median_x.x, self.median_x.y = ([mx, mx], [y_lo, y_hi]) if layers else ([], [])
+            with self.median_y.hold_sync():
+                self.median_y.x, self.median_y.y = ([x_lo, x_hi], [my, my]) if layers else ([], [])
             with self.corner_label.hold_sync():
                 self.corner_label.x, self.corner_label.y = ([x_hi], [y_lo]) if layers else ([], [])
                 self.corner_label.text = ["prune first"] if layers else []

@@ -2,7 +2,12 @@
 // grouped by name prefix with group totals. Hover and click write `hovered` / `selected` (graph-order
 // indices), which the charts follow; the charts' hover and click come back the same way. Sorting, search
 // and grouping are traits too, so every view of the widget (inline, sidebar) shows the same table.
+// Only the rows in view are in the page (every row is ROW px tall; spacer rows stand in for the rest), so a
+// profile switch or a scroll touches a few dozen rows whether the model has 50 layers or 5,000.
 // No bundler, no imports.
+
+const ROW = 22; // px, layer and group rows alike (table.css holds them to it)
+const SPARE = 8; // rows drawn beyond each edge of the view
 
 const COLUMNS = [
   { key: "index", label: "#", num: true, title: "Graph order" },
@@ -43,11 +48,27 @@ function el(tag, cls, text) {
   return node;
 }
 
+function missing(x) {
+  return x === null || x === undefined || (typeof x === "number" && !Number.isFinite(x));
+}
+
+function compare(key, descending) {
+  const sign = descending ? -1 : 1;
+  return (a, b) => {
+    const x = a[key], y = b[key];
+    if (missing(x) || missing(y)) return missing(x) === missing(y) ? a.index - b.index : missing(x) ? 1 : -1;
+    if (typeof x === "string") return sign * x.localeCompare(y) || a.index - b.index;
+    return sign * (x - y) || a.index - b.index;
+  };
+}
+
 function render({ model, el: root }) {
   root.classList.add("lw-table");
   const collapsed = new Set(); // view-local: which groups are folded
   let typing = null; // the search box's pending update
-  const byIndex = new Map(); // layer index -> <tr>
+  let items = []; // what the table shows, in order: {layer: row} or {group: key, members, ...totals}
+  let frame = null; // a pending repaint
+  const byIndex = new Map(); // layer index -> its <tr>, for the rows in the page
 
   const bar = el("div", "lw-table-bar");
   const search = el("input", "lw-table-search");
@@ -67,8 +88,13 @@ function render({ model, el: root }) {
 
   const scroller = el("div", "lw-table-scroll");
   const table = el("table", "lw-table-grid");
+  table.setAttribute("role", "grid");
   const thead = el("thead");
   const tbody = el("tbody");
+  const padTop = el("tr", "lw-pad");
+  const padBottom = el("tr", "lw-pad");
+  padTop.appendChild(el("td")).colSpan = COLUMNS.length;
+  padBottom.appendChild(el("td")).colSpan = COLUMNS.length;
   table.append(thead, tbody);
   scroller.appendChild(table);
   root.append(bar, scroller);
@@ -77,11 +103,11 @@ function render({ model, el: root }) {
     thead.replaceChildren();
     const tr = el("tr");
     for (const col of COLUMNS) {
-      const th = el("th", col.num ? "lw-num" : "");
+      const th = el("th", `lw-col-${col.key}${col.num ? " lw-num" : ""}`);
       const button = el("button", "lw-sort");
-      const label = col.key === "sensitivity" ? model.get("sens_label") || col.label : col.label;
       const active = model.get("sort") === col.key;
-      button.textContent = label + (active ? (model.get("descending") ? " ▼" : " ▲") : "");
+      button.textContent = col.label + (active ? (model.get("descending") ? " ▼" : " ▲") : "");
+      const label = col.key === "sensitivity" ? model.get("sens_label") || col.label : col.label;
       button.title = `Sort by ${label.toLowerCase()} (${col.title})`;
       th.setAttribute("aria-sort", active ? (model.get("descending") ? "descending" : "ascending") : "none");
       button.addEventListener("click", () => {
@@ -98,78 +124,72 @@ function render({ model, el: root }) {
     thead.appendChild(tr);
   }
 
-  function rowsWithPlan() {
-    const planned = model.get("planned") || {};
-    return (model.get("rows") || []).map((r) => ({ ...r, planned: planned[r.id] ?? null }));
-  }
-
-  function compare(key, descending) {
-    const sign = descending ? -1 : 1;
-    return (a, b) => {
-      const x = a[key], y = b[key];
-      const missingX = x === null || x === undefined || (typeof x === "number" && !Number.isFinite(x));
-      const missingY = y === null || y === undefined || (typeof y === "number" && !Number.isFinite(y));
-      if (missingX || missingY) return missingX === missingY ? a.index - b.index : missingX ? 1 : -1;
-      if (typeof x === "string") return sign * x.localeCompare(y) || a.index - b.index;
-      return sign * (x - y) || a.index - b.index;
-    };
-  }
-
   function layerRow(r) {
     const tr = el("tr", "lw-row");
     tr.dataset.index = String(r.index);
     tr.tabIndex = -1;
-    if (r.index === model.get("selected")) tr.classList.add("lw-selected");
-    if (r.index === model.get("hovered")) tr.classList.add("lw-hovered");
-    tr.appendChild(el("td", "lw-num", String(r.index)));
+    tr.classList.toggle("lw-selected", r.index === model.get("selected"));
+    tr.classList.toggle("lw-hovered", r.index === model.get("hovered"));
     const name = el("td", "lw-name");
     name.appendChild(el("span", "lw-name-text", r.name));
-    name.title = r.name;
     for (const flag of r.flags || []) name.appendChild(el("span", `lw-flag lw-flag-${flag}`, flag));
-    tr.appendChild(name);
-    tr.appendChild(el("td", "", r.op));
-    tr.appendChild(el("td", "lw-num", human(r.params)));
-    tr.appendChild(el("td", "lw-num", short(r.sensitivity)));
-    tr.appendChild(el("td", "lw-num", percent(r.planned)));
+    name.title = r.name + ((r.flags || []).length ? ` (${r.flags.join(", ")})` : "");
+    tr.append(el("td", "lw-num", String(r.index)), name, el("td", "", r.op), el("td", "lw-num", human(r.params)),
+              el("td", "lw-num", short(r.sensitivity)), el("td", "lw-num", percent(r.planned)));
     byIndex.set(r.index, tr);
     return tr;
   }
 
-  function groupRow(key, members) {
-    const params = members.reduce((s, r) => s + r.params, 0);
-    const sens = members.reduce((s, r) => s + (Number.isFinite(r.sensitivity) ? r.sensitivity : 0), 0);
-    const planned = members.every((r) => Number.isFinite(r.planned))
-      ? members.reduce((s, r) => s + r.planned * r.params, 0) / Math.max(params, 1) : null;
+  function groupRow(g) {
     const tr = el("tr", "lw-group");
-    const folded = collapsed.has(key);
+    const folded = collapsed.has(g.key);
     const cell = el("td", "lw-group-name");
-    const toggle = el("button", "lw-group-toggle", `${folded ? "▸" : "▾"} ${key}`);
+    const toggle = el("button", "lw-group-toggle", `${folded ? "▸" : "▾"} ${g.key}`);
     toggle.setAttribute("aria-expanded", String(!folded));
     toggle.addEventListener("click", () => {
-      if (collapsed.has(key)) collapsed.delete(key);
-      else collapsed.add(key);
+      if (collapsed.has(g.key)) collapsed.delete(g.key);
+      else collapsed.add(g.key);
       draw();
     });
-    cell.append(toggle, el("span", "lw-group-count", ` ${members.length} layer${members.length > 1 ? "s" : ""}`));
-    tr.append(el("td"), cell, el("td"));
-    tr.appendChild(el("td", "lw-num", human(params)));
-    tr.appendChild(el("td", "lw-num", "Σ " + short(sens)));
-    tr.appendChild(el("td", "lw-num", percent(planned)));
+    cell.append(toggle, el("span", "lw-group-count", ` ${g.members.length} layer${g.members.length > 1 ? "s" : ""}`));
+    cell.title = g.key;
+    tr.append(el("td"), cell, el("td"), el("td", "lw-num", human(g.params)), el("td", "lw-num", "Σ " + short(g.sensitivity)),
+              el("td", "lw-num", percent(g.planned)));
     tr.title = "Group totals: params and sensitivity summed, planned sparsity weighted by params";
     return tr;
+  }
+
+  // the rows in view (and a few more), between two spacer rows that keep the scroll height
+  function paint() {
+    frame = null;
+    const view = scroller.clientHeight || 340;
+    const head = thead.offsetHeight || ROW;
+    const first = Math.max(0, Math.floor((scroller.scrollTop - head) / ROW) - SPARE);
+    const last = Math.min(items.length, Math.ceil((scroller.scrollTop + view) / ROW) + SPARE);
+    byIndex.clear();
+    const rows = [];
+    for (let k = first; k < last; k++) rows.push(items[k].layer ? layerRow(items[k].layer) : groupRow(items[k]));
+    padTop.firstChild.style.height = `${first * ROW}px`;
+    padBottom.firstChild.style.height = `${(items.length - last) * ROW}px`;
+    tbody.replaceChildren(padTop, ...rows, padBottom);
+    const focusable = byIndex.get(model.get("selected")) || tbody.querySelector("tr.lw-row");
+    if (focusable) focusable.tabIndex = 0; // one tab stop; arrow keys move within the table
+  }
+
+  function repaint() {
+    if (frame === null) frame = requestAnimationFrame(paint);
   }
 
   function draw() {
     header();
     if (typing === null) search.value = model.get("query"); // not while the user's typing is on its way
     group.value = String(model.get("group"));
-    const all = rowsWithPlan();
+    const planned = model.get("planned") || {};
+    const all = (model.get("rows") || []).map((r) => ({ ...r, planned: planned[r.id] ?? null }));
     const query = model.get("query").trim().toLowerCase();
     const shown = query ? all.filter((r) => r.name.toLowerCase().includes(query) || r.op.toLowerCase().includes(query)) : all;
     const key = model.get("sort"), descending = model.get("descending");
     shown.sort(compare(key, descending));
-    byIndex.clear();
-    const frag = document.createDocumentFragment();
     const depth = model.get("group");
     if (depth > 0) {
       const groups = new Map();
@@ -178,43 +198,57 @@ function render({ model, el: root }) {
         if (!groups.has(g)) groups.set(g, []);
         groups.get(g).push(r);
       }
-      const totals = [...groups].map(([g, members]) => ({
-        key: g, members, index: Math.min(...members.map((r) => r.index)), name: g, op: "",
-        params: members.reduce((s, r) => s + r.params, 0),
-        sensitivity: members.reduce((s, r) => s + (Number.isFinite(r.sensitivity) ? r.sensitivity : 0), 0),
-        planned: null,
-      }));
-      totals.sort(compare(key === "planned" ? "index" : key, descending));
+      const totals = [...groups].map(([g, members]) => {
+        const params = members.reduce((s, r) => s + r.params, 0);
+        return {
+          group: true, key: g, members, name: g, op: "", params, index: Math.min(...members.map((r) => r.index)),
+          sensitivity: members.reduce((s, r) => s + (Number.isFinite(r.sensitivity) ? r.sensitivity : 0), 0),
+          planned: members.every((r) => Number.isFinite(r.planned))
+            ? members.reduce((s, r) => s + r.planned * r.params, 0) / Math.max(params, 1) : null,
+        };
+      });
+      totals.sort(compare(key, descending));
+      items = [];
       for (const t of totals) {
-        frag.appendChild(groupRow(t.key, t.members));
-        if (!collapsed.has(t.key)) for (const r of t.members) frag.appendChild(layerRow(r));
+        items.push(t);
+        if (!collapsed.has(t.key)) for (const r of t.members) items.push({ layer: r });
       }
     } else {
-      for (const r of shown) frag.appendChild(layerRow(r));
+      items = shown.map((r) => ({ layer: r }));
     }
-    tbody.replaceChildren(frag);
-    const first = byIndex.get(model.get("selected")) || tbody.querySelector("tr.lw-row");
-    if (first) first.tabIndex = 0; // one tab stop; arrow keys move within the table
     count.textContent = query ? `${shown.length} of ${all.length} layers` : `${all.length} layers`;
+    paint();
   }
 
-  function mark(cls, trait, scroll) {
+  function position(index) {
+    return items.findIndex((it) => it.layer && it.layer.index === index);
+  }
+
+  function reveal(index) {
+    const k = position(index);
+    if (k < 0) return;
+    const head = thead.offsetHeight || ROW;
+    const top = head + k * ROW;
+    if (top - head < scroller.scrollTop || top + ROW > scroller.scrollTop + scroller.clientHeight) {
+      scroller.scrollTop = Math.max(0, top - head - scroller.clientHeight / 3);
+    }
+    paint();
+  }
+
+  function mark(cls, trait) {
     return () => {
       for (const tr of tbody.querySelectorAll(`.${cls}`)) tr.classList.remove(cls);
       const tr = byIndex.get(model.get(trait));
-      if (!tr) return;
-      tr.classList.add(cls);
-      if (scroll) {
-        const top = tr.offsetTop, bottom = top + tr.offsetHeight;
-        const head = thead.offsetHeight;
-        if (top - head < scroller.scrollTop || bottom > scroller.scrollTop + scroller.clientHeight) {
-          scroller.scrollTop = Math.max(0, top - head - scroller.clientHeight / 3);
-        }
-      }
+      if (tr) tr.classList.add(cls);
     };
   }
-  const markHovered = mark("lw-hovered", "hovered", false);
-  const markSelected = mark("lw-selected", "selected", true);
+  const markHovered = mark("lw-hovered", "hovered");
+  const markSelected = () => {
+    mark("lw-selected", "selected")();
+    if (!clicked) reveal(model.get("selected")); // a click elsewhere (a bar): bring its row into view
+    clicked = false;
+  };
+  let clicked = false;
 
   function rowIndex(event) {
     const tr = event.target.closest("tr.lw-row");
@@ -222,7 +256,7 @@ function render({ model, el: root }) {
   }
   tbody.addEventListener("mouseover", (event) => {
     const index = rowIndex(event);
-    if (index !== model.get("hovered")) {
+    if (index >= 0 && index !== model.get("hovered")) {
       model.set("hovered", index);
       model.save_changes();
     }
@@ -234,6 +268,7 @@ function render({ model, el: root }) {
   tbody.addEventListener("click", (event) => {
     const index = rowIndex(event);
     if (index >= 0) {
+      clicked = true;
       model.set("selected", index);
       model.save_changes();
     }
@@ -241,17 +276,28 @@ function render({ model, el: root }) {
   tbody.addEventListener("keydown", (event) => {
     const tr = event.target.closest("tr.lw-row");
     if (!tr) return;
-    const next = event.key === "ArrowDown" ? tr.nextElementSibling : event.key === "ArrowUp" ? tr.previousElementSibling : null;
-    if (event.key === "Enter") {
-      model.set("selected", Number(tr.dataset.index));
-      model.save_changes();
-    } else if (next && next.classList.contains("lw-row")) {
+    const index = Number(tr.dataset.index);
+    if (event.key === "Enter" || event.key === " ") {
       event.preventDefault();
-      next.focus();
-      model.set("hovered", Number(next.dataset.index));
+      clicked = true;
+      model.set("selected", index);
       model.save_changes();
+      return;
     }
+    const step = event.key === "ArrowDown" ? 1 : event.key === "ArrowUp" ? -1 : 0;
+    if (!step) return;
+    event.preventDefault();
+    let k = position(index) + step;
+    while (k >= 0 && k < items.length && !items[k].layer) k += step;
+    if (k < 0 || k >= items.length) return;
+    const next = items[k].layer.index;
+    model.set("hovered", next);
+    model.save_changes();
+    reveal(next);
+    const row = byIndex.get(next);
+    if (row) row.focus();
   });
+  scroller.addEventListener("scroll", repaint, { passive: true });
   search.addEventListener("input", () => {
     clearTimeout(typing);
     typing = setTimeout(() => {
@@ -265,17 +311,20 @@ function render({ model, el: root }) {
     model.save_changes();
   });
 
-  const redraw = () => draw();
   const events = ["change:rows", "change:planned", "change:sort", "change:descending", "change:query",
                   "change:group", "change:sens_label"];
-  for (const e of events) model.on(e, redraw);
+  for (const e of events) model.on(e, draw);
   model.on("change:hovered", markHovered);
   model.on("change:selected", markSelected);
   draw();
-  markSelected();
+  if (model.get("selected") >= 0) reveal(model.get("selected"));
+  // the first paint measured a table not yet in the page: paint again once it is
+  const late = requestAnimationFrame(paint);
   return () => {
     clearTimeout(typing);
-    for (const e of events) model.off(e, redraw);
+    cancelAnimationFrame(late);
+    if (frame !== null) cancelAnimationFrame(frame);
+    for (const e of events) model.off(e, draw);
     model.off("change:hovered", markHovered);
     model.off("change:selected", markSelected);
   };

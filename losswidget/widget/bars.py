@@ -22,7 +22,7 @@ import numpy as np
 
 from ..profile import LossProfile
 from . import rules
-from .focus import Focus, describe, layer_of, shown
+from .focus import Focus, by_index, describe, shown
 
 PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#b279a2", "#72b7b2", "#9d755d", "#eeca3b", "#ff9da6"]
 BASE = PALETTE[0]
@@ -96,7 +96,7 @@ def sensitivity_frame(profiles: list[LossProfile], mode: str = "values", normali
                                 np.zeros((0, 0), bool), None, 0.0, 1.0, 0.0, None, None)
     base_layers = profiles[0].layers
     index = np.array([l.index for l in base_layers], dtype=int)
-    raw = np.array([[getattr(layer_of(p, i), "sensitivity", np.nan) for i in index] for p in profiles], dtype=float)
+    raw = np.array([by_index(p, index, p.sensitivities) for p in profiles], dtype=float)
     compare = len(profiles) > 1
     flagged = np.array([rules.outliers(r) for r in raw]) if raw.size else np.zeros(raw.shape, bool)
     values = (np.array([rules.normalised(r, f) for r, f in zip(raw, flagged)]) if compare and normalise
@@ -213,13 +213,16 @@ class SensitivityChart:
                 colors = [PALETTE[k % len(PALETTE)]]
             else:
                 colors = np.where(f.outlier, HIGHLIGHT, BASE).tolist()
+            opacities = np.where(f.tiny, TINY_OPACITY, 1.0).tolist()
             with mark.hold_sync():
                 mark.base = f.base
                 mark.x = f.index + (k - (k_shown - 1) / 2) * width
                 mark.y = drawn
                 mark.padding = 1 - width
-                mark.colors = colors
-                mark.opacities = np.where(f.tiny, TINY_OPACITY, 1.0).tolist()
+                if mark.colors != colors:                  # a list of 500 strings: validated only if new
+                    mark.colors = colors
+                if mark.opacities != opacities:
+                    mark.opacities = opacities
                 mark.labels = [f.names[k]]
                 mark.display_legend = False
             figure_marks.append(mark)
@@ -355,7 +358,7 @@ class ParamsChart:
         ticks, names = x_ticks(index, [l.name for l in layers])
         with self.bars.hold_sync():
             self.bars.x, self.bars.y = index, params
-            self.bars.opacities = np.where(rules.tiny(params), TINY_OPACITY, 1.0).tolist()
+            self.bars.opacities = np.where(rules.tiny(params), TINY_OPACITY, 1.0).tolist()   # a new model: rare
         set_ticks(self.x_axis, ticks, names, "d")
         self.x_axis.label = "layer" if names else "layer (graph order)"
         top = float(params.max()) * 1.04 if params.size and params.max() > 0 else 1.0

@@ -16,7 +16,7 @@ import numpy as np
 from ..profile import SENSITIVITY_LEVEL, value_at
 from . import rules
 from .bars import PALETTE
-from .focus import Focus, layer_of, shown
+from .focus import Focus, Later, layer_of, shown
 
 TARGET_COLOR = "#54a24b"
 
@@ -52,7 +52,7 @@ class CurveChart:
         self.y_axis = self.fig.axes[1]
         self.box = w.VBox([self.title, self.hint])          # the figure joins on the first click
         self.box.add_class("lw-chart-block")
-        store.observe(lambda _: self.redraw(), names=["profiles", "selected", "compare", "target"])
+        store.observe(Later(self.redraw), names=["profiles", "selected", "compare", "target"])
         focus.observe(lambda _: self.redraw(), names=["layer"])
         normalise.observe(lambda _: self.redraw(), "value")
         self.redraw()

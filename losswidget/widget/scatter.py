@@ -16,7 +16,7 @@ import numpy as np
 
 from . import rules
 from .bars import BASE, HIGHLIGHT, TINY_OPACITY
-from .focus import Focus, describe, shown
+from .focus import Focus, Later, describe, shown
 
 
 class ScatterChart:
@@ -55,7 +55,7 @@ class ScatterChart:
         self.fig.add_class("lw-scatter-chart")
         self.box = w.VBox([self.title, self.caption, self.readout, self.fig])
         self.box.add_class("lw-chart-block")
-        store.observe(lambda _: self.redraw(), names=["profiles", "selected", "compare"])
+        store.observe(Later(self.redraw), names=["profiles", "selected", "compare"])
         focus.observe(lambda _: self.point(), names=["layer", "hovered"])
         self.redraw()
 
@@ -68,7 +68,7 @@ class ScatterChart:
         layers = profiles[0].layers if profiles else ()
         self.index = np.array([l.index for l in layers], dtype=int)
         params = np.array([max(l.params, 1) for l in layers], dtype=float)
-        sens = np.array([l.sensitivity for l in layers], dtype=float)
+        sens = profiles[0].sensitivities if profiles else np.zeros(0)
         positive = np.isfinite(sens) & (sens > 0)
         floor = float(sens[positive].min()) / 3 if positive.any() else 1e-3
         y = np.where(positive, sens, floor)
@@ -85,10 +85,13 @@ class ScatterChart:
                     scale.min, scale.max = lo, hi
                 ticks, _ = rules.log_ticks(np.log10(lo), np.log10(hi), most=6)
                 axis.tick_values = [10 ** t for t in ticks]
+            colors, opacities = np.where(flagged, HIGHLIGHT, BASE).tolist(), np.where(tiny, TINY_OPACITY, 0.85).tolist()
             with self.points.hold_sync():
                 self.points.x, self.points.y = params, y
-                self.points.colors = np.where(flagged, HIGHLIGHT, BASE).tolist()
-                self.points.opacities = np.where(tiny, TINY_OPACITY, 0.85).tolist()
+                if self.points.colors != colors:           # lists of 500: validated only if new
+                    self.points.colors = colors
+                if list(self.points.opacities) != opacities:
+                    self.points.opacities = opacities
             mx, my = (float(np.median(params)), float(np.median(y[positive]))) if positive.any() else (x_lo, y_lo)
             with self.median_x.hold_sync():
                 self.median_x.x, self.median_x.y = ([mx, mx], [y_lo, y_hi]) if layers else ([], [])

@@ -17,7 +17,7 @@ import anywidget
 from traitlets import Bool, Dict, Int, List, Unicode, link
 
 from . import rules
-from .focus import Focus, shown
+from .focus import Focus, Later, shown
 
 
 def table_rows(profile) -> list[dict]:
@@ -54,7 +54,7 @@ class LayerTable(anywidget.AnyWidget):
         self.store = store
         self.add_class("lw-layer-table")
         self._links = [link((focus, "layer"), (self, "selected")), link((focus, "hovered"), (self, "hovered"))]
-        store.observe(lambda _: self.redraw(), names=["profiles", "selected"])
+        store.observe(Later(self.redraw), names=["profiles", "selected"])
         self.redraw()
 
     def redraw(self) -> None:

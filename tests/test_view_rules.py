@@ -1,14 +1,11 @@
-"""The views' pure rules by hand: outliers, the cut axis, tiny layers, log ticks, the preferred profile."""
-import dataclasses
-
+"""The views' pure rules by hand: outliers, the cut axis, tiny layers, log ticks."""
 import numpy as np
 import pytest
 
 import losswidget
 from losswidget.widget import rules
-from losswidget.widget.choose import preferred_profile
 
-from helpers import arr, outlier_cnn, residual_mlp, save
+from helpers import outlier_cnn, save
 
 
 def test_outlier_by_hand():
@@ -101,28 +98,6 @@ def test_outlier_model_flags_the_tiny_fixed_layer(tmp_path):
     assert cut == pytest.approx(np.delete(approx.sensitivities, 20).max() * 1.15)
     magnitude = losswidget.analyze(path, method="magnitude")      # 0.5 weights: the top, but not apart
     assert not rules.outliers(magnitude.sensitivities).any()
-
-
-def test_preferred_profile_ranks_by_method_then_newest(tmp_path):
-    path = save(residual_mlp(), tmp_path / "m.onnx")
-    approx = losswidget.analyze(path, method="approximated", name="Approximated")
-    base = losswidget.analyze(path, method="magnitude", name="Baseline")
-    shot = losswidget.analyze(path, method="one-shot", name="measured", data={"x": arr(8, 8)},
-                              sparsity_levels=[0.5, 0.9])
-    assert preferred_profile({}) is None
-    assert preferred_profile({"Approximated": approx}) == "Approximated"
-    assert preferred_profile({"Approximated": approx, "Baseline": base}) == "Baseline"
-    assert preferred_profile([approx, base, shot]) == "measured"
-    activation = dataclasses.replace(base, name="act", method="activation")
-    assert preferred_profile([approx, base, activation]) == "act"
-    other = dataclasses.replace(base, name="mine", method="random")
-    assert preferred_profile([other, approx]) == "Approximated"                        # unknown methods last
-    partial = dataclasses.replace(shot, name="cut short", partial=True, created="2099-01-01T00:00:00+00:00")
-    assert preferred_profile([partial, shot]) == "measured"                            # complete first
-    older = dataclasses.replace(base, name="old", created="2000-01-01T00:00:00+00:00")
-    newer = dataclasses.replace(base, name="new", created="2030-01-01T00:00:00+00:00")
-    assert preferred_profile({"old": older, "new": newer}) == "new"
-    assert preferred_profile([dataclasses.replace(newer, name="b"), dataclasses.replace(newer, name="a")]) == "a"
 
 
 def test_nice_ticks():

@@ -9,10 +9,9 @@ import losswidget
 from losswidget.widget import rules
 from losswidget.widget.app import LossProfileWidget
 from losswidget.widget.bars import BASE, HIGHLIGHT, TINY_OPACITY, js_number
-from losswidget.widget.choose import preferred_profile
 from losswidget.widget.table import table_rows
 
-from helpers import arr, outlier_cnn, save
+from helpers import outlier_cnn, save
 from test_widget import net, wait
 
 
@@ -214,15 +213,20 @@ def test_compare_chooser_keeps_order_and_selection(outlier, outlier_path):
     outlier.compare_profiles("Approximated", "Baseline")
     assert outlier.compare.options == ["Approximated", "Baseline"]
     assert outlier.compare.value == ["Approximated", "Baseline"] and outlier.compare.selected == "Approximated"
-    outlier.add_profile("coarse", "magnitude", sparsity_levels=[0.0, 0.5, 0.9]).result(60)
-    wait(outlier)
+    extra = losswidget.analyze(outlier_path, method="magnitude", name="coarse", sparsity_levels=[0.0, 0.5, 0.9])
+    outlier.store.put(extra, save=False)                                          # a profile arrives
     assert outlier.compare.options == ["Approximated", "Baseline", "coarse"]      # added last
     assert outlier.compare.value == ["Approximated", "Baseline"]                  # the choice kept
-    assert outlier.store.compare == ["Approximated", "Baseline"]
+    assert outlier.store.compare == ["Approximated", "Baseline"] and outlier.selected == "Approximated"
     outlier.compare.value = ["Approximated", "Baseline", "coarse"]
     assert outlier.store.compare == ["Approximated", "Baseline", "coarse"]
     outlier.compare.value = []                                                    # the selected stays compared
     assert outlier.store.compare == ["Approximated"] and outlier.compare.value == ["Approximated"]
+    outlier.compare.value = ["Baseline"]
+    outlier.add_profile("asked", "magnitude", sparsity_levels=[0.0, 0.9]).result(60)    # the user's own: shown
+    wait(outlier)
+    assert outlier.selected == "asked" and outlier.compare.selected == "asked"
+    assert outlier.compare.options[-1] == "asked" and "Baseline" in outlier.compare.value
 
 
 def test_header_names_the_model(outlier):
@@ -253,15 +257,11 @@ def test_small_models_name_their_layers_on_the_axis(tmp_path):
     w.close()
 
 
-def test_preferred_profile_is_shown_first_when_the_store_uses_it(tmp_path):
-    """The store (the lead's) picks the default; here only that the views draw whatever it selects."""
-    path = net(tmp_path)
-    w = LossProfileWidget(path, data={"x": arr(8, 16)}, autostart=False)
-    shot = losswidget.analyze(path, method="one-shot", name="measured", data={"x": arr(8, 16)},
-                              sparsity_levels=[0.5, 0.9])
-    w.store.put(losswidget.analyze(path, method="approximated", name="Approximated"), save=False)
-    w.store.put(shot, save=False)
-    w.selected = preferred_profile(w.profiles)
-    assert w.selected == "measured" and w.charts.table.sens_label == "Sensitivity (measured)"
-    np.testing.assert_allclose(w.charts.bars.y, shot.sensitivities)
+def test_a_new_widget_compares_nothing_until_asked(outlier_path, tmp_path):
+    """The store moves the selection to the most informative profile as profiles arrive; the compare boxes
+    echo the store and must not push the earlier selection back into `compare`."""
+    w = LossProfileWidget(outlier_path, profiles_dir=tmp_path / "fresh")
+    wait(w)
+    assert w.selected == "Baseline" and w.store.compare == ["Baseline"] and w.compare.value == ["Baseline"]
+    assert len(w.charts.sensitivity.frame.names) == 1
     w.close()

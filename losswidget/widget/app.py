@@ -175,6 +175,8 @@ class LossProfileWidget(w.VBox):
             self.store.selected = change["new"]
 
     def _compare_changed(self, change) -> None:
+        if self._syncing:
+            return                            # the store's own compare, echoed back: not the user's choice
         chosen = [n for n in change["new"] if n in self.store.profiles and n != self.store.selected]
         if self.store.selected:
             chosen = [self.store.selected] + chosen              # the selected profile is always compared
@@ -183,22 +185,21 @@ class LossProfileWidget(w.VBox):
 
     def _sync_controls(self, _change) -> None:
         names = list(self.store.profiles)
-        self._syncing = True                  # new options move the dropdown's value: not the user's choice
+        self._syncing = True                  # new options move the controls' values: not the user's choice
         try:
             if list(self.select.options) != names:
                 self.select.options = names
             if self.store.selected in names and self.select.value != self.store.selected:
                 self.select.value = self.store.selected
+            with self.compare.hold_sync():
+                if self.compare.options != names:
+                    self.compare.options = names             # the store's order: a new profile comes last
+                self.compare.selected = self.store.selected
+                value = [n for n in names if n in self.store.compare]
+                if self.compare.value != value:
+                    self.compare.value = value
         finally:
             self._syncing = False
-        chosen = set(self.store.compare) | {self.store.selected}
-        with self.compare.hold_sync():
-            if self.compare.options != names:
-                self.compare.options = names                 # the store's order: a new profile comes last
-            self.compare.selected = self.store.selected
-            value = [n for n in names if n in chosen]
-            if self.compare.value != value:
-                self.compare.value = value
 
     def _draw_cards(self) -> None:
         profile = self.store.profiles.get(self.store.selected)

@@ -311,9 +311,11 @@ function render({ model, el: root }) {
     model.save_changes();
   });
 
-  const events = ["change:rows", "change:planned", "change:sort", "change:descending", "change:query",
-                  "change:group", "change:sens_label"];
+  const top = () => { scroller.scrollTop = 0; draw(); }; // a new order or filter: show its beginning
+  const events = ["change:rows", "change:planned", "change:sens_label"];
+  const reorders = ["change:sort", "change:descending", "change:query", "change:group"];
   for (const e of events) model.on(e, draw);
+  for (const e of reorders) model.on(e, top);
   model.on("change:hovered", markHovered);
   model.on("change:selected", markSelected);
   draw();
@@ -325,6 +327,7 @@ function render({ model, el: root }) {
     cancelAnimationFrame(late);
     if (frame !== null) cancelAnimationFrame(frame);
     for (const e of events) model.off(e, draw);
+    for (const e of reorders) model.off(e, top);
     model.off("change:hovered", markHovered);
     model.off("change:selected", markSelected);
   };

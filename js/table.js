@@ -8,6 +8,7 @@
 
 const ROW = 22; // px, layer and group rows alike (table.css holds them to it)
 const SPARE = 8; // rows drawn beyond each edge of the view
+const NARROW = 380; // px: below this (the sidebar) op and params are left out; the readout shows them
 
 const COLUMNS = [
   { key: "index", label: "#", num: true, title: "Graph order" },
@@ -69,6 +70,8 @@ function render({ model, el: root }) {
   let items = []; // what the table shows, in order: {layer: row} or {group: key, members, ...totals}
   let frame = null; // a pending repaint
   const byIndex = new Map(); // layer index -> its <tr>, for the rows in the page
+  let narrow = false;
+  const columns = () => (narrow ? COLUMNS.filter((c) => c.key !== "op" && c.key !== "params") : COLUMNS);
 
   const bar = el("div", "lw-table-bar");
   const search = el("input", "lw-table-search");
@@ -93,8 +96,8 @@ function render({ model, el: root }) {
   const tbody = el("tbody");
   const padTop = el("tr", "lw-pad");
   const padBottom = el("tr", "lw-pad");
-  padTop.appendChild(el("td")).colSpan = COLUMNS.length;
-  padBottom.appendChild(el("td")).colSpan = COLUMNS.length;
+  padTop.appendChild(el("td"));
+  padBottom.appendChild(el("td"));
   table.append(thead, tbody);
   scroller.appendChild(table);
   root.append(bar, scroller);
@@ -102,7 +105,7 @@ function render({ model, el: root }) {
   function header() {
     thead.replaceChildren();
     const tr = el("tr");
-    for (const col of COLUMNS) {
+    for (const col of columns()) {
       const th = el("th", `lw-col-${col.key}${col.num ? " lw-num" : ""}`);
       const button = el("button", "lw-sort");
       const active = model.get("sort") === col.key;
@@ -131,11 +134,15 @@ function render({ model, el: root }) {
     tr.classList.toggle("lw-selected", r.index === model.get("selected"));
     tr.classList.toggle("lw-hovered", r.index === model.get("hovered"));
     const name = el("td", "lw-name");
-    name.appendChild(el("span", "lw-name-text", r.name));
+    // narrow: the end of a long name tells layers apart ("…14.conv"), its start rarely does
+    const text = narrow && r.name.length > 14 ? "…" + r.name.slice(-13) : r.name;
+    name.appendChild(el("span", "lw-name-text", text));
     for (const flag of r.flags || []) name.appendChild(el("span", `lw-flag lw-flag-${flag}`, flag));
     name.title = r.name + ((r.flags || []).length ? ` (${r.flags.join(", ")})` : "");
-    tr.append(el("td", "lw-num", String(r.index)), name, el("td", "", r.op), el("td", "lw-num", human(r.params)),
-              el("td", "lw-num", short(r.sensitivity)), el("td", "lw-num", percent(r.planned)));
+    const cells = { index: el("td", "lw-num", String(r.index)), name, op: el("td", "", r.op),
+                    params: el("td", "lw-num", human(r.params)), sensitivity: el("td", "lw-num", short(r.sensitivity)),
+                    planned: el("td", "lw-num", percent(r.planned)) };
+    tr.append(...columns().map((c) => cells[c.key]));
     byIndex.set(r.index, tr);
     return tr;
   }
@@ -153,8 +160,9 @@ function render({ model, el: root }) {
     });
     cell.append(toggle, el("span", "lw-group-count", ` ${g.members.length} layer${g.members.length > 1 ? "s" : ""}`));
     cell.title = g.key;
-    tr.append(el("td"), cell, el("td"), el("td", "lw-num", human(g.params)), el("td", "lw-num", "Σ " + short(g.sensitivity)),
-              el("td", "lw-num", percent(g.planned)));
+    const cells = { index: el("td"), name: cell, op: el("td"), params: el("td", "lw-num", human(g.params)),
+                    sensitivity: el("td", "lw-num", "Σ " + short(g.sensitivity)), planned: el("td", "lw-num", percent(g.planned)) };
+    tr.append(...columns().map((c) => cells[c.key]));
     tr.title = "Group totals: params and sensitivity summed, planned sparsity weighted by params";
     return tr;
   }
@@ -169,6 +177,7 @@ function render({ model, el: root }) {
     byIndex.clear();
     const rows = [];
     for (let k = first; k < last; k++) rows.push(items[k].layer ? layerRow(items[k].layer) : groupRow(items[k]));
+    padTop.firstChild.colSpan = padBottom.firstChild.colSpan = columns().length;
     padTop.firstChild.style.height = `${first * ROW}px`;
     padBottom.firstChild.style.height = `${(items.length - last) * ROW}px`;
     tbody.replaceChildren(padTop, ...rows, padBottom);
@@ -230,7 +239,8 @@ function render({ model, el: root }) {
     const head = thead.offsetHeight || ROW;
     const top = head + k * ROW;
     if (top - head < scroller.scrollTop || top + ROW > scroller.scrollTop + scroller.clientHeight) {
-      scroller.scrollTop = Math.max(0, top - head - scroller.clientHeight / 3);
+      // a third down the view, on a row boundary (no row half under the sticky header)
+      scroller.scrollTop = Math.max(0, Math.round((k - scroller.clientHeight / 3 / ROW) | 0) * ROW);
     }
     paint();
   }
@@ -318,6 +328,14 @@ function render({ model, el: root }) {
   for (const e of reorders) model.on(e, top);
   model.on("change:hovered", markHovered);
   model.on("change:selected", markSelected);
+  const resize = new ResizeObserver(() => {
+    const now = root.clientWidth > 0 && root.clientWidth < NARROW;
+    if (now !== narrow) {
+      narrow = now;
+      draw();
+    }
+  });
+  resize.observe(root);
   draw();
   if (model.get("selected") >= 0) reveal(model.get("selected"));
   // the first paint measured a table not yet in the page: paint again once it is
@@ -325,6 +343,7 @@ function render({ model, el: root }) {
   return () => {
     clearTimeout(typing);
     cancelAnimationFrame(late);
+    resize.disconnect();
     if (frame !== null) cancelAnimationFrame(frame);
     for (const e of events) model.off(e, draw);
     for (const e of reorders) model.off(e, top);

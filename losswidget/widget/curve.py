@@ -43,7 +43,7 @@ class CurveChart:
         self.notes = bq.Label(x=[], y=[], text=[], scales=scales, colors=["#888", TARGET_COLOR], default_size=11,
                               align="end", x_offset=-4, y_offset=12, enable_hover=False)
         self.fig = bq.Figure(marks=[], axes=[bq.Axis(scale=self.xs, label="sparsity", tick_format=".0%",
-                                                     tick_values=[0, 0.2, 0.4, 0.6, 0.8, 1.0], grid_lines="none"),
+                                                     tick_values=[0, 0.25, 0.5, 0.75, 1.0], grid_lines="none"),
                                              bq.Axis(scale=self.ys, side="left", label="L(s)", tick_format=".3~g",
                                                      label_offset="48px")],
                              fig_margin={"top": 12, "bottom": 44, "left": 64, "right": 16}, display_toolbar=False,

@@ -81,9 +81,14 @@ class Charts:
         n = max((l.index for l in profiles[0].layers), default=-1) + 1 if profiles else 0
         top = max(n - 1, 0)
         if self.window.max != top or self.window.value[1] > top:
-            with self.window.hold_sync():
+            # two messages, the range first: given both at once, the browser's slider clamps the new value
+            # to the old range and shows "0 – 0" (ipywidgets 8.1)
+            if top > self.window.max:
                 self.window.max = top
                 self.window.value = (0, top)
+            else:
+                self.window.value = (0, top)
+                self.window.max = top
         self.window.layout.display = "" if n > WINDOW_FROM else "none"
         self._zoom()
 

@@ -57,14 +57,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = root / "t83.onnx"
-        make_model("transformer", model, "--layers", "83", "--hidden", "64", "--vocab", "100")
+        make_model("transformer", model, "--layers", "83", "--hidden", "64", "--vocab", "100", local_ok=True)
         warm = LossProfileWidget(model, profiles_dir=root / "profiles")
         layers = len(warm.wait()["Baseline"].layers)
         warm.close()
         notebook(root / "speed.ipynb", "from losswidget import LossProfileWidget",
                  f"w = LossProfileWidget({str(model)!r}, profiles_dir={str(root / 'profiles')!r})\nw")
         port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
+        proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
                                  "--ip=127.0.0.1", "--allow-root", f"--IdentityProvider.token={TOKEN}",
                                  f"--ServerApp.root_dir={root}", f"--LabApp.workspaces_dir={root / 'ws'}"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=kernel_env())

@@ -27,7 +27,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "t83.onnx"
-        make_model("transformer", model, "--layers", "83", "--hidden", "64", "--vocab", "100")
+        make_model("transformer", model, "--layers", "83", "--hidden", "64", "--vocab", "100", local_ok=True)
         folder = Path(tmp) / "profiles"
         warm = LossProfileWidget(model, profiles_dir=folder)
         layers = len(warm.wait(600)["Baseline"].layers)

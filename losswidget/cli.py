@@ -19,8 +19,9 @@ def _executor(args):
             raise SettingsError("--scheduler needs Dask: pip install 'losswidget[dask]'") from None
         try:
             return Client(args.scheduler, timeout="10s").get_executor()
-        except OSError as exc:
-            raise SettingsError(f"Cannot reach the Dask scheduler at {args.scheduler}: {exc}") from None
+        except (OSError, ValueError, TypeError) as exc:   # unreachable, or not an address (ValueError)
+            from .errors import first_line
+            raise SettingsError(f"Cannot reach the Dask scheduler at {args.scheduler!r}: {first_line(exc)}") from None
     return None
 
 
@@ -88,12 +89,24 @@ def _parser(settings: bool = True) -> argparse.ArgumentParser:
     app.add_argument("model", nargs="?", help="an .onnx file (default: the bundled demo model and its data)")
     app.add_argument("--data", help="an .npz file for one-shot profiles (names like the model's inputs)")
     app.add_argument("--profiles-dir", default="losswidget-profiles", help="where profiles are kept")
-    app.add_argument("--port", type=int, default=8866)
+    app.add_argument("--port", type=int, default=8866, help="port on 127.0.0.1 (default 8866)")
     app.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    app.add_argument("--kernel-timeout", type=int, default=120, metavar="SECONDS",
+                     help="shut a page's kernel down this long after its tab is closed (default 120)")
     d = sub.add_parser("demo", help="profile a bundled demo model (trained on digits) three ways, offline")
     d.add_argument("--model", default="resnet",
                    help="resnet (default): a residual CNN with 18 layers; mlp: a 4-layer MLP, fast")
     d.add_argument("--out", default="losswidget-demo", help="folder for the three profiles (JSON)")
+    r = sub.add_parser("report", help="write a self-contained HTML report of a profile (or of a model, profiled "
+                                      "first): cards, charts, layer table, plan; opens offline")
+    r.add_argument("source", metavar="MODEL_OR_PROFILE",
+                   help="a profile .json (from `profile --json`, the widget or SparseML), or an .onnx model")
+    r.add_argument("--html", metavar="OUT", required=True, help="where to write the report (.html)")
+    r.add_argument("--method", default="magnitude", choices=["approximated", "magnitude"],
+                   help="for a model: the data-free method to profile it with (default: magnitude); for a "
+                        "data method, run `profile --json P.json` first and report P.json")
+    r.add_argument("--name", help="the profile to report from a file that holds several (a comparison export)")
+    r.add_argument("--target", type=float, help="target sparsity of the plan shown (default: the profile's)")
     return ap
 
 
@@ -212,6 +225,7 @@ def _demo(model: str, out: str) -> int:
     print(f"Demo: {DESCRIPTION[model]} trained on scikit-learn's digits ({ACCURACY[model]:.1%} held-out "
           f"accuracy), {len(data['y'])} held-out digits with labels\n")
     folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)              # the demo's own output folder, made on request
     for method, extra in (("approximated", {}), ("magnitude", {}),
                           ("one-shot", {"data": data, "labels": "y", "metric": "loss"})):
         profile = analyze(path, method, **extra)
@@ -279,6 +293,42 @@ def _prune(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    """`losswidget report`: a profile file as it is, or a model profiled here first (data-free methods)."""
+    from pathlib import Path
+
+    from .errors import ProfileError, SettingsError
+    from .profile import load_profiles
+
+    source = Path(args.source)
+    if not source.is_file():
+        raise SettingsError(f"Not found: {source} (give a profile .json or an .onnx model).")
+    with open(source, "rb") as f:
+        is_json = f.read(1) == b"{" or source.suffix.lower() == ".json"
+    if is_json:
+        profiles = load_profiles(source)
+        names = ", ".join(repr(p.name) for p in profiles)
+        if args.name is not None:
+            chosen = [p for p in profiles if p.name == args.name]
+            if not chosen:
+                raise ProfileError(f"{source} has no profile named {args.name!r}; it has {names}.")
+            profile = chosen[0]
+        elif len(profiles) > 1:
+            raise ProfileError(f"{source} holds {len(profiles)} profiles ({names}); pick one with --name.")
+        else:
+            profile = profiles[0]
+    else:
+        from .analysis import analyze
+        bar = _Bar()
+        try:
+            profile = analyze(source, args.method, progress=bar)
+        finally:
+            bar.close()
+    profile.to_html(args.html, target=args.target)
+    print(f"Wrote {args.html}: {profile.name!r}, {len(profile.layers)} layers")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser(settings="profile" in argv).parse_args(argv)
@@ -301,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "app":
             from .serve import serve
             return serve(args.model, data=args.data, profiles_dir=args.profiles_dir, port=args.port,
-                         open_browser=not args.no_browser)
-        return {"profile": _profile, "plan": _plan, "prune": _prune}[args.command](args)
+                         open_browser=not args.no_browser, kernel_timeout=args.kernel_timeout)
+        return {"profile": _profile, "plan": _plan, "prune": _prune, "report": _report}[args.command](args)
     except LossWidgetError as exc:
         print(f"losswidget: error: {exc}", file=sys.stderr)
         return 2

@@ -3,15 +3,22 @@
 `onnx.load` parses every weight into Python bytes (a copy of the whole file). Profiling only ever needs one
 weight at a time, so `open_model` walks the protobuf wire format itself: the main graph's large `raw_data`
 fields are cut out of the message before protobuf parses it, and remembered as (offset, length) in the
-memory-mapped file. External data is mapped the same way. `ModelFile.array` then gives one tensor as a
-numpy view into the map; `ModelFile.release` drops its pages from the process again.
+file. External data files are located the same way. `ModelFile.array` then reads one tensor.
+
+Weights are read with pread into memory the caller owns, never memory-mapped: a mapped file that another
+process truncates underneath (re-exporting a model to the same path does) kills the process with SIGBUS,
+which Python cannot catch, and a Jupyter kernel with it. A read of a file that shrank is short instead.
+The files stay open from the first read on, so a model replaced by rename is still read from the file that
+was parsed; one rewritten or truncated in place (its size or mtime moved since it was opened) is a
+ModelError. Names that are not UTF-8, negative or too many dims and external data locations that leave
+the model's folder are refused when the model is opened or the tensor read.
 """
 from __future__ import annotations
 
-import hashlib
-import mmap
 import os
+import stat
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +28,8 @@ from blake3 import blake3
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, NodeProto, TensorProto
 
-from .errors import ModelError
+from .errors import ModelChanged, ModelError
+from .identity import hash_files, hash_files_async
 
 # raw_data fields at least this large are left in the file; smaller ones (shapes, scales) are parsed inline.
 _INLINE_LIMIT = 1024
@@ -59,6 +67,10 @@ def type_name(data_type: int) -> str:
         return f"type {data_type}"
 
 
+# numpy's limit on dims (32 before numpy 2); no real model comes near it
+MAX_RANK = 32
+
+
 def numel(tensor: TensorProto) -> int:
     n = 1
     for d in tensor.dims:
@@ -66,7 +78,14 @@ def numel(tensor: TensorProto) -> int:
     return n
 
 
-_HASHES: dict[tuple, str] = {}       # (path, size, mtime_ns, inode) of the files -> content hash
+def native_dtype(data_type: int) -> type | None:
+    """numpy's dtype for a stored element type, None where numpy has none (bfloat16, float8, 4-bit)."""
+    return _NATIVE.get(data_type)
+
+
+def stored_bytes(tensor: TensorProto) -> int:
+    """The tensor's size as stored (what reading it costs); elements of unknown size count 4 bytes."""
+    return (numel(tensor) * _BITS.get(tensor.data_type, 32) + 7) // 8
 
 
 @dataclass(frozen=True)
@@ -82,12 +101,7 @@ class _Corrupt(Exception):
 
 
 class _FileBytes:
-    """Indexable file contents read with pread through a small window.
-
-    Used instead of a memory map for the header walk: on current kernels one fault in a map can bring a
-    whole large page-cache folio (hundreds of KB) into the process, so touching every tensor header of a
-    mapped model costs as much resident memory as a good part of the weights.
-    """
+    """Indexable file contents read with pread through a small window (for the header walk)."""
 
     def __init__(self, fd: int, size: int):
         self.fd, self.size = fd, size
@@ -194,27 +208,115 @@ def _scan(buf, size: int, path: str) -> tuple[onnx.ModelProto, dict[str, Blob]]:
     return model, blobs
 
 
-class ModelFile:
-    """An ONNX model whose weights stay on disk until asked for, one tensor at a time."""
+class _Source:
+    """One open file the weights are read from, and its size and mtime when it was opened."""
 
-    def __init__(self, model: onnx.ModelProto, path: Path | None = None, blobs: dict[str, Blob] | None = None):
+    def __init__(self, file, path: str):
+        self.file, self.path = file, path
+        st = os.fstat(file.fileno())
+        self.size, self.mtime_ns, self.dev, self.ino = st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino
+        self.identity = (self.dev, self.ino, self.size, self.mtime_ns)
+
+    def replaced(self) -> bool:
+        """Whether the path now names another file (moved over it) than the one open here."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != (self.dev, self.ino)
+
+    def read_into(self, view: memoryview, offset: int) -> None:
+        """Fill `view` with the bytes from `offset` on; ModelError when the file ended early or changed."""
+        fd, done = self.file.fileno(), 0
+        while done < len(view):
+            if _PREADV:
+                n = os.preadv(fd, [view[done:]], offset + done)
+            else:
+                chunk = os.pread(fd, min(len(view) - done, 1 << 30), offset + done)
+                view[done:done + len(chunk)] = chunk
+                n = len(chunk)
+            if n <= 0:
+                break
+            done += n
+        self.check(done < len(view))
+
+    def check(self, short: bool = False) -> None:
+        st = os.fstat(self.file.fileno())
+        if short or (st.st_size, st.st_mtime_ns) != (self.size, self.mtime_ns):
+            raise ModelChanged(
+                f"{self.path} changed while it was being read (it is {st.st_size} bytes now, {self.size} when "
+                "opened): it was rewritten or truncated in place. Run the analysis again once it is written.")
+
+
+_PREADV = hasattr(os, "preadv")
+
+
+def _open_regular(path: str, what: str):
+    """The file opened for reading, without blocking on FIFOs; ModelError unless it is a readable regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"Cannot read {what} {path}: {_reason(exc)}.") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ModelError(f"{what.capitalize()} {path} is not a regular file.")
+        return os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """A name from the file as it can be shown in a message (repr, cut short)."""
+    r = repr(text)
+    return r if len(r) <= limit else r[:limit - 4] + "...'"
+
+
+class ModelFile:
+    """An ONNX model whose weights stay on disk until asked for, one tensor at a time (see the module doc)."""
+
+    def __init__(self, model: onnx.ModelProto, path: Path | None = None, blobs: dict[str, Blob] | None = None,
+                 file=None):
+        """`file`: the model file, opened, that `model` was parsed from (its weights are read from it)."""
         self.model = model
         self.path = path
         self.folder = path.parent.resolve() if path is not None else Path.cwd().resolve()
         self._blobs = blobs or {}
-        self._maps: dict[str, mmap.mmap] = {}
+        self._sources: dict[str, _Source] = {}
+        self._seen: dict[str, tuple] = {}    # path -> (device, inode, size, mtime) of the file first opened there
+        self._main = str(path.resolve()) if path is not None else None
+        if file is not None:
+            self._sources[self._main] = src = _Source(file, str(path))
+            self._seen[self._main] = src.identity
         self._lock = threading.Lock()
         self._hash: str | None = None
+        self._files: dict[str, tuple[Path, bool, os.stat_result | None]] = {}
 
     # -- bytes -----------------------------------------------------------------------------------------
-    def _map(self, path: str) -> mmap.mmap:
+    def _source(self, path: str) -> _Source:
+        """The open file at `path` (opened on first use; after `close`, opened again only if it is still the
+        file first read there)."""
         with self._lock:
-            mm = self._maps.get(path)
-            if mm is None:
-                with open(path, "rb") as f:
-                    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else b""
-                self._maps[path] = mm
-            return mm
+            src = self._sources.get(path)
+            if src is None:
+                shown = str(self.path) if path == self._main else path
+                src = _Source(_open_regular(path, "model file" if path == self._main else "external data file"), shown)
+                if self._seen.setdefault(path, src.identity) != src.identity:
+                    src.file.close()
+                    raise ModelChanged(f"{shown} is not the file it was when the model was opened (it was replaced "
+                                       "or rewritten). Open the model again.")
+                self._sources[path] = src
+            return src
+
+    def _read(self, blob: Blob) -> np.ndarray:
+        """The blob's bytes as a new uint8 array."""
+        out = np.empty(blob.length, np.uint8)
+        self._source(blob.path).read_into(memoryview(out), blob.offset)
+        return out
 
     def blob(self, tensor: TensorProto) -> Blob | None:
         """Where the tensor's bytes lie when they are not inside the parsed message (None: inline)."""
@@ -224,35 +326,57 @@ class ModelFile:
             return self._blobs[tensor.name]
         return None
 
+    def _external_file(self, location: str) -> tuple[Path, bool, os.stat_result | None]:
+        """(resolved path, whether it is outside the model's folder, its stat when inside) of an external
+        data file, looked up once per location (a 7B export names one file from hundreds of tensors)."""
+        found = self._files.get(location)
+        if found is None:
+            target = (self.folder / location).resolve()
+            outside = os.path.isabs(location) or not target.is_relative_to(self.folder)
+            found = self._files[location] = (target, outside, None if outside else target.stat())
+        return found
+
     def _external_blob(self, tensor: TensorProto) -> Blob:
         info = {e.key: e.value for e in tensor.external_data}
         where = self.path or "the model"
         location = info.get("location", "")
         if not location:
             raise ModelError(f"Tensor '{tensor.name}' in {where} says its data is external but names no file.")
-        target = (self.folder / location).resolve()
-        if os.path.isabs(location) or not target.is_relative_to(self.folder):
+        try:
+            target, outside, st = self._external_file(location)
+        except FileNotFoundError:
             raise ModelError(
-                f"Refusing external data location '{location}' of tensor '{tensor.name}' in {where}: it points "
+                f"External data file {_shown(location)} for tensor '{tensor.name}' was not found in {self.folder}. "
+                "Copy it beside the model (ONNX models saved with external data are several files).") from None
+        except (OSError, ValueError, RuntimeError) as exc:   # a name too long, a NUL byte, a symlink loop ...
+            raise ModelError(f"Cannot use external data location {_shown(location)} of tensor '{tensor.name}' in "
+                             f"{where}: {_reason(exc)}.") from None
+        if outside:
+            raise ModelError(
+                f"Refusing external data location {_shown(location)} of tensor '{tensor.name}' in {where}: it points "
                 f"outside the model's folder {self.folder}. Keep external data files beside the model.")
-        if not target.is_file():
-            raise ModelError(
-                f"External data file '{location}' for tensor '{tensor.name}' was not found in {self.folder}. "
-                "Copy it beside the model (ONNX models saved with external data are several files).")
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelError(f"External data location {_shown(location)} of tensor '{tensor.name}' in {where} is not "
+                             "a regular file.")
         try:
             offset = int(info.get("offset", 0))
-            file_size = target.stat().st_size
-            length = int(info["length"]) if "length" in info else file_size - offset
+            length = int(info["length"]) if "length" in info else st.st_size - offset
         except ValueError:
             raise ModelError(f"Tensor '{tensor.name}' in {where} has a malformed external data offset/length.") from None
-        if offset < 0 or length < 0 or offset + length > file_size:
+        if offset < 0 or length < 0 or offset + length > st.st_size:
             raise ModelError(
-                f"Tensor '{tensor.name}' wants bytes {offset}..{offset + length} of '{location}', which has only "
-                f"{file_size} bytes: the external data file is truncated or belongs to another model.")
+                f"Tensor '{tensor.name}' wants bytes {offset}..{offset + length} of {_shown(location)}, which has "
+                f"only {st.st_size} bytes: the external data file is truncated or belongs to another model.")
         return Blob(str(target), offset, length)
 
     def check(self, tensor: TensorProto) -> None:
-        """Raise ModelError when the tensor's declared shape and its stored data disagree in size."""
+        """Raise ModelError when the tensor's dims are invalid or its declared shape and its stored data
+        disagree in size."""
+        if len(tensor.dims) > MAX_RANK or any(d < 0 for d in tensor.dims):
+            dims = list(tensor.dims)
+            raise ModelError(f"Tensor '{tensor.name}' declares an invalid shape "
+                             f"{dims if len(dims) <= 8 else f'of {len(dims)} dims'} (negative dims, or more than "
+                             f"{MAX_RANK}): the file is corrupt or was written by a broken exporter.")
         bits = _BITS.get(tensor.data_type)
         if bits is None:
             return
@@ -273,7 +397,7 @@ class ModelFile:
                 f"({want} {unit}) but stores {have} {unit}: the file is corrupt or was written by a broken exporter.")
 
     def array(self, tensor: TensorProto) -> np.ndarray:
-        """The tensor's values in their stored dtype (a read-only view into the file where possible)."""
+        """The tensor's values in their stored dtype (read from the file when they lie there; read-only)."""
         self.check(tensor)
         blob = self.blob(tensor)
         if blob is None:
@@ -285,78 +409,147 @@ class ModelFile:
         if stored is not None:
             return stored
         if tensor.data_type == _T.BFLOAT16:
-            raw = np.frombuffer(self._map(blob.path), dtype=np.uint16, count=numel(tensor), offset=blob.offset)
+            raw = self._read(blob).view(np.uint16)
             return (raw.astype(np.uint32) << 16).view(np.float32).reshape(tuple(tensor.dims))
         return self.array(self.inline(tensor))
 
-    def stored(self, tensor: TensorProto) -> np.ndarray | None:
-        """A read-only view of the tensor's bytes in the file, in its stored dtype; None when the bytes are
-        inside the message or numpy has no such dtype (bfloat16, float8, 4-bit)."""
+    def stored(self, tensor: TensorProto, out: np.ndarray | None = None) -> np.ndarray | None:
+        """The tensor's bytes as read from the file, in its stored dtype (a new read-only array); None when the
+        bytes are inside the message or numpy has no such dtype (bfloat16, float8, 4-bit). `out`: a writable
+        C-contiguous array of at least the tensor's size in bytes to read into instead (the result is then a
+        view of it)."""
         blob = self.blob(tensor)
         native = _NATIVE.get(tensor.data_type)
         if blob is None or native is None:
             return None
         self.check(tensor)
-        mm = self._map(blob.path)
-        return np.frombuffer(mm, dtype=native, count=numel(tensor), offset=blob.offset).reshape(tuple(tensor.dims))
+        if out is None:
+            arr = self._read(blob)
+        else:
+            arr = out.reshape(-1).view(np.uint8)[:blob.length]
+            self._source(blob.path).read_into(memoryview(arr), blob.offset)
+        arr = arr.view(native).reshape(tuple(tensor.dims))
+        if out is None:
+            arr.flags.writeable = False
+        return arr
 
     def inline(self, tensor: TensorProto) -> TensorProto:
-        """The tensor with its bytes inside the message (copied from the file when they lie there)."""
+        """The tensor with its bytes inside the message (read from the file when they lie there)."""
         blob = self.blob(tensor)
         if blob is None:
             return tensor
         self.check(tensor)
-        mm = self._map(blob.path)
         full = TensorProto()
         full.CopyFrom(tensor)
         del full.external_data[:]
         full.data_location = TensorProto.DEFAULT
-        full.raw_data = bytes(mm[blob.offset:blob.offset + blob.length])
+        full.raw_data = self._read(blob).tobytes()
         return full
 
     def read_chunks(self, blob: Blob, chunk: int = 1 << 26):
         """The blob's bytes in chunks of at most `chunk` bytes (for copying large tensors without holding them)."""
-        mm = self._map(blob.path)
+        src = self._source(blob.path)
         for start in range(blob.offset, blob.offset + blob.length, chunk):
-            yield mm[start:min(start + chunk, blob.offset + blob.length)]
+            out = bytearray(min(chunk, blob.offset + blob.length - start))
+            src.read_into(memoryview(out), start)
+            yield out
 
-    def release(self, tensor: TensorProto) -> None:
-        """Let the OS drop the tensor's mapped pages from this process (they stay in the page cache)."""
+    def read(self, tensor: TensorProto, start: int = 0, length: int | None = None,
+             out: np.ndarray | None = None) -> np.ndarray:
+        """Bytes start..start+length (default: to the end) of the tensor's stored data, as uint8 read from the
+        file (into `out`'s memory when given: a writable C-contiguous array of at least that many bytes)."""
         blob = self.blob(tensor)
-        mm = self._maps.get(blob.path) if blob is not None else None
-        if not isinstance(mm, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+        if blob is None:
+            raise ModelError(f"Tensor '{tensor.name}' has its data inside the model, not in a file.")
+        length = blob.length - start if length is None else length
+        if start < 0 or length < 0 or start + length > blob.length:
+            raise ModelError(f"Bytes {start}..{start + length} are not in tensor '{tensor.name}' ({blob.length} bytes).")
+        buf = np.empty(length, np.uint8) if out is None else out.reshape(-1).view(np.uint8)[:length]
+        self._source(blob.path).read_into(memoryview(buf), blob.offset + start)
+        return buf
+
+    def prefetch(self, tensor: TensorProto, start: int = 0, length: int | None = None) -> None:
+        """Ask the OS to start reading bytes start..start+length of the tensor's data from disk ahead of use
+        (posix_fadvise WILLNEED: the page cache fills while the caller computes). Does nothing for tensors
+        inside the message, or where the OS takes no such advice."""
+        blob = self.blob(tensor)
+        if blob is None or not hasattr(os, "posix_fadvise"):
             return
-        start = blob.offset - blob.offset % mmap.PAGESIZE
-        length = min(blob.offset + blob.length, len(mm)) - start
-        if length > 0:
-            mm.madvise(mmap.MADV_DONTNEED, start, length)
+        length = blob.length - start if length is None else length
+        try:
+            os.posix_fadvise(self._source(blob.path).file.fileno(), blob.offset + start, max(length, 0),
+                             os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+
+    def release(self, tensor: TensorProto, start: int = 0, length: int | None = None) -> None:
+        """Nothing to do: tensors are read into memory their callers own, nothing of the file is mapped (kept
+        for callers written when weights were memory-mapped)."""
 
     # -- identity --------------------------------------------------------------------------------------
-    def content_hash(self) -> str:
-        """"blake3:<hex>" of the model file (and of its external data files, in name order).
+    def content_hash(self, block: bool = True) -> str | None:
+        """"blake3:<hex>" of the model file (and of its external data files, in name order): of the files the
+        weights were read from, even when another file has been moved to their path since.
 
         BLAKE3 rather than SHA-256: it identifies the model for profile caches, and on a 343 MB model it
-        costs 0.14 s of CPU where SHA-256 costs 0.38 s, more than a third of a magnitude profile. Within a
-        process the hash of unchanged files (same size, mtime and inode) is computed once: the widget
-        hashes its model, then each analysis it starts does too.
+        costs 0.14 s of CPU where SHA-256 costs 0.38 s, more than a third of a magnitude profile. Hashes of
+        unchanged files are remembered in this process and on disk (identity.py), so a multi-GB model is
+        hashed once. `block=False`: the hash if already known, else None, with the hashing started on a
+        background thread (`hash_future` waits for it).
         """
         if self._hash is None:
             if self.path is None:
                 self._hash = "blake3:" + blake3(self.model.SerializeToString()).hexdigest()
-                return self._hash
-            files = [self.path] + sorted(Path(p) for p in self.external_paths())
-            stats = tuple((str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
-                          for f in files for st in [f.stat()])
-            cached = _HASHES.get(stats)
-            if cached is None:
-                digests = []
-                for file in files:
-                    with open(file, "rb") as f:
-                        digests.append(hashlib.file_digest(f, blake3))
-                h = digests[0] if len(digests) == 1 else blake3(b"".join(d.digest() for d in digests))
-                cached = _HASHES[stats] = "blake3:" + h.hexdigest()
-            self._hash = cached
+            elif self._moved():
+                self._hash = self._snapshot_hash()
+            elif block:
+                self._hash = hash_files(self._hash_paths())
+            else:
+                future = self.hash_future()
+                if not future.done() or future.exception() is not None:
+                    return None
+                self._hash = future.result()
         return self._hash
+
+    def hash_future(self) -> Future:
+        """A Future of `content_hash()`, done at once when the hash is known (see identity.py)."""
+        if self._hash is not None or self.path is None:
+            done: Future = Future()
+            done.set_result(self.content_hash())
+            return done
+        return hash_files_async(self._hash_paths())
+
+    def _hash_paths(self) -> list[Path]:
+        return [self.path] + sorted(Path(p) for p in self.external_paths())
+
+    def _moved(self) -> bool:
+        """Whether a file read so far has another file at its path now; ModelChanged when one was rewritten
+        in place (its hash by path would not be of what was read)."""
+        with self._lock:
+            sources = list(self._sources.values())
+        moved = False
+        for src in sources:
+            src.check()
+            moved |= src.replaced()
+        return moved
+
+    def _snapshot_hash(self) -> str:
+        """content_hash of the open files themselves (not cached: only for files moved away since)."""
+        sources = [self._source(self._main)] + [self._source(p) for p in sorted(self.external_paths())]
+        digests = [self._digest(s) for s in sources]
+        h = digests[0] if len(digests) == 1 else blake3(b"".join(d.digest() for d in digests))
+        return "blake3:" + h.hexdigest()
+
+    @staticmethod
+    def _digest(src: _Source):
+        h, buf = blake3(), bytearray(1 << 20)
+        view = memoryview(buf)
+        for start in range(0, src.size, len(buf)):
+            n = min(len(buf), src.size - start)
+            src.read_into(view[:n], start)
+            h.update(view[:n])
+        src.check()
+        return h
 
     def external_paths(self) -> set[str]:
         """The external data files the model's tensors point into."""
@@ -369,13 +562,9 @@ class ModelFile:
 
     def close(self) -> None:
         with self._lock:
-            for mm in self._maps.values():
-                if isinstance(mm, mmap.mmap):
-                    try:
-                        mm.close()
-                    except BufferError:  # a view is still alive (e.g. held by a traceback); freed with it
-                        pass
-            self._maps.clear()
+            for src in self._sources.values():
+                src.file.close()
+            self._sources.clear()
 
     def __enter__(self):
         return self
@@ -444,33 +633,72 @@ def _has_inline_data(tensor: TensorProto) -> bool:
 def open_model(model) -> ModelFile:
     """A ModelFile for a path or an in-memory onnx.ModelProto; bad files raise one clear ModelError."""
     if isinstance(model, onnx.ModelProto):
+        check_names(model)
         return ModelFile(model)
     if not isinstance(model, (str, os.PathLike)):
         raise ModelError(f"Expected a path to an .onnx file or an onnx.ModelProto, got {type(model).__name__}.")
     path = Path(model).expanduser()
-    if not path.exists():
+    try:
+        exists, is_file = path.exists(), path.is_file()
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"Cannot read model file {_shown(str(path))}: {_reason(exc)}.") from None
+    if not exists:
         raise ModelError(f"Model file not found: {path}")
-    if not path.is_file():
+    if not is_file:
         raise ModelError(f"{path} is not a file; give the path of an .onnx model file.")
-    size = path.stat().st_size
-    if size == 0:
-        raise ModelError(f"{path} is empty, not an ONNX model.")
-    with open(path, "rb") as f:
+    f = _open_regular(str(path), "model file")
+    try:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise ModelError(f"{path} is empty, not an ONNX model.")
         try:
             model_proto, blobs = _scan(_FileBytes(f.fileno(), size), size, str(path.resolve()))
-        except (_Corrupt, DecodeError, UnicodeDecodeError):
-            raise ModelError(_corrupt_message(path)) from None
-    mf = ModelFile(model_proto, path, blobs)
-    for blob in blobs.values():  # cheap: only offsets, but catches a file cut short inside a weight
-        if blob.offset + blob.length > size:
-            mf.close()
-            raise ModelError(_corrupt_message(path))
-    return mf
+        except (_Corrupt, DecodeError, UnicodeDecodeError, RecursionError):
+            raise ModelError(_corrupt_message(path, f)) from None
+        for blob in blobs.values():  # cheap: only offsets, but catches a file cut short inside a weight
+            if blob.offset + blob.length > size:
+                raise ModelError(_corrupt_message(path, f))
+        check_names(model_proto, path)
+    except BaseException:
+        f.close()
+        raise
+    return ModelFile(model_proto, path, blobs, f)
 
 
-def _corrupt_message(path: Path) -> str:
-    with open(path, "rb") as f:
-        head = f.read(64)
+def check_names(model: onnx.ModelProto, path: Path | None = None) -> None:
+    """ModelError when a name in the graphs is not UTF-8 (protobuf then gives bytes, which nothing expects)."""
+    def bad(where: str):
+        raise ModelError(f"{path or 'The model'} is not a valid ONNX model: the name of {where} is not UTF-8 "
+                         "text. Re-export it.")
+    if not all(type(x) is str for x in (model.producer_name, model.domain, *(o.domain for o in model.opset_import))):
+        bad("the model's producer, domain or an opset")
+    graphs = [model.graph]
+    while graphs:
+        g = graphs.pop()
+        for vi in (*g.input, *g.output, *g.value_info):
+            if type(vi.name) is not str:
+                bad(f"a graph input/output ({vi.name[:40]!r})")
+        for t in g.initializer:
+            if type(t.name) is not str or not all(type(e.value) is str for e in t.external_data):
+                bad(f"an initializer ({t.name[:40]!r})")
+        for i, node in enumerate(g.node):
+            texts = (node.name, node.op_type, node.domain, *node.input, *node.output)
+            if not all(type(x) is str for x in texts):
+                bad(f"node {i} of graph {g.name!r} or one of its inputs/outputs")
+            for a in node.attribute:
+                if type(a.name) is not str:
+                    bad(f"an attribute of node {i}")
+                if a.type == AttributeProto.TENSOR and (type(a.t.name) is not str or not all(
+                        type(e.value) is str for e in a.t.external_data)):
+                    bad(f"the tensor of node {i}")
+                if a.type == AttributeProto.GRAPH:
+                    graphs.append(a.g)
+                elif a.type == AttributeProto.GRAPHS:
+                    graphs.extend(a.graphs)
+
+
+def _corrupt_message(path: Path, f) -> str:
+    head = os.pread(f.fileno(), 64, 0)
     if head[:1] in (b"{", b"<", b"#") or head.startswith((b"PK", b"\x89HDF", b"\x93NUMPY")):
         return f"{path} is not an ONNX model (it looks like another kind of file). Give an .onnx file."
     return (f"{path} is not a readable ONNX model: it is truncated or corrupt, or not ONNX at all. "

@@ -20,9 +20,15 @@ across layers). Layers may be excluded (kept dense); none goes past the cap (0.9
 A Plan is plain data: per-layer sparsities, what was achieved, and what the plan is expected to keep of
 the model (measured recovery, interpolated between the targets it was measured at) or, for data-free
 profiles, the weight energy it keeps, named as such. It exports as JSON, CSV and a SparseML-style recipe.
+
+Criteria (the order `prune` removes a layer's weights in, recorded in the plan): "magnitude", the smallest
+|w| first; "activation", the smallest |w| x ||x_j|| first, x_j being the input feature weight w multiplies
+over the profile's data. An activation plan carries each layer's ||x_j|| (InputNorms, float32, base64 in
+JSON), so the order is reproduced from the plan alone, bit for bit.
 """
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -191,6 +197,56 @@ def energy_kept_at(levels, energy_kept, energy, sparsity) -> float | None:
 
 # -- the plan as data --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class InputNorms:
+    """A layer's input-feature norms ||x_j|| over a profile's data (the activation criterion).
+
+    `values` (float32, of `shape`) broadcast against the stored weight's elements viewed as `view` (a
+    reshape in storage order: e.g. [in, out] for MatMul, [groups, out/groups, in/groups, kh, kw] for Conv).
+    Kept as raw float32 bytes so that the plan and the profile hold the very numbers the profile ranked by.
+    """
+    shape: tuple[int, ...]
+    view: tuple[int, ...]
+    data: bytes                              # float32, little-endian, C order
+
+    @classmethod
+    def from_array(cls, norms: np.ndarray, view) -> InputNorms:
+        arr = np.ascontiguousarray(norms, dtype="<f4")
+        view = tuple(int(v) for v in view)
+        np.broadcast_shapes(arr.shape, view)                 # ValueError when they do not fit
+        return cls(tuple(int(s) for s in arr.shape), view, arr.tobytes())
+
+    @property
+    def values(self) -> np.ndarray:
+        return np.frombuffer(self.data, dtype="<f4").reshape(self.shape)
+
+    @property
+    def size(self) -> int:
+        """Elements of the weight these norms rank."""
+        return math.prod(self.view)
+
+    def scores(self, magnitudes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """|w| x ||x_j|| (float32, flat, storage order) from the weight's |w| (flat, storage order); into
+        `out` (flat float32 of the weight's size) when given."""
+        shaped = None if out is None else out.reshape(self.view)
+        return np.multiply(magnitudes.reshape(self.view), self.values, out=shaped, dtype=np.float32).reshape(-1)
+
+    def to_dict(self) -> dict:
+        return {"shape": list(self.shape), "view": list(self.view),
+                "float32": base64.b64encode(self.data).decode("ascii")}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> InputNorms:
+        """From `to_dict`; ValueError when damaged (sizes that do not match, shapes that do not broadcast)."""
+        shape, view = tuple(int(s) for s in d["shape"]), tuple(int(v) for v in d["view"])
+        data = base64.b64decode(d["float32"], validate=True)
+        if len(data) != 4 * math.prod(shape) or any(s < 0 for s in (*shape, *view)):
+            raise ValueError(f"input norms of shape {list(shape)} hold {len(data)} bytes")
+        if np.broadcast_shapes(shape, view) != view:
+            raise ValueError(f"input norms of shape {list(shape)} do not broadcast to the weight's {list(view)}")
+        return cls(shape, view, data)
+
+
+@dataclass(frozen=True)
 class PlannedLayer:
     index: int
     name: str
@@ -199,6 +255,7 @@ class PlannedLayer:
     params: int
     sparsity: float
     excluded: bool = False
+    input_norms: InputNorms | None = field(default=None, repr=False)    # activation plans: the ranking's ||x_j||
 
     @property
     def pruned(self) -> int:
@@ -256,14 +313,15 @@ class Plan:
                 "weight_energy_kept": _num(self.weight_energy_kept), "warnings": list(self.warnings),
                 "notes": list(self.notes),
                 "layers": [{"index": l.index, "name": l.name, "weight": l.weight, "op_type": l.op_type,
-                            "params": l.params, "sparsity": l.sparsity, "excluded": l.excluded}
+                            "params": l.params, "sparsity": l.sparsity, "excluded": l.excluded,
+                            **({"input_norms": l.input_norms.to_dict()} if l.input_norms is not None else {})}
                            for l in self.layers]}
 
     def to_json(self, path=None) -> str:
         """The plan as JSON text; with `path`, also written there atomically."""
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
         if path is not None:
-            atomic_write(path, text)
+            atomic_write(path, text, "plan")
         return text
 
     def to_csv(self, path=None) -> str:
@@ -276,7 +334,7 @@ class Plan:
                         int(l.excluded)])
         text = buf.getvalue()
         if path is not None:
-            atomic_write(path, text)
+            atomic_write(path, text, "plan")
         return text
 
     def to_recipe(self, path=None) -> str:
@@ -288,8 +346,11 @@ class Plan:
             if s > 0:
                 groups.setdefault(s, []).append(l.weight)
         lines = [f"# losswidget plan: profile {self.profile!r} ({self.method}), target {self.target:g}, "
-                 f"achieved {self.achieved:.4f}", f"# model {self.model_path or ''} {self.model_hash}".rstrip(),
-                 "version: 1.1.0", "", "modifiers:"]
+                 f"achieved {self.achieved:.4f}", f"# model {self.model_path or ''} {self.model_hash}".rstrip()]
+        if self.criterion != "magnitude":
+            lines.append(f"# criterion {self.criterion}: SparseML's modifiers prune by magnitude; `losswidget prune` "
+                         "applies this plan in its own order")
+        lines += ["version: 1.1.0", "", "modifiers:"]
         if not groups:
             lines[-1] = "modifiers: []"
         for s in sorted(groups, reverse=True):
@@ -298,7 +359,7 @@ class Plan:
                       "    params:"] + [f"      - {json.dumps(w)}" for w in groups[s]]
         text = "\n".join(lines) + "\n"
         if path is not None:
-            atomic_write(path, text)
+            atomic_write(path, text, "plan")
         return text
 
     @classmethod
@@ -312,17 +373,19 @@ class Plan:
         try:
             model = d.get("model") or {}
             layers = tuple(PlannedLayer(int(l["index"]), str(l["name"]), str(l["weight"]), str(l.get("op_type", "")),
-                                        int(l["params"]), _fraction(l["sparsity"]), bool(l.get("excluded", False)))
+                                        int(l["params"]), _fraction(l["sparsity"]), bool(l.get("excluded", False)),
+                                        InputNorms.from_dict(l["input_norms"]) if l.get("input_norms") else None)
                            for l in d["layers"])
             return cls(target=_fraction(d["target"]), achieved=_fraction(d["achieved"]), layers=layers,
                        total_params=int(model.get("total_params") or sum(l.params for l in layers)),
                        cap=_fraction(d.get("cap", CAP)), est_recovery=_opt(d.get("est_recovery")),
-                       recovery_kind=d.get("recovery_kind"), weight_energy_kept=_opt(d.get("weight_energy_kept")),
+                       recovery_kind=_opt_str(d.get("recovery_kind")),
+                       weight_energy_kept=_opt(d.get("weight_energy_kept")),
                        criterion=str(d.get("criterion", "magnitude")), profile=str(d.get("profile", "")),
                        method=str(d.get("method", "")), model_hash=str(model.get("hash", "")),
-                       model_path=model.get("path"), warnings=tuple(map(str, d.get("warnings", ()))),
+                       model_path=_opt_str(model.get("path")), warnings=tuple(map(str, d.get("warnings", ()))),
                        notes=tuple(map(str, d.get("notes", ()))))
-        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as exc:
             raise ProfileError(f"{source} is a damaged plan file ({type(exc).__name__}: {exc}).") from None
 
 
@@ -341,6 +404,12 @@ def _fraction(x) -> float:
 
 def _opt(x) -> float | None:
     return None if x is None else float(x)
+
+
+def _opt_str(x) -> str | None:
+    if x is not None and not isinstance(x, str):
+        raise TypeError(f"expected text or null, got {x!r}")
+    return x
 
 
 def _num(x):

@@ -23,7 +23,8 @@ import numpy as np
 
 from .errors import LossWidgetError, ProfileError
 from .files import atomic_write, read_json
-from .plan import CAP, PLAN_COSTS, Plan, PlannedLayer, cost_curves, energy_kept_at, grid_for, segments, take
+from .plan import (CAP, PLAN_COSTS, InputNorms, Plan, PlannedLayer, cost_curves, energy_kept_at, grid_for,
+                   segments, take)
 
 FORMAT = "losswidget.profile"
 VERSION = 2
@@ -74,6 +75,7 @@ class LayerResult:
     energy: float = 0.0                       # the layer's sum(w^2) (data-free recovery weights by it)
     flags: tuple[str, ...] = ()               # non_finite, all_zero, shape_unknown, failed, ...
     error: str | None = None
+    input_norms: InputNorms | None = field(default=None, repr=False)   # activation profiles: ||x_j|| (plan.py)
 
     @property
     def measurements(self) -> dict[float, float]:
@@ -91,7 +93,8 @@ class LayerResult:
                 "measurements": {_level_key(l): _num(v) for l, v in zip(self.levels, self.values)},
                 "energy": _num(self.energy),
                 "energy_kept": {_level_key(l): _num(v) for l, v in zip(self.levels, self.energy_kept)},
-                "flags": list(self.flags), "error": self.error}
+                "flags": list(self.flags), "error": self.error,
+                **({"input_norms": self.input_norms.to_dict()} if self.input_norms is not None else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> LayerResult:
@@ -106,7 +109,9 @@ class LayerResult:
                    shape=tuple(int(x) for x in d.get("shape", ())), params=int(d.get("params", 0)),
                    levels=levels, values=tuple(meas[l] for l in levels),
                    energy_kept=tuple(kept[l] for l in levels) if set(kept) >= set(levels) else (),
-                   energy=float(d.get("energy") or 0.0), flags=tuple(flags), error=d.get("error"))
+                   energy=float(d.get("energy") or 0.0), flags=tuple(flags),
+                   error=None if d.get("error") is None else str(d["error"]),
+                   input_norms=InputNorms.from_dict(d["input_norms"]) if d.get("input_norms") else None)
 
 
 def _level(key) -> float:
@@ -239,7 +244,7 @@ class LossProfile:
         if recovery is not None and keep.any():
             notes.append("Recovery was measured for plans without exclusions; this plan's is interpolated from them.")
         levels = list(self.levels)
-        layers = tuple(PlannedLayer(l.index, l.name, l.weight, l.op_type, l.params, float(s), bool(k))
+        layers = tuple(PlannedLayer(l.index, l.name, l.weight, l.op_type, l.params, float(s), bool(k), l.input_norms)
                        for l, s, k in zip(self.layers, sparsity, keep))
         energy = energy_kept_at(levels, [l.energy_kept for l in self.layers], [l.energy for l in self.layers],
                                 sparsity) if self.layers else None
@@ -313,7 +318,7 @@ class LossProfile:
         """The profile as JSON text; with `path`, also written there atomically (temp file + rename)."""
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
         if path is not None:
-            atomic_write(path, text)
+            atomic_write(path, text, "profile")
         return text
 
     @classmethod
@@ -330,7 +335,7 @@ class LossProfile:
             raise ProfileError(f"{source} has an invalid profile format version {version!r}.")
         try:
             m = d["model"]
-            settings = dict(d.get("settings") or {})
+            settings = _finite(dict(d.get("settings") or {}))
             layers = tuple(LayerResult.from_dict(l) for l in d["layers"])
             if len({l.levels for l in layers}) > 1:
                 raise ValueError("the layers were measured at different sparsity levels")
@@ -364,7 +369,7 @@ class LossProfile:
                        settings=settings, notes=tuple(map(str, d.get("notes", ()))),
                        partial=bool(d.get("partial", False)), recovery=recovery, plan_cost=plan_cost,
                        criterion=criterion, layers=layers)
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, LossWidgetError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError, LossWidgetError) as exc:
             raise ProfileError(f"{source} is a damaged profile file ({type(exc).__name__}: {exc}).") from None
 
     @classmethod
@@ -384,7 +389,7 @@ class LossProfile:
                         repr(l.sensitivity), f"{p.sparsity:.6f}", ";".join(l.flags)] + [repr(v) for v in l.values])
         text = buf.getvalue()
         if path is not None:
-            atomic_write(path, text)
+            atomic_write(path, text, "profile")
         return text
 
     def to_dataframe(self):
@@ -400,8 +405,67 @@ class LossProfile:
                  **{f"L@{lv:g}": v for lv, v in zip(l.levels, l.values)}} for l, p in zip(self.layers, plan.layers)]
         return pd.DataFrame(rows).set_index("index") if rows else pd.DataFrame()
 
+    def to_html(self, path=None, *, target: float | None = None) -> str:
+        """A self-contained HTML report: cards, SVG charts, a sortable layer table and the plan at `target`
+        (default: the profile's); with `path`, also written there atomically. No external asset: opens offline."""
+        from .report import render_html
+        plan = self.plan(target)
+        data = self.to_dict()
+        data["summary"] = self.summary_at(plan.target).to_dict()
+        data["plan"] = plan.to_dict()
+        text = render_html(data)
+        if path is not None:
+            atomic_write(path, text)
+        return text
+
     def with_name(self, name: str) -> LossProfile:
         return replace(self, name=name)
+
+
+BUNDLE = "losswidget.profiles"
+
+
+def profiles_to_csv(profiles, path=None) -> str:
+    """Several profiles as one table (what the widget exports when comparing): a `profile` column first, then
+    `LossProfile.to_csv`'s columns with the planned sparsity at each profile's own target (`target` column)
+    and L(s) over the union of their levels (blank where a profile has no such level)."""
+    profiles = list(profiles)
+    levels = sorted({l for p in profiles for l in p.levels})
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["profile", "index", "id", "name", "op_type", "weight", "shape", "params", "sensitivity", "target",
+                "planned_sparsity", "flags"] + [f"L@{l:g}" for l in levels])
+    for p in profiles:
+        for l, planned in zip(p.layers, p.plan().layers):
+            meas = l.measurements
+            w.writerow([p.name, l.index, l.id, l.name, l.op_type, l.weight, "x".join(map(str, l.shape)), l.params,
+                        repr(l.sensitivity), f"{p.target_sparsity:g}", f"{planned.sparsity:.6f}", ";".join(l.flags)]
+                       + [repr(meas[lv]) if lv in meas else "" for lv in levels])
+    text = buf.getvalue()
+    if path is not None:
+        atomic_write(path, text)
+    return text
+
+
+def profiles_to_json(profiles, path=None) -> str:
+    """Several profiles in one file, `{"format": "losswidget.profiles", "version": 2, "profiles": [...]}`
+    (each entry a profile as `to_json` writes it); `load_profiles` reads it back."""
+    text = json.dumps({"format": BUNDLE, "version": VERSION, "profiles": [p.to_dict() for p in profiles]},
+                      indent=1, allow_nan=False)
+    if path is not None:
+        atomic_write(path, text)
+    return text
+
+
+def _finite(value):
+    """JSON data with its non-finite floats (a file's Infinity, NaN, 1e400) as None: what to_json writes."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _fraction(x) -> float:
@@ -423,7 +487,27 @@ def _check_fraction(x, what: str, high: float) -> float:
 
 def load_profile(path) -> LossProfile:
     """Read a losswidget profile JSON, or a SparseML sensitivity JSON ({"results": [...]})."""
-    return LossProfile.from_dict(read_json(path, "profile"), source=str(path))
+    data = read_json(path, "profile")
+    if data.get("format") == BUNDLE:
+        raise ProfileError(f"{path} holds {len(data.get('profiles') or [])} profiles (an export of compared "
+                           "profiles); read it with losswidget.load_profiles.")
+    return LossProfile.from_dict(data, source=str(path))
+
+
+def load_profiles(path) -> list[LossProfile]:
+    """Every profile in a file: a bundle from `profiles_to_json` (the widget's export when comparing), or a
+    single profile (losswidget's or SparseML's) as a list of one."""
+    data = read_json(path, "profile")
+    if data.get("format") != BUNDLE:
+        return [LossProfile.from_dict(data, source=str(path))]
+    version = data.get("version")
+    if type(version) is not int or version > VERSION:
+        raise ProfileError(f"{path} has profiles format version {version!r}; this losswidget reads up to "
+                           f"version {VERSION}. Upgrade losswidget to open it.")
+    entries = data.get("profiles")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ProfileError(f"{path} is a damaged profiles file (\"profiles\" is not a list of profiles).")
+    return [LossProfile.from_dict(e, source=f"{path} (profile {i})") for i, e in enumerate(entries)]
 
 
 def from_sparseml_dict(data, *, name: str | None = None, layer_info: dict | None = None, total_params: int = 0,

@@ -1,8 +1,10 @@
 """Apply a plan: write the model with each planned layer's smallest weights removed.
 
-Rules (README "Plans"): for a layer planned at sparsity s, the round(s x n) weights of smallest |w| (of the
-dequantized values, equal magnitudes in index order: the same weights one-shot profiles prune) are set to
-zero, or to the zero point for quantized storage. Every other byte of the model is unchanged. Weights that
+Rules (README "Plans"): for a layer planned at sparsity s, the round(s x n) lowest-ranked weights are set
+to zero, or to the zero point for quantized storage. The plan's criterion sets the rank: "magnitude", |w|
+of the dequantized values (the weights one-shot profiles prune); "activation", |w| x ||x_j|| with the
+input norms the plan carries (the weights activation-aware profiles prune in their recovery runs). Equal
+ranks go in index order. Every other byte of the model is unchanged. Weights that
 lived in external data files stay external, written with the others to one data file beside the output
 (`OUT.onnx.data`). Both files are written under temporary names and renamed into place, so a failed or
 interrupted prune leaves no half-written model. The input is never modified.
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +20,15 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from .errors import LossWidgetError, ModelError, SettingsError
+from .files import temp_file
 from .graph import read_graph
 from .onnxfile import ModelFile, open_model, stored_tensors
 from .plan import Plan, load_plan
-from .weights import pruned_copy
+from .weights import criterion_scores, pruned_copy
 
 log = logging.getLogger(__name__)
+
+CRITERIA = ("magnitude", "activation")
 
 _VALUE_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
 
@@ -33,9 +37,9 @@ def prune(model, plan, out) -> str:
     """Write `model` pruned by `plan` (a Plan or a plan JSON path) to `out`; returns the output path."""
     if not isinstance(plan, Plan):
         plan = load_plan(plan)
-    if plan.criterion != "magnitude":
-        raise SettingsError(f"This plan removes weights in '{plan.criterion}' order, which needs the profile's "
-                            "per-layer scores; give the plan made by LossProfile.plan of that profile.")
+    if plan.criterion not in CRITERIA:
+        raise SettingsError(f"This plan removes weights in '{plan.criterion}' order, which this losswidget does not "
+                            f"know (it knows {', '.join(CRITERIA)}); upgrade losswidget to apply it.")
     out = Path(out).expanduser()
     if out.suffix != ".onnx":
         raise SettingsError(f"The pruned model's path should end in .onnx, got {out}.")
@@ -69,7 +73,13 @@ def _pruned_tensors(mf: ModelFile, plan: Plan) -> dict[tuple[int, str], bytes]:
         if layer is None or layer.params != p.params:
             raise ModelError(f"The plan's layer {p.name!r} (weight '{p.weight}', {p.params} params) is not in this "
                              "model: the plan was made for another model.")
-        arr = pruned_copy(mf, layer.ref, p.pruned)
+        if plan.criterion == "activation":
+            if p.input_norms is None:
+                raise SettingsError(f"The plan's layer {p.name!r} is pruned in activation order but carries no input "
+                                    "norms; make the plan again from its activation profile.")
+            arr = pruned_copy(mf, layer.ref, p.pruned, scores=criterion_scores(mf, layer.ref, p.input_norms))
+        else:
+            arr = pruned_copy(mf, layer.ref, p.pruned)
         new[layer.ref.key] = _raw(arr, layer.ref.tensor)
         mf.release(layer.ref.tensor)
     return new
@@ -97,10 +107,11 @@ def _full_model(mf: ModelFile) -> onnx.ModelProto:
 
 
 def _write(mf: ModelFile, full: onnx.ModelProto, new: dict, out: Path, data_name: str) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.parent.is_dir():
+        raise SettingsError(f"Cannot write the pruned model to {out}: the folder {out.parent} does not exist.")
     tmp_model = tmp_data = None
     try:
-        data_fd, tmp_data = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=out.parent)
+        data_fd, tmp_data = temp_file(out.parent / data_name)
         wrote_data = False
         with os.fdopen(data_fd, "wb") as data:
             for tensor, key in stored_tensors(full.graph, copy=False):
@@ -125,7 +136,7 @@ def _write(mf: ModelFile, full: onnx.ModelProto, new: dict, out: Path, data_name
                 wrote_data = True
             data.flush()
             os.fsync(data.fileno())
-        model_fd, tmp_model = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        model_fd, tmp_model = temp_file(out)
         with os.fdopen(model_fd, "wb") as f:
             f.write(full.SerializeToString())
             f.flush()

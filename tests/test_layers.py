@@ -19,7 +19,7 @@ RANKS = {
     # plain data
     "errors": 0, "files": 1, "report": 2, "plan": 3, "profile": 4,
     # the engine
-    "onnxfile": 10, "graph": 11, "weights": 12, "data": 13, "demo": 13,
+    "identity": 9, "onnxfile": 10, "graph": 11, "weights": 12, "data": 13, "demo": 13,
     "analysis.base": 20, "analysis.runner": 21, "analysis.recovery": 22,
     "analysis.approximated": 25, "analysis.magnitude": 25, "analysis.one_shot": 25, "analysis.activation": 25,
     "analysis.ranks": 19, "analysis": 30, "prune": 31,

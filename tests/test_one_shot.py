@@ -75,6 +75,7 @@ def test_kl_mse_and_loss_match_numpy_by_hand(mlp):
     assert kl.settings["metric"] == "auto" and kl.settings["samples"] == 10 and kl.settings["random"] is False
     assert kl.settings["scoring"] == {"logits": "KL over axis 1 (logits)"}         # [n, classes] logits: KL
     assert mse.settings["scoring"] == {"logits": "MSE standardised per index of axis 1"}
+    assert loss.settings["scoring"]["logits"].startswith("task loss: cross-entropy over axis 1 (logits)")
     assert kl.layers[0].values[0] == 0.0 and kl.method == "one-shot"
 
 

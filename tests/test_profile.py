@@ -143,6 +143,7 @@ def test_json_round_trip_atomic_and_versioned(tmp_path, mlp_path):
     path, _ = mlp_path
     p = losswidget.analyze(path, sparsity_levels=[0.5, 0.9], name="mine")
     out = tmp_path / "sub" / "p.json"
+    out.parent.mkdir()                                                # folders are not made (issue 14)
     p.to_json(out)
     assert [f.name for f in out.parent.iterdir()] == ["p.json"]      # no temp file left behind
     d = json.loads(out.read_text())
@@ -181,7 +182,7 @@ def test_failed_write_keeps_the_old_file(tmp_path, mlp_path, monkeypatch):
     out = tmp_path / "p.json"
     out.write_text("old")
     monkeypatch.setattr("os.replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
-    with pytest.raises(OSError):
+    with pytest.raises(losswidget.ProfileError, match="Cannot write profile .*p.json: disk full"):
         p.to_json(out)
     assert out.read_text() == "old" and sorted(f.name for f in tmp_path.iterdir()) == ["mlp.onnx", "p.json"]
 

@@ -35,6 +35,7 @@ def res(tmp_path):
 def test_pruned_model_has_the_planned_zeros_and_runs(res, tmp_path):
     path, x, profile = res
     plan = profile.plan(0.6)
+    (tmp_path / "out").mkdir()                          # output folders are not made (issue 14)
     out = losswidget.prune(path, plan, tmp_path / "out" / "pruned.onnx")
     assert out == str(tmp_path / "out" / "pruned.onnx")
     before, after = weights(path), weights(out)
@@ -109,6 +110,7 @@ def test_external_data_stays_external_and_the_source_is_untouched(tmp_path):
     data_before = (src.parent / "ext.data").read_bytes()
     profile = losswidget.analyze(str(src), "magnitude")
     plan = profile.plan(0.7)
+    (tmp_path / "dst").mkdir()                          # output folders are not made (issue 14)
     out = losswidget.prune(str(src), plan, tmp_path / "dst" / "pruned.onnx")
     assert (src.parent / "ext.data").read_bytes() == data_before
     assert (tmp_path / "dst" / "pruned.onnx.data").exists()

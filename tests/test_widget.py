@@ -396,6 +396,7 @@ class GatedStore(ProfileStore):
 
 def test_hash_in_the_background_then_saved_profiles_then_jobs(tmp_path):
     path, folder = net(tmp_path), tmp_path / "profiles"
+    folder.mkdir()                                    # files are written into existing folders (issue 14)
     analyze(path, "magnitude", name="saved").to_json(folder / "saved.json")
     store = GatedStore(path, profiles_dir=folder)
     panel = AddProfilePanel(store)
@@ -450,6 +451,7 @@ def test_profiles_dir_that_cannot_be_used(tmp_path):
 
 def test_bad_files_in_profiles_dir_are_skipped_with_one_notice(tmp_path):
     path, folder = net(tmp_path), tmp_path / "profiles"
+    folder.mkdir()                                    # files are written into existing folders (issue 14)
     good = analyze(path, "magnitude", name="good")
     good.to_json(folder / "good.json")
     d = good.to_dict()
@@ -514,13 +516,52 @@ def test_time_left_is_an_average_of_the_recent_rate():
 
 def test_export_payloads(widget):
     widget.selected = "Baseline"
+    widget.store.compare = ["Baseline"]
     payload = widget.exporter.payload("json")
-    assert payload["filename"] == "Baseline.json"
+    assert payload["filename"] == "net-Baseline.json"                       # model and profile in the name
     assert json.loads(payload["text"])["layers"][0]["name"] == "fc0"
     csv = widget.exporter.payload("csv")
     assert csv["mime"] == "text/csv" and csv["text"].startswith("index,id,name")
+    assert csv["filename"] == "net-Baseline.csv" and widget.exporter.what == "profile 'Baseline'"
     df = widget.profiles["Baseline"].to_dataframe()
     assert list(df["name"]) == [f"fc{i}" for i in range(6)]
+
+
+def test_export_when_comparing_gives_every_compared_profile(widget, tmp_path):
+    widget.compare_profiles("Baseline", "Approximated")
+    assert "2 compared profiles" in widget.exporter.what
+    payload = widget.exporter.payload("json")
+    assert payload["filename"] == "net-Baseline+Approximated.json"
+    (tmp_path / payload["filename"]).write_text(payload["text"])
+    back = losswidget.load_profiles(tmp_path / payload["filename"])
+    assert [p.name for p in back] == ["Baseline", "Approximated"]
+    assert back[0].layers == widget.profiles["Baseline"].layers
+    with pytest.raises(losswidget.ProfileError, match="holds 2 profiles.*load_profiles"):
+        losswidget.load_profile(tmp_path / payload["filename"])
+    rows = widget.exporter.payload("csv")["text"].splitlines()
+    head = rows[0].split(",")
+    assert head[:2] == ["profile", "index"] and len(rows) == 1 + 2 * 6
+    levels = set(widget.profiles["Baseline"].levels) | set(widget.profiles["Approximated"].levels)
+    assert len(head) == 12 + len(levels)                                      # the union of both profiles' levels
+    assert head[9:11] == ["target", "planned_sparsity"]
+    only_magnitude = sorted(set(widget.profiles["Baseline"].levels) - set(widget.profiles["Approximated"].levels))
+    column = head.index(f"L@{only_magnitude[0]:g}")
+    approx_row = next(r.split(",") for r in rows if r.startswith("Approximated,"))
+    magnitude_row = next(r.split(",") for r in rows if r.startswith("Baseline,"))
+    assert approx_row[column] == "" and float(magnitude_row[column]) >= 0     # blank where not measured
+
+
+def test_export_answers_the_request_it_was_asked(widget, monkeypatch):
+    sent = []
+    monkeypatch.setattr(widget.exporter, "send", lambda content, buffers=None: sent.append(content))
+    widget.selected = "Baseline"
+    widget.exporter._handle(widget.exporter, {"kind": "csv", "id": "view-a-1"}, [])
+    assert sent[-1]["id"] == "view-a-1" and sent[-1]["filename"] == "net-Baseline.csv"
+    empty = LossProfileWidget(net(widget.store.folder.path.parent, name="empty.onnx"), autostart=False)
+    monkeypatch.setattr(empty.exporter, "send", lambda content, buffers=None: sent.append(content))
+    empty.exporter._handle(empty.exporter, {"kind": "json", "id": "view-b-7"}, [])
+    assert sent[-1] == {"error": "No profile to download yet: wait for one to finish.", "id": "view-b-7"}
+    empty.close()
 
 
 def test_sidebar(widget, monkeypatch):
@@ -529,4 +570,41 @@ def test_sidebar(widget, monkeypatch):
     monkeypatch.setenv("LOSSWIDGET_FRONTEND", "jupyterlab")
     widget.show_sidebar(anchor="split-right")
     assert type(widget.sidecar).__name__ == "Sidecar" and widget.sidecar.anchor == "split-right"
-    assert "sidebar" in widget.message.value
+    assert "main area (split-right)" in widget.message.value
+    widget.show_sidebar()
+    assert "Also open in JupyterLab's right sidebar" in widget.message.value
+
+
+def test_sidebar_in_notebook_7_says_it_stays_inline(widget, monkeypatch):
+    monkeypatch.setenv("LOSSWIDGET_FRONTEND", "jupyterlab")    # the kernel's guess: Lab and Notebook 7 look alike
+    widget.host.host = "notebook7"                              # what the page reported
+    widget.show_sidebar()
+    assert widget.sidecar is None and "Notebook 7 has no sidebar for widgets" in widget.message.value
+    # the page reports after show_sidebar ran (a notebook run top to bottom): the sidecar is closed again
+    widget.host.host = ""
+    widget.show_sidebar()
+    sidecar = widget.sidecar
+    assert sidecar is not None
+    widget.host.host = "notebook7"
+    assert widget.sidecar is None and sidecar.comm is None and "stays here" in widget.message.value
+
+
+def test_activation_profile_from_the_panel(widget, tmp_path):
+    panel = widget.panel
+    assert [m for _, m in panel.method.options][-1] == "activation" and panel.method.value != "activation"
+    panel.method.value = "activation"
+    shown = {n for n, f in panel.fields.items() if f.box.layout.display == ""}
+    assert {"data", "labels", "metric", "sparsity_levels", "samples"} <= shown
+    panel.name.value = "wanda"
+    panel.fields["sparsity_levels"].input.value = "coarse (0, .5, .9)"
+    job = panel.submit()
+    p = job.result(60)
+    wait(widget)
+    assert widget.jobs["wanda"]["status"] == "done" and "wanda" in widget.profiles
+    assert p.method == "activation" and p.criterion == "activation" and p.levels == (0.0, 0.5, 0.9)
+    assert p.settings["samples"] == 8 and all(l.input_norms is not None for l in p.layers)
+    widget.selected = "wanda"
+    cards = {c["key"]: c for c in widget.cards.cards}
+    assert cards["recovery"]["label"] == "Est. recovery" and cards["settings"]["value"] == "activation (auto)"
+    saved = losswidget.load_profile(next((tmp_path / "profiles").glob("*wanda*.json")))
+    assert saved.plan(0.5).layers == p.plan(0.5).layers            # the norms are saved with it

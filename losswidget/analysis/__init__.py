@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+from concurrent.futures import Future
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from ..profile import LayerResult, LossProfile, ModelInfo, Recovery, from_sparse
 from .base import Context, Measured, Method, Progress, Result, Setting
 
 # display order; each module exposes METHOD
-REGISTRY = ("approximated", "magnitude", "one_shot")
+REGISTRY = ("approximated", "magnitude", "one_shot", "activation")
 
 _METHODS: dict[str, Method] | None = None
 
@@ -78,37 +79,24 @@ def analyze(model, method: str = "magnitude", *, name: str | None = None, progre
     name = name or spec.label
     with open_model(model) as mf:
         graph = read_graph(mf)
-        hasher = threading.Thread(target=_hash_quietly, args=(mf,), daemon=True)  # overlaps the hash with the measurements
-        hasher.start()
+        mf.hash_future()                  # hashed on a thread while the method runs (at once when cached)
+        dataset = None
+        if spec.needs_data:
+            from ..data import load_data
+            dataset = load_data(values["data"], mf.model, labels=values["labels"], samples=values["samples"],
+                                batch_size=values["batch_size"], random_dims=values["random_dims"])
+        ctx = Context(mf, graph.layers, levels, target, values, dataset, progress, cancel, executor, on_layer)
+        record = _recorded(spec, values, dataset)
         try:
-            dataset = None
-            if spec.needs_data:
-                from ..data import load_data
-                dataset = load_data(values["data"], mf.model, labels=values["labels"], samples=values["samples"],
-                                    batch_size=values["batch_size"], random_dims=values["random_dims"])
-            ctx = Context(mf, graph.layers, levels, target, values, dataset, progress, cancel, executor, on_layer)
-            record = _recorded(spec, values, dataset)
-            try:
-                result = spec.run(ctx)
-            except AnalysisCancelled as exc:
-                partial = getattr(exc, "result", None)
-                exc.partial = _partial_profile(spec, name, mf, graph, levels, record, partial)
-                exc.args = ("The analysis was cancelled; "
-                            + (f"the {len(exc.partial.layers)} layer(s) finished are in .partial."
-                               if exc.partial is not None else "no layer had finished."),)
-                raise
-        finally:
-            hasher.join()
+            result = spec.run(ctx)
+        except AnalysisCancelled as exc:
+            partial = getattr(exc, "result", None)
+            exc.partial = _partial_profile(spec, name, mf, graph, levels, record, partial)
+            exc.args = ("The analysis was cancelled; "
+                        + (f"the {len(exc.partial.layers)} layer(s) finished are in .partial."
+                           if exc.partial is not None else "no layer had finished."),)
+            raise
         return build_profile(spec, name, mf, graph, levels, {**record, **result.record}, result)
-
-
-def _hash_quietly(mf) -> None:
-    """The hash on a side thread; a failure is reported by the call that needs it (build_profile), not as a
-    thread traceback on stderr."""
-    try:
-        mf.content_hash()
-    except Exception:  # noqa: BLE001 - raised again, with its context, where the hash is used
-        pass
 
 
 def _recorded(spec: Method, values: dict, dataset) -> dict:
@@ -140,7 +128,7 @@ def build_profile(spec: Method, name: str, mf, graph: ModelGraph, levels: np.nda
         layers.append(LayerResult(
             index=l.index, id=l.id, name=l.name, op_type=l.op_type, weight=l.weight, shape=l.shape, params=l.params,
             levels=lv, values=tuple(float(v) for v in m.values), energy_kept=tuple(float(v) for v in m.energy_kept),
-            energy=float(m.energy), flags=tuple(m.flags), error=e))
+            energy=float(m.energy), flags=tuple(m.flags), error=e, input_norms=m.input_norms))
     notes = list(notes) + list(result.notes)
     notes += [f"Layer {l.name} failed: {e}" for l, e in zip(graph.layers, errors) if e]
     if not layers:
@@ -171,10 +159,22 @@ def _partial_profile(spec, name, mf, graph, levels, record, result: Result | Non
                          notes=(f"Partial: cancelled after {len(done)} of {len(graph.layers)} layers.",))
 
 
-def model_hash(model) -> str:
-    """"blake3:<hex>" content hash of a model (path or ModelProto): what matches saved profiles to models."""
+def model_hash(model, *, block: bool = True) -> str | None:
+    """"blake3:<hex>" content hash of a model (path or ModelProto): what matches saved profiles to models.
+
+    Hashes are remembered on disk per file state (losswidget/identity.py): a model seen before costs a
+    stat, not a read. `block=False`: the hash if known, else None at once, with the hashing started in the
+    background (`model_hash_future` gives a Future of it).
+    """
     with open_model(model) as mf:
-        return mf.content_hash()
+        return mf.content_hash(block=block)
+
+
+def model_hash_future(model) -> Future:
+    """A concurrent.futures.Future of `model_hash(model)`: done at once when the hash is known, else
+    computed on a background thread (one per model file state, however many ask)."""
+    with open_model(model) as mf:
+        return mf.hash_future()
 
 
 def from_sparseml(data, *, name: str | None = None, model=None) -> LossProfile:
@@ -192,5 +192,5 @@ def from_sparseml(data, *, name: str | None = None, model=None) -> LossProfile:
     return from_sparseml_dict(data, name=name, layer_info=info, total_params=total, model_hash=digest)
 
 
-__all__ = ["analyze", "methods", "get_method", "registry", "all_settings", "from_sparseml", "model_hash", "Measured", "Result",
+__all__ = ["analyze", "methods", "get_method", "registry", "all_settings", "from_sparseml", "model_hash", "model_hash_future", "Measured", "Result",
            "Context", "Method", "Setting"]

@@ -14,6 +14,7 @@ from statistics import NormalDist
 
 import numpy as np
 import onnx
+from onnx import TensorProto
 
 from ..onnxfile import light_model, subgraphs
 from .base import TARGET, Context, Measured, Method, Result, levels_setting
@@ -29,7 +30,50 @@ def gaussian_energy_kept(levels: np.ndarray) -> np.ndarray:
     return 1.0 - (levels - 2 * q * phi)
 
 
+def _standard_ops(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy in which MatMulNBits / GatherBlockQuantized (com.microsoft, unknown to ONNX shape inference,
+    which would stop at the first one) are MatMul / Gather with a stand-in weight of their logical shape
+    (dims only, no data)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    count = 0
+
+    def visit(graph: onnx.GraphProto) -> None:
+        nonlocal count
+        types = {t.name: t.data_type for t in graph.initializer}
+        for node in graph.node:
+            for _, sub in subgraphs(node):
+                visit(sub)
+            if node.domain != "com.microsoft" or node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):
+                continue
+            attrs = {a.name: a for a in node.attribute}
+            scale_type = types.get(node.input[2] if len(node.input) > 2 else "", TensorProto.FLOAT)
+            stub = f"losswidget_stand_in_{count}"
+            count += 1
+            if node.op_type == "MatMulNBits":
+                if "K" not in attrs or "N" not in attrs or not node.input:
+                    continue
+                graph.initializer.add(name=stub, data_type=scale_type, dims=[attrs["K"].i, attrs["N"].i])
+                new = onnx.helper.make_node("MatMul", [node.input[0], stub], node.output[:1], name=node.name)
+            else:
+                data = next((t for t in graph.initializer if t.name == node.input[0]), None)
+                if data is None or len(node.input) < 2:
+                    continue
+                dims = list(data.dims)
+                bits = attrs["bits"].i if "bits" in attrs else 4
+                if data.data_type == TensorProto.UINT8 and bits < 8 and dims:
+                    dims[-1] *= 8 // bits            # packed along the last axis
+                graph.initializer.add(name=stub, data_type=scale_type, dims=dims)
+                axis = attrs["gather_axis"].i if "gather_axis" in attrs else 0
+                new = onnx.helper.make_node("Gather", [stub, node.input[1]], node.output[:1], name=node.name, axis=axis)
+            node.CopyFrom(new)
+
+    visit(out.graph)
+    return out if count else model
+
+
 def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    model = _standard_ops(model)
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception:  # shape inference is best effort: custom ops and odd exports make it give up

@@ -180,11 +180,13 @@ DATA_SETTINGS = (
 # -- what a method declares and returns ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Measured:
-    """One layer's result: a value per level, the fraction of weight energy kept per level, and flags."""
+    """One layer's result: a value per level, the fraction of weight energy kept per level, and flags;
+    `input_norms` (plan.InputNorms) for criteria that rank weights by their inputs."""
     values: np.ndarray
     energy_kept: np.ndarray
     energy: float
     flags: tuple[str, ...] = ()
+    input_norms: Any = None
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,7 @@ def run_layers(ctx: Context, fn: Callable, workers: int | None = None) -> list:
                     ctx.layer_done(i, result)
                     if ctx.progress is not None:
                         ctx.progress(done, len(layers), layers[i].name)
+                    check_cancel(ctx.cancel)        # layers finishing together: none reported past a cancel
                 check_cancel(ctx.cancel)
         except AnalysisCancelled as exc:
             exc.result = Result(results)

@@ -9,9 +9,12 @@ A run with one layer pruned starts in a small *entry* session made for that laye
 end of that chunk, the weight a plain input fed the pruned copy) and then runs only the chunks whose inputs
 changed, feeding the rest from the dense cache. Entries are built when a layer is measured and dropped after.
 Recovery (every layer pruned at once) runs one session of the whole graph with all layer weights as inputs.
+A model made with `chunks=0` has only that session (`run_whole`), which may also return inner values
+(`keep`): the activation-aware method reads the layers' inputs from it in its one dense pass.
 
-Weights are never serialized into the sessions: the large ones are handed to onnxruntime as external
-initializers that point at the model file's memory map (ModelFile.stored); small ones are embedded.
+Weights are never serialized into the sessions: the large ones are read from the file (ModelFile.stored)
+and handed to onnxruntime as external initializers over those arrays; small ones are embedded. External
+data that the chunks do not hand over (Constant values, subgraph initializers) is read into the message.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, helper
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from ..onnxfile import ModelFile, numel
 
 
@@ -86,6 +89,21 @@ def hoist_weights(model: onnx.ModelProto, names: set[str]) -> None:
     visit(main, True)
 
 
+def _inline_external(graph: onnx.GraphProto, mf: ModelFile, main: bool) -> None:
+    """Read into the message every external tensor the chunks do not hand over themselves (Constant values,
+    subgraph initializers): sessions are made from bytes, so onnxruntime would look for their data files
+    relative to the working directory, not the model's folder."""
+    for t in ([] if main else graph.initializer):
+        if t.data_location == TensorProto.EXTERNAL:
+            t.CopyFrom(mf.inline(t))
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == AttributeProto.TENSOR and attr.t.data_location == TensorProto.EXTERNAL:
+                attr.t.CopyFrom(mf.inline(attr.t))
+            for g in ([attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)):
+                _inline_external(g, mf, main=False)
+
+
 @dataclass
 class Chunk:
     session: object
@@ -111,7 +129,8 @@ class ChunkedModel:
     def __init__(self, mf: ModelFile, weights: list[str], threads: int | None = None,
                  probe: dict[str, np.ndarray] | None = None, chunks: int | None = None):
         """`probe`: one batch of inputs; its dense run time decides whether fewer chunks pay off (its dense
-        run is kept in `probe_env`). `chunks` forces a count: 1 for the whole graph."""
+        run is kept in `probe_env`). `chunks` forces a count: 1 for the whole graph, 0 for none (the model runs
+        whole through `open_session` / `run_whole` only)."""
         import onnxruntime as ort
 
         self._ort, self._threads, self._mf = ort, threads, mf
@@ -119,6 +138,7 @@ class ChunkedModel:
         model = onnx.ModelProto()
         model.CopyFrom(mf.model)             # light: the large weights stay in the file
         hoist_weights(model, self.weights)
+        _inline_external(model.graph, mf, main=True)
         self._inits = {t.name: t for t in model.graph.initializer}
         missing = self.weights - set(self._inits)
         if missing:
@@ -137,6 +157,7 @@ class ChunkedModel:
         self._last_read = {name: i for i, u in enumerate(used) for name in u}   # index of the last reader
         self._consts = set(self._inits) - self.weights
         self._entries: dict[str, Chunk] = {}
+        self._dense_weights: dict[str, np.ndarray] = {}
         self._open: Chunk | None = None
         self._lock = threading.Lock()
         self.probe_env = None
@@ -145,6 +166,9 @@ class ChunkedModel:
         sizes = {w: numel(self._inits[w]) for w in ends}
         # finest first (a cut after every layer, up to MAX_CHUNKS); a model so fast that run overheads
         # dominate is re-cut into fewer chunks
+        if chunks == 0:
+            self.bounds, self.chunks = [(0, n)], []
+            return
         self._build(_split(ends, n, chunks or self.MAX_CHUNKS, sizes))
         if chunks is None and probe is not None and len(self.chunks) > 1:
             t0 = time.perf_counter()
@@ -238,6 +262,9 @@ class ChunkedModel:
         options.log_severity_level = 3
         # many sessions live side by side: spinning idle threads of one would steal the cores of another
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # blocked int4 DequantizeLinear -> MatMul is fused into MatMulNBits, by default with int8 activations;
+        # a fed (pruned) weight is not fused: both must do the same float arithmetic to be compared
+        options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
         if threads or self._threads:
             options.intra_op_num_threads = threads or self._threads
         consts, names, values, keep = [], [], [], []
@@ -247,7 +274,7 @@ class ChunkedModel:
             if view is None:
                 consts.append(self._mf.inline(t))
                 continue
-            # a stand-in that names the bytes; onnxruntime reads them from the memory map (not serialized)
+            # a stand-in that names the bytes; onnxruntime uses the array read from the file (not serialized)
             stub = TensorProto(name=name, data_type=t.data_type, dims=t.dims, data_location=TensorProto.EXTERNAL)
             for key, value in (("location", "losswidget-memory"), ("offset", "0"), ("length", str(view.nbytes))):
                 stub.external_data.add(key=key, value=value)
@@ -266,7 +293,7 @@ class ChunkedModel:
         try:
             session = ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise ModelError(f"onnxruntime cannot load this model: {str(exc).splitlines()[0][:300]}") from None
+            raise ModelError(f"onnxruntime cannot load this model: {first_line(exc)}") from None
         return Chunk(session, inputs, outputs, list(fed), next_chunk, (keep, values))
 
     def _entry(self, w: str) -> Chunk:
@@ -278,13 +305,14 @@ class ChunkedModel:
                 self._entries[w] = entry
         return entry
 
-    def open_session(self, threads: int | None = None) -> Chunk:
+    def open_session(self, threads: int | None = None, keep=()) -> Chunk:
         """The whole graph with every layer weight fed (runs with several weights swapped: recovery), made
-        on first use with `threads` intra-op threads (default: as the chunks)."""
+        on first use with `threads` intra-op threads (default: as the chunks); it also returns the values
+        named in `keep` that nodes produce (graph inputs and initializers are not outputs)."""
         with self._lock:
             if self._open is None:
                 self._open = self._session(0, len(self._nodes), sorted(self._readers), len(self.chunks),
-                                           threads=threads)
+                                           keep=set(keep), threads=threads)
             return self._open
 
     def release(self, w: str) -> None:
@@ -292,12 +320,46 @@ class ChunkedModel:
         with self._lock:
             self._entries.pop(w, None)
 
+    def _unswapped(self, w: str) -> np.ndarray:
+        """Weight w as stored, for runs that feed it unchanged (read from the file once, then kept)."""
+        value = self._dense_weights.get(w)
+        if value is None:
+            value = self._dense_weights[w] = self._mf.array(self._inits[w])
+        return value
+
     # -- running -----------------------------------------------------------------------------------------
+    def _feedable(self, value: np.ndarray, tensor: TensorProto, alive: list):
+        """The value as onnxruntime takes it: sub-byte types (int4, uint4, ...) as an OrtValue over their
+        packed bytes (onnxruntime's numpy bridge knows no 4-bit dtype; it reads a buffer the size of the
+        logical tensor from its start, so the packed bytes go first in one, kept in `alive`: the OrtValue
+        does not own it)."""
+        if np.dtype(value.dtype).itemsize != 1 or tensor.data_type not in _SUB_BYTE:
+            return value
+        packed = onnx.numpy_helper.from_array(np.asarray(value), tensor.name).raw_data
+        buf = np.zeros(max(value.size, len(packed)), np.uint8)
+        buf[:len(packed)] = np.frombuffer(packed, np.uint8)
+        alive.append(buf)
+        return self._ort.OrtValue.ortvalue_from_numpy_with_onnx_type(buf[:value.size].reshape(value.shape),
+                                                                     tensor.data_type)
+
     def run_dense(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         env = dict(feeds)
         for c in self.chunks:
             env.update(zip(c.outputs, c.session.run(c.outputs, {n: env[n] for n in c.inputs})))
         return env
+
+    def run_whole(self, feeds: dict[str, np.ndarray], swaps: dict[str, np.ndarray] | None = None,
+                  outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """The whole-graph session's outputs (default: all of them, graph outputs and kept values), the layer
+        weights from `swaps` where given, else as stored (read from the memory map, not copied)."""
+        c = self.open_session()
+        inputs = {n: feeds[n] for n in c.inputs}
+        alive: list = []                               # buffers behind OrtValues, until the run is over
+        for w in c.fed:
+            inputs[w] = self._feedable(swaps[w] if swaps and w in swaps else self._mf.array(self._inits[w]),
+                                       self._inits[w], alive)
+        names = c.outputs if outputs is None else [o for o in c.outputs if o in outputs]
+        return dict(zip(names, c.session.run(names, inputs)))
 
     def run_with(self, env: dict[str, np.ndarray], swaps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Graph outputs with the given weights replaced; `env` is a dense run's cache."""
@@ -309,8 +371,9 @@ class ChunkedModel:
         else:
             first = self.open_session()
         feeds = {n: env[n] for n in first.inputs}
+        alive: list = []                               # buffers behind OrtValues, until the run is over
         for w in first.fed:
-            feeds[w] = swaps[w] if w in swaps else self._mf.array(self._inits[w])
+            feeds[w] = self._feedable(swaps[w] if w in swaps else self._unswapped(w), self._inits[w], alive)
         local = dict(zip(first.outputs, first.session.run(first.outputs, feeds)))
         changed = set(local)
         for c in self.chunks[first.next_chunk:]:
@@ -321,6 +384,9 @@ class ChunkedModel:
             changed.update(c.outputs)
         return {o: local[o] if o in local else env[o] for o in self.graph_outputs}
 
+
+_SUB_BYTE = frozenset(getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+                      if hasattr(TensorProto, n))
 
 # elementwise ops that commonly finish a layer's output (bias, activation, GELU's pieces)
 _FINISHING = frozenset({"Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "Tanh",

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import anywidget
 import ipywidgets as w
 from traitlets import Unicode
 
-from ..profile import LossProfile
+from ..errors import LossWidgetError
+from ..profile import LossProfile, profiles_to_csv, profiles_to_json
 from .cards import JS_DIR, SummaryCards, card_values
 from .charts import Charts
 from .controls import CompareChooser, Header
@@ -18,29 +20,72 @@ from .store import Job, ProfileStore
 AUTO_PROFILES = (("Approximated", "approximated"), ("Baseline", "magnitude"))
 
 
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.") or "profile"
+
+
 class Exporter(anywidget.AnyWidget):
-    """Download buttons (js/export.js); the file is made here only when a button is pressed."""
+    """Download buttons (js/export.js) for the selected profile, or for all compared ones when comparing.
+
+    The file is made here only when a button is pressed. A click sends a request id and the answer carries it
+    back: the kernel's answer reaches every view of this widget (inline and in the sidebar), and only the view
+    that asked saves it, so one click is one download.
+    """
     _esm = JS_DIR / "export.js"
-    selected = Unicode("").tag(sync=True)
+    what = Unicode("").tag(sync=True)         # what the buttons download, for their tooltips
 
     def __init__(self, store: ProfileStore):
         super().__init__()
         self.store = store
         self.on_msg(self._handle)
+        store.observe(self._describe, names=["profiles", "selected", "compare"])
+        self._describe(None)
+
+    def chosen(self) -> list[LossProfile]:
+        """The compared profiles (in their order) when several are compared, else the selected one."""
+        names = [n for n in self.store.compare if n in self.store.profiles]
+        if len(names) < 2:
+            names = [self.store.selected] if self.store.selected in self.store.profiles else []
+        return [self.store.profiles[n] for n in names]
+
+    def filename(self, profiles: list[LossProfile], ext: str) -> str:
+        """`<model>-<profile>.<ext>`; when comparing, the profiles' names joined by '+' (or their count)."""
+        path = profiles[0].model.path or (self.store.model if isinstance(self.store.model, str) else None)
+        model = _slug(Path(path).stem) if path else "model"
+        names = "+".join(_slug(p.name) for p in profiles)
+        if len(names) > 80:
+            names = f"{len(profiles)}-profiles"
+        return f"{model}-{names}.{ext}"
 
     def payload(self, kind: str) -> dict | None:
-        profile = self.store.profiles.get(self.store.selected)
-        if profile is None:
+        profiles = self.chosen()
+        if not profiles:
             return None
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", profile.name).strip("_") or "profile"
         if kind == "csv":
-            return {"filename": f"{stem}.csv", "mime": "text/csv", "text": profile.to_csv()}
-        return {"filename": f"{stem}.json", "mime": "application/json", "text": profile.to_json()}
+            text = profiles[0].to_csv() if len(profiles) == 1 else profiles_to_csv(profiles)
+            return {"filename": self.filename(profiles, "csv"), "mime": "text/csv", "text": text}
+        text = profiles[0].to_json() if len(profiles) == 1 else profiles_to_json(profiles)
+        return {"filename": self.filename(profiles, "json"), "mime": "application/json", "text": text}
+
+    def _describe(self, _change) -> None:
+        profiles = self.chosen()
+        self.what = (f"the {len(profiles)} compared profiles ({', '.join(p.name for p in profiles)})"
+                     if len(profiles) > 1 else f"profile {profiles[0].name!r}" if profiles else "")
 
     def _handle(self, _widget, content, _buffers) -> None:
-        payload = self.payload(content.get("kind", "json"))
-        if payload is not None:
-            self.send(payload)
+        request = content.get("id") if isinstance(content, dict) else None
+        try:
+            payload = self.payload(content.get("kind", "json") if isinstance(content, dict) else "json")
+        except LossWidgetError as exc:
+            payload = {"error": str(exc)}
+        self.send({**(payload or {"error": "No profile to download yet: wait for one to finish."}), "id": request})
+
+
+class HostProbe(anywidget.AnyWidget):
+    """Tells the kernel which page the widget is shown in (js/host.js reads it from the page): the kernel
+    cannot tell JupyterLab from Notebook 7, and only JupyterLab has the sidebar sidecar opens in."""
+    _esm = JS_DIR / "host.js"
+    host = Unicode("").tag(sync=True)         # jupyterlab | notebook7 | voila | vscode | other ("": not shown yet)
 
 
 def frontend() -> str:
@@ -79,10 +124,12 @@ class LossProfileWidget(w.VBox):
         self._syncing = False
         self.message = w.HTML()
         self.message.add_class("lw-message")
+        self.host = HostProbe()
+        self.host.observe(self._host_known, "host")
         controls = w.HBox([self.select, self.target], layout=w.Layout(flex_flow="row wrap"))
         controls.add_class("lw-controls")
         super().__init__([self.header, controls, self.compare, self.cards, self.charts.box, self.exporter,
-                          self.panel, self.message])
+                          self.panel, self.message, self.host])
         self.add_class("losswidget")
         self.select.observe(self._select_changed, "value")
         self.compare.observe(self._compare_changed, "value")
@@ -148,11 +195,11 @@ class LossProfileWidget(w.VBox):
 
     def show_sidebar(self, anchor: str = "right") -> None:
         """Open this widget in JupyterLab's sidebar (via sidecar; `anchor` as sidecar takes it); elsewhere
-        say so and stay inline. Both views show the same widget, so they stay in sync."""
-        where = frontend()
+        (Notebook 7, Voilà, VS Code) say so and stay inline. Both views show the same widget, so they stay in
+        sync. Where the widget is shown is what its page reported (HostProbe), else what the environment says."""
+        where = self.host.host or frontend()
         if where != "jupyterlab":
-            self.message.value = (f"<span class='lw-note'>No JupyterLab sidebar in {where}; "
-                                  "the widget stays inline.</span>")
+            self._stay_inline(where)
             return
         from IPython.display import display
         from sidecar import Sidecar
@@ -161,7 +208,24 @@ class LossProfileWidget(w.VBox):
         self.sidecar = Sidecar(title="Loss profiles", anchor=anchor)
         with self.sidecar:
             display(self)
-        self.message.value = "<span class='lw-note'>Also open in the sidebar.</span>"
+        self.message.value = ("<span class='lw-note'>Also open in JupyterLab's "
+                              f"{'right sidebar' if anchor == 'right' else 'main area (' + anchor + ')'}.</span>")
+
+    def _stay_inline(self, where: str) -> None:
+        if where == "notebook7":
+            text = ("Notebook 7 has no sidebar for widgets, so the widget stays here. For the sidebar, open this "
+                    "notebook in JupyterLab (the JupyterLab button in the toolbar) and call show_sidebar() there.")
+        else:
+            text = f"No JupyterLab sidebar in {where}; the widget stays inline."
+        self.message.value = f"<span class='lw-note'>{text}</span>"
+
+    def _host_known(self, change) -> None:
+        # show_sidebar ran before the page said where it is (a notebook run top to bottom) and guessed
+        # JupyterLab: a sidecar there cannot draw, so close it and say why
+        if self.sidecar is not None and change["new"] not in ("", "jupyterlab"):
+            self.sidecar.close()
+            self.sidecar = None
+            self._stay_inline(change["new"])
 
     def close(self) -> None:
         store = getattr(self, "store", None)          # None when the constructor failed (then __del__ closes)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from labtools import CHROMIUM, TOKEN, free_port, kernel_env, wait_for_port
+from labtools import CHROMIUM, TOKEN, free_port, kernel_env, local_url, wait_for_port
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
@@ -26,10 +26,31 @@ def lab(tmp_path_factory):
     settings.mkdir(parents=True, exist_ok=True)             # no news prompt over the page's bottom right
     (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1", "--allow-root",
+        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1", "--allow-root",
          f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}",
          f"--LabApp.workspaces_dir={root.parent / 'workspaces'}", "--LabApp.news_url=None",
          f"--LabApp.user_settings_dir={root.parent / 'lab-settings'}", "--LabApp.expose_app_in_browser=True"],
+        stdout=log, stderr=subprocess.STDOUT, env=dict(kernel_env(), LOSSWIDGET_FRONTEND="jupyterlab"))
+    try:
+        wait_for_port(port, proc)
+        yield {"url": f"http://127.0.0.1:{port}", "root": root}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session")
+def notebook7(tmp_path_factory):
+    """A Jupyter Notebook 7 server (the `notebook` package), its own root folder."""
+    root = tmp_path_factory.mktemp("nb7-root")
+    port = free_port()
+    log = open(root.parent / "nb7.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "notebook", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+         "--allow-root", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}"],
         stdout=log, stderr=subprocess.STDOUT, env=dict(kernel_env(), LOSSWIDGET_FRONTEND="jupyterlab"))
     try:
         wait_for_port(port, proc)
@@ -67,6 +88,8 @@ def page(browser, request):
     pg.console_messages = []
     pg.on("console", lambda m: pg.console_messages.append(f"{m.type}: {m.text}"))
     pg.on("pageerror", lambda e: pg.console_messages.append(f"pageerror: {e}"))
+    pg.off_machine = []                          # requests to any host but this machine: none allowed (offline)
+    context.on("request", lambda r: pg.off_machine.append(r.url) if not local_url(r.url) else None)
     yield pg
     failed = getattr(request.node, "rep_call", None)
     if failed is not None and failed.failed:
@@ -74,5 +97,7 @@ def page(browser, request):
         pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
         (ARTIFACTS / f"{request.node.name}.console.txt").write_text("\n".join(pg.console_messages))
     context.close()
+    if pg.off_machine:
+        pytest.fail(f"the page requested hosts off this machine: {pg.off_machine}")
 
 

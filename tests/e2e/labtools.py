@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import nbformat
 
@@ -19,6 +20,12 @@ def kernel_env() -> dict:
     """The environment with this interpreter's folder first on PATH: the python3 kernelspec runs `python`
     from PATH, which could otherwise be another installation's (and test its losswidget, not this one)."""
     return dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+def local_url(url: str) -> bool:
+    """True for URLs that stay on this machine: loopback hosts, and data: / blob: / file: / about: ones."""
+    parsed = urlsplit(url)
+    if parsed.scheme in ("data", "blob", "file", "about", "chrome", "devtools"):
+        return True
+    return parsed.hostname in ("127.0.0.1", "localhost", "::1")
 
 
 def free_port() -> int:
@@ -82,3 +89,50 @@ def set_theme(page, dark: bool) -> None:
 def drawing_errors(page) -> list[str]:
     """Console errors from drawing: SVG attributes that got NaN or negative sizes."""
     return [m for m in page.console_messages if "NaN" in m or "Error: <" in m]
+
+
+def open_notebook7(page, server, name: str) -> None:
+    """Open a notebook in Notebook 7 and wait until its kernel is idle."""
+    page.goto(f"{server['url']}/notebooks/{name}?token={TOKEN}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status=idle]", timeout=90_000)
+
+
+def children(pid: int) -> list[int]:
+    """Ids of the live processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()             # after "pid (comm) ": state, ppid, ...
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def wait_until(predicate, timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def run_cell_surely(page, index: int, tries: int = 3) -> None:
+    """Run a cell and see it start (its prompt leaves "[ ]"); press again only while it has not, since a
+    page still settling (Notebook 7 on a busy machine) can drop the first key press."""
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    prompt = cell.locator(".jp-InputPrompt")
+    for _ in range(tries):
+        run_cell(page, index)
+        try:
+            wait_until(lambda: prompt.inner_text().strip() not in ("[ ]:", "[ ]", ""), timeout=15, what="the run")
+            return
+        except TimeoutError:
+            continue
+    raise TimeoutError(f"cell {index} never started")

@@ -1,11 +1,9 @@
 """The widget in a real JupyterLab and Chromium: it draws, adds and cancels profiles, and opens in the sidebar."""
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from labtools import free_port, kernel_env, notebook, open_notebook, run_cell, wait_for_port, widget_errors
+from labtools import notebook, open_notebook, run_cell, widget_errors
 
 SETUP = ("from losswidget import LossProfileWidget, demo\n"
          "path, data = demo('mlp')\n"                  # the 4-layer demo: these tests check mechanics, not scale
@@ -131,18 +129,23 @@ def test_sidebar_opens_through_sidecar(page, lab):
     assert not widget_errors(page), widget_errors(page)
 
 
-def test_voila_app_page(page, tmp_path):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "losswidget", "app", "--no-browser", f"--port={port}",
-                             f"--profiles-dir={tmp_path / 'profiles'}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=kernel_env())
-    try:
-        wait_for_port(port, proc)
-        page.goto(f"http://127.0.0.1:{port}/", timeout=120_000)
-        page.wait_for_selector(".lw-card-value", timeout=120_000)
-        wait_until(lambda: bars(page).count() == 18, timeout=120, what="bars in the app")  # the default demo
-        assert "not analysed" in page.locator(".lw-cards").inner_text()
-        assert not widget_errors(page), widget_errors(page)
-    finally:
-        proc.terminate()
-        proc.wait(20)
+def test_activation_profile_from_the_panel(page, lab):
+    notebook(lab["root"] / "activation.ipynb", SETUP)
+    open_notebook(page, lab, "activation.ipynb")
+    run_cell(page, 0)
+    page.wait_for_selector(".lw-name input", timeout=60_000)
+    page.locator(".lw-name input").fill("activation-aware")
+    page.locator(".lw-method select").select_option(label="Activation-aware")
+    page.locator(".lw-setting-data select").select_option(label="widget data")
+    page.locator(".lw-setting-labels input").fill("y")                  # the demo data holds its labels
+    assert page.locator(".lw-setting-metric select").is_visible()
+    page.locator("button.lw-run").click()
+    wait_until(lambda: "activation-aware" in options(page), what="the new profile in the selector")
+    page.locator(".lw-profile-select select").select_option("activation-aware")
+    wait_until(lambda: "activation-aware" in page.locator(".lw-cards-title").first.inner_text(), what="its cards")
+    labels = [label.lower() for label in page.locator(".lw-card-label").all_inner_texts()]   # shown in capitals
+    assert "est. recovery" in labels and bars(page).count() == 4
+    assert "activation (auto)" in page.locator(".lw-cards").inner_text()
+    shot(page, "activation-cards", ".lw-cards")
+    shot(page, "activation-bars", ".lw-sensitivity-chart")
+    assert not widget_errors(page), widget_errors(page)

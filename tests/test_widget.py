@@ -60,48 +60,45 @@ def test_auto_profiles_cards_and_bars(widget):
     assert cards["recovery"]["value"] == f"{s.weight_energy_kept:.1%}" and "not a recovery" in cards["recovery"]["detail"]
     assert cards["quantization"]["value"] == "not analysed" and cards["settings"]["value"] == "magnitude"
     bars = widget.charts.bars
-    assert widget.charts.sens_fig.marks == [bars]
+    assert widget.charts.sens_fig.marks[0] is bars and bars not in widget.charts.sens_fig.marks[1:]
     np.testing.assert_allclose(bars.y, p.sensitivities)
-    assert list(bars.x) == list(range(6)) and len(bars.colors) == 6
-    first = np.sort(p.sensitivities)[-1]                      # 6 layers: a fifth of them is 1 highlighted bar
-    assert [c == "#d62728" for c in bars.colors] == [v >= first for v in p.sensitivities]
-    np.testing.assert_array_equal(widget.charts.param_bars.y, [256] * 6)
+    assert list(bars.x) == list(range(6)) and bars.colors == ["#4c78a8"] * 6    # six similar layers: no outlier
+    np.testing.assert_array_equal(widget.charts.params.bars.y, [256] * 6)
 
 
 def test_tooltip_scale_modes_and_drill_down(widget):
     widget.selected = "Baseline"
     charts = widget.charts
-    charts._hover(charts.bars, {"data": {"index": 2}})
-    tip = charts.tooltip.value
+    charts.bars._handle_custom_msgs(None, {"event": "hover", "data": {"index": 2}})
+    tip = charts.sensitivity.readout.value
     layer = widget.profiles["Baseline"].layers[2]
-    for text in ("#2", "fc2", "MatMul", "fc2.weight", "[16, 16]", "256 params", f"{layer.sensitivity:.4g}"):
+    for text in ("#2", "fc2", "MatMul", "fc2.weight", "[16, 16]", "256 params", f"{layer.sensitivity:.3g}"):
         assert text in tip
     charts.mode.value = "log"
-    assert charts.bars.scales["y"] is charts.ys_log and charts.y_axis.scale is charts.ys_log
-    assert charts.bars.y.min() > 0
+    assert charts.bars.y.min() >= charts.bars.base and np.isfinite(charts.bars.y).all()
     charts.mode.value = "percent"
-    assert charts.bars.y.sum() == pytest.approx(100)
-    charts._click(charts.bars, {"data": {"index": 4}})
-    assert charts.curve_fig.title.startswith("#4 fc4")
-    (line,) = charts.curves
+    assert charts.bars.y.sum() == pytest.approx(1.0)
+    charts.bars._handle_custom_msgs(None, {"event": "element_click", "data": {"index": 4}})
+    assert "#4 fc4" in charts.curve.title.value
+    (line,) = charts.curve.curves
     np.testing.assert_allclose(line.x, layer.levels)
     np.testing.assert_allclose(line.y, widget.profiles["Baseline"].layers[4].values)
 
 
 def test_compare_grouped_and_normalised(widget):
     widget.selected = "Baseline"
-    widget.compare.value = ("Baseline", "Approximated")
+    widget.compare.value = ["Baseline", "Approximated"]
     assert widget.store.compare == ["Baseline", "Approximated"]
-    marks = widget.charts.sens_fig.marks
-    assert [m.labels for m in marks] == [["Baseline"], ["Approximated"]] and all(m.display_legend for m in marks)
+    marks = widget.charts.sensitivity.marks
+    assert widget.charts.sens_fig.marks[:2] == marks and [m.labels for m in marks] == [["Baseline"], ["Approximated"]]
     assert [np.abs(m.y).max() for m in marks] == pytest.approx([1.0, 1.0])   # normalised per profile
     assert marks[0].x[0] < 0 < marks[1].x[0] < 1 and marks[0].colors != marks[1].colors   # side by side
     widget.charts.normalise.value = False
     np.testing.assert_allclose(marks[1].y, widget.profiles["Approximated"].sensitivities)
     widget.charts.select_layer(0)
-    assert [l.labels[0] for l in widget.charts.curves] == ["Baseline", "Approximated"]
-    widget.compare.value = ("Baseline",)
-    assert widget.charts.sens_fig.marks == [marks[0]] and not marks[0].display_legend
+    assert [l.labels[0] for l in widget.charts.curve.curves] == ["Baseline", "Approximated"]
+    widget.compare.value = ["Baseline"]
+    assert widget.charts.sens_fig.marks[0] is marks[0] and marks[1] not in widget.charts.sens_fig.marks
 
 
 def test_target_slider_updates_cards(widget):
@@ -115,7 +112,7 @@ def test_target_slider_updates_cards(widget):
 
 def test_selection_sends_only_what_changed(widget):
     changes = []
-    widget.charts.param_bars.observe(lambda c: changes.append(c["name"]), names=["x", "y"])
+    widget.charts.params.bars.observe(lambda c: changes.append(c["name"]), names=["x", "y"])
     widget.selected = "Baseline"
     widget.selected = "Approximated"
     assert changes == []                                    # same layers: params bars untouched

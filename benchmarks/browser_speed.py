@@ -26,8 +26,9 @@ from labtools import CHROMIUM, TOKEN, free_port, kernel_env, notebook, open_note
 
 BARS = ".lw-sensitivity-chart .bargroup rect"
 DISPLAYS, SWITCHES = 3, 9
-DRAWN = (f"n => [...document.querySelectorAll('{BARS}')].filter(e => !e.dataset.old && +e.getAttribute('height') > 0)"
-         ".length >= n")
+# a bar is drawn once it has a finite height (a layer whose sensitivity is 0 is drawn with height 0)
+DRAWN = (f"n => [...document.querySelectorAll('{BARS}')].filter(e => !e.dataset.old && e.hasAttribute('height')"
+         " && isFinite(parseFloat(e.getAttribute('height')))).length >= n")
 ALL_DRAWN = ("n => document.querySelectorAll('.lw-scatter-chart .dot:not([data-old])').length >= n"
              " && document.querySelectorAll('.lw-layer-table tbody tr.lw-row:not([data-old])').length >= 10")
 STATE = ("() => [[...document.querySelectorAll('" + BARS + "')].map(e => e.getAttribute('height')).join(),"

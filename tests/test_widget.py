@@ -49,7 +49,9 @@ def widget(tmp_path):
 
 
 def test_auto_profiles_cards_and_bars(widget):
-    assert set(widget.profiles) == {"Approximated", "Baseline"}
+    # with data the widget measures an activation-aware profile too, and shows it first (measured on data)
+    assert set(widget.profiles) == {"Approximated", "Baseline", "Activation-aware"}
+    assert widget.selected == "Activation-aware" and widget.profiles["Activation-aware"].recovery is not None
     assert {j["status"] for j in widget.jobs.values()} == {"done"}
     widget.selected = "Baseline"
     p = widget.profiles["Baseline"]
@@ -279,8 +281,8 @@ def test_cancel_a_chosen_queued_job_and_remove_running_ones(widget, tmp_path):
         running.result(60)
     assert queued[0].result(60).name == "b"
     wait(widget)
-    assert set(widget.profiles) == {"Approximated", "Baseline", "b"}
-    assert names_on_disk(tmp_path / "profiles") == ["Approximated", "Baseline", "b"]
+    assert set(widget.profiles) == {"Approximated", "Activation-aware", "Baseline", "b"}
+    assert names_on_disk(tmp_path / "profiles") == ["Activation-aware", "Approximated", "Baseline", "b"]
     with pytest.raises(losswidget.SettingsError, match="No profile named 'running'"):
         widget.remove_profile("running")
 
@@ -294,10 +296,9 @@ def test_rename_rerun_remove_from_the_panel(widget, tmp_path):
     assert "exists" in panel.manage_message.value and "Baseline" in widget.profiles
     panel.new_name.value = "magnitude (SparseML)"
     panel.rename.click()
-    assert list(widget.profiles) == ["Approximated", "magnitude (SparseML)"] or \
-        list(widget.profiles) == ["magnitude (SparseML)", "Approximated"]
+    assert set(widget.profiles) == {"Activation-aware", "Approximated", "magnitude (SparseML)"}
     assert widget.selected == "magnitude (SparseML)" and widget.select.value == "magnitude (SparseML)"
-    assert names_on_disk(folder) == ["Approximated", "magnitude (SparseML)"]
+    assert names_on_disk(folder) == ["Activation-aware", "Approximated", "magnitude (SparseML)"]
     old = widget.profiles["magnitude (SparseML)"]
     panel.rerun.click()
     assert "Computing 'magnitude (SparseML)' again" in panel.manage_message.value
@@ -305,12 +306,12 @@ def test_rename_rerun_remove_from_the_panel(widget, tmp_path):
     new = widget.profiles["magnitude (SparseML)"]
     assert new is not old and new.name == old.name and new.levels == old.levels
     np.testing.assert_allclose(new.sensitivities, old.sensitivities)
-    assert names_on_disk(folder) == ["Approximated", "magnitude (SparseML)"]
+    assert names_on_disk(folder) == ["Activation-aware", "Approximated", "magnitude (SparseML)"]
     panel.remove.click()                                            # asks first
     assert panel.remove.description == "Remove magnitude (SparseML)?" and "magnitude (SparseML)" in widget.profiles
     panel.remove.click()
-    assert list(widget.profiles) == ["Approximated"] and widget.selected == "Approximated"
-    assert names_on_disk(folder) == ["Approximated"] and panel.remove.description == "Remove"
+    assert set(widget.profiles) == {"Activation-aware", "Approximated"} and widget.selected == "Activation-aware"
+    assert names_on_disk(folder) == ["Activation-aware", "Approximated"] and panel.remove.description == "Remove"
 
 
 def test_rerun_uses_the_settings_and_a_cancelled_rerun_keeps_the_old_profile(widget):
@@ -339,11 +340,11 @@ def test_rerun_uses_the_settings_and_a_cancelled_rerun_keeps_the_old_profile(wid
 
 def test_persistence_reload_and_remove(tmp_path, widget):
     folder = tmp_path / "profiles"
-    assert len(list(folder.glob("*.json"))) == 2
+    assert len(list(folder.glob("*.json"))) == 3
     again = LossProfileWidget(widget.store.model, profiles_dir=folder)
     again.wait()
-    assert set(again.profiles) == {"Approximated", "Baseline"} and again.jobs == {}      # nothing recomputed
-    assert again.selected == "Baseline" and again.select.value == "Baseline"            # measured before modelled
+    assert set(again.profiles) == {"Approximated", "Baseline", "Activation-aware"} and again.jobs == {}  # none redone
+    assert again.selected == "Activation-aware" and again.select.value == "Activation-aware"   # measured on data first
     assert again.cards.cards[0]["value"] == "1.5 k" and len(again.charts.bars.y) == 6
     assert again.profiles["Baseline"].layers == widget.profiles["Baseline"].layers
     assert again.store.model_hash == model_hash(widget.store.model) and again.store.ready
@@ -351,7 +352,7 @@ def test_persistence_reload_and_remove(tmp_path, widget):
     other.wait()
     assert other.profiles == {} and other.store.notices == []                           # matched by content hash
     again.remove_profile("Baseline")
-    assert "Baseline" not in again.profiles and len(list(folder.glob("*.json"))) == 1
+    assert "Baseline" not in again.profiles and len(list(folder.glob("*.json"))) == 2
     again.close()
     other.close()
 
@@ -635,3 +636,25 @@ def test_activation_profile_from_the_panel(widget, tmp_path):
     assert cards["recovery"]["label"] == "Est. recovery" and cards["settings"]["value"] == "activation (auto)"
     saved = losswidget.load_profile(next((tmp_path / "profiles").glob("*wanda*.json")))
     assert saved.plan(0.5).layers == p.plan(0.5).layers            # the norms are saved with it
+
+
+def test_data_gives_an_activation_profile_with_its_labels_set_aside(tmp_path):
+    path = net(tmp_path)
+    x, y = arr(12, 16), np.arange(12) % 4
+    w = LossProfileWidget(path, data={"x": x, "y": y})
+    wait(w)
+    assert w.store.labels == "y" and w.selected == "Activation-aware"
+    p = w.profiles["Activation-aware"]
+    assert p.method == "activation" and p.settings["samples"] == 12 and p.recovery is not None
+    w.close()
+    # two arrays beside the input: which one holds labels is not guessed; the failure says what to pass
+    w = LossProfileWidget(path, data={"x": x, "y": y, "z": y.astype(np.float32)})
+    wait(w)
+    assert w.store.labels is None and "Activation-aware" not in w.profiles
+    assert w.jobs["Activation-aware"]["status"] == "failed" and "pass labels='y'" in w.jobs["Activation-aware"]["error"]
+    w.close()
+    w = LossProfileWidget(path, data={"x": x}, labels=y)                     # labels given as an array
+    wait(w)
+    job = w.store.job("Activation-aware")
+    assert job.settings["labels"] is y and w.profiles["Activation-aware"].method == "activation"
+    w.close()

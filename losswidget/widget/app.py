@@ -18,6 +18,8 @@ from .panel import AddProfilePanel
 from .store import Job, ProfileStore
 
 AUTO_PROFILES = (("Approximated", "approximated"), ("Baseline", "magnitude"))
+# with data: one dense pass measures every layer on it (one-shot's pass per layer and level is asked for)
+DATA_AUTO_PROFILES = (("Activation-aware", "activation"),)
 
 
 def _slug(text: str) -> str:
@@ -101,10 +103,14 @@ def frontend() -> str:
 
 class LossProfileWidget(w.VBox):
     """Loss profiles of one ONNX model: summary cards, sensitivity and params charts, compare, drill-down and an
-    add-profile panel. Computes the "Approximated" and "Baseline" (magnitude) profiles in the background."""
+    add-profile panel. Computes the "Approximated" and "Baseline" (magnitude) profiles in the background, and
+    with `data` an "Activation-aware" one (`labels`: the key of the labels in the data, or an array, when
+    the data holds more than the model's inputs)."""
 
-    def __init__(self, model, *, data=None, profiles_dir=None, target_sparsity: float = 0.85, autostart: bool = True):
-        self.store = ProfileStore(model, data=data, profiles_dir=profiles_dir, target_sparsity=target_sparsity)
+    def __init__(self, model, *, data=None, labels=None, profiles_dir=None, target_sparsity: float = 0.85,
+                 autostart: bool = True):
+        self.store = ProfileStore(model, data=data, labels=labels, profiles_dir=profiles_dir,
+                                  target_sparsity=target_sparsity)
         self.cards = SummaryCards()
         self.cards.add_class("lw-summary")
         self.charts = Charts(self.store)
@@ -143,7 +149,8 @@ class LossProfileWidget(w.VBox):
         self._sync_controls(None)
         self._draw_cards()
         if autostart:
-            self.store.autostart(AUTO_PROFILES)       # once the hash is known, unless saved ones are found
+            # once the hash is known, unless saved ones are found
+            self.store.autostart(AUTO_PROFILES + (DATA_AUTO_PROFILES if data is not None else ()))
 
     # -- public surface --------------------------------------------------------------------------------
     @property

@@ -156,9 +156,9 @@ def _reason(exc: BaseException) -> str:
 MAX_JSON_BYTES = 256 << 20
 
 
-def read_json(path, what: str = "profile") -> dict:
-    """The JSON object in `path`; ProfileError when it cannot be read or is not a JSON object. Only regular
-    files of at most MAX_JSON_BYTES are read (a FIFO would block, /dev/zero never end)."""
+def read_bytes(path, what: str = "profile", limit: int = MAX_JSON_BYTES, *, whole: bool = True) -> bytes:
+    """The bytes of the regular file `path` (ProfileError otherwise: a FIFO would block, /dev/zero never end):
+    all of them, refusing files over `limit` bytes, or with `whole=False` at most its first `limit`."""
     path = Path(path).expanduser()
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
@@ -171,13 +171,20 @@ def read_json(path, what: str = "profile") -> dict:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
                 raise ProfileError(f"Cannot read {what} {path}: it is {_kind(st.st_mode)}, not a file.")
-            if st.st_size > MAX_JSON_BYTES:
+            if whole and st.st_size > limit:
                 raise ProfileError(f"{path} holds {st.st_size / 2**20:.0f} MB, too large to be a losswidget {what}.")
-            raw = f.read(MAX_JSON_BYTES + 1)
-            if len(raw) > MAX_JSON_BYTES:
+            raw = f.read(limit + 1 if whole else limit)
+            if len(raw) > limit:
                 raise ProfileError(f"{path} is too large to be a losswidget {what}.")
     except OSError as exc:
         raise ProfileError(f"Cannot read {what} {path}: {_reason(exc)}.") from None
+    return raw
+
+
+def read_json(path, what: str = "profile") -> dict:
+    """The JSON object in `path`; ProfileError when it cannot be read or is not a JSON object. Only regular
+    files of at most MAX_JSON_BYTES are read (read_bytes)."""
+    raw = read_bytes(path, what)
     try:
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:

@@ -29,16 +29,17 @@ KERNEL_TIMEOUT = 120       # seconds a closed page's kernel is kept (a reload wi
 MIN_KERNEL_TIMEOUT = 10    # Voilà culls kernels that are still starting too, before any page connects
 
 
-def app_notebook(model: str | None, data: str | None, profiles_dir: str) -> dict:
-    """A one-cell notebook that shows the widget (the bundled demo when no model is given)."""
+def app_notebook(model: str | None, data: str | None, profiles_dir: str, labels: str | None = None) -> dict:
+    """A one-cell notebook that shows the widget (the bundled demo when no model is given); `labels`: the key
+    of the labels in the data, if it holds them."""
     if model is None:
         code = ("from losswidget import LossProfileWidget, demo\n"
                 "path, data = demo()\n"
-                f"w = LossProfileWidget(path, data=data, profiles_dir={profiles_dir!r})\n"
+                f"w = LossProfileWidget(path, data=data, labels=\"y\", profiles_dir={profiles_dir!r})\n"
                 "w")
     else:
         code = ("from losswidget import LossProfileWidget\n"
-                f"w = LossProfileWidget({model!r}, data={data!r}, profiles_dir={profiles_dir!r})\n"
+                f"w = LossProfileWidget({model!r}, data={data!r}, labels={labels!r}, profiles_dir={profiles_dir!r})\n"
                 "w")
     return {"cells": [{"cell_type": "code", "execution_count": None, "id": "app", "metadata": {}, "outputs": [],
                        "source": code}],
@@ -53,9 +54,9 @@ def cache_dir() -> Path:
     return Path(base) / "losswidget" / "app"
 
 
-def write_app_notebook(model: str | None, data: str | None, profiles_dir: str) -> Path:
+def write_app_notebook(model: str | None, data: str | None, profiles_dir: str, labels: str | None = None) -> Path:
     """The app's notebook in the cache, one folder per set of arguments; its name is the page's title."""
-    nb = app_notebook(model, data, profiles_dir)
+    nb = app_notebook(model, data, profiles_dir, labels)
     key = hashlib.sha256(json.dumps([model, data, profiles_dir]).encode()).hexdigest()[:16]
     folder = cache_dir() / key
     folder.mkdir(parents=True, exist_ok=True)
@@ -79,8 +80,9 @@ def check_model(model: str) -> Path:
     return Path(model).expanduser().resolve()
 
 
-def check_data(data: str, model: str | None) -> Path:
-    """Read the .npz and check it against the model's inputs (a labels array beside them is fine)."""
+def check_data(data: str, model: str | None) -> tuple[Path, str | None]:
+    """Read the .npz and check it against the model's inputs (a labels array beside them is fine); its path
+    and the key of that labels array (None when there is none)."""
     from .data import label_candidates, load_data, model_inputs
     from .onnxfile import open_model
     path = Path(data).expanduser()
@@ -96,8 +98,10 @@ def check_data(data: str, model: str | None) -> Path:
             except Exception as exc:
                 raise DataError(f"{path} is not a readable .npz file ({type(exc).__name__}).") from None
             labels = label_candidates(arrays, specs)
-            load_data(arrays, mf.model, labels=labels[0] if len(labels) == 1 else None)
-    return path.resolve()
+            key = labels[0] if len(labels) == 1 else None
+            load_data(arrays, mf.model, labels=key)
+            return path.resolve(), key
+    return path.resolve(), None
 
 
 def check_port(port: int) -> None:
@@ -136,11 +140,14 @@ def serve(model: str | None, *, data: str | None = None, profiles_dir: str = "lo
         raise LossWidgetError("--data goes with a model: losswidget app MODEL.onnx --data DATA.npz "
                               "(the demo brings its own data).")
     model = str(check_model(model)) if model is not None else None
-    data = str(check_data(data, model)) if data is not None else None
+    labels = None
+    if data is not None:
+        checked, labels = check_data(data, model)
+        data = str(checked)
     profiles = Path(profiles_dir).expanduser().resolve()
     profiles.mkdir(parents=True, exist_ok=True)      # an unwritable folder fails here (OSError: the CLI's one line)
     check_port(port)
-    notebook = write_app_notebook(model, data, str(profiles))
+    notebook = write_app_notebook(model, data, str(profiles), labels)
     print(f"Serving the loss-profile app on http://127.0.0.1:{port}/ (Ctrl+C stops it)", flush=True)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -59,6 +59,29 @@ def residual_mlp(blocks=3, width=8, classes=6):
     return model(nodes, [vi("x", ["n", width])], [vi("y", ["n", classes])], inits)
 
 
+def outlier_cnn(convs=63, channels=16, size=8, tiny_at=20, seed=0):
+    """x[1, channels, size, size] -> `convs` 3x3 Conv+Relu layers with one tiny fixed-weight layer among
+    them at `tiny_at`: a depthwise 1x1 Conv of `channels` weights all 0.5 ("features.blur"). Its
+    approximated sensitivity is ~140x the others' (few params, full-size activations), as a fixed
+    filter in a real detector is."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, x = [], [], "x"
+    for i in range(convs + 1):
+        if i == tiny_at:
+            inits.append(init("blur.weight", np.full((channels, 1, 1, 1), 0.5, np.float32)))
+            nodes.append(helper.make_node("Conv", [x, "blur.weight"], [f"c{i}"], group=channels, name="features.blur"))
+            x = f"c{i}"
+            continue
+        w = (rng.standard_normal((channels, channels, 3, 3)) * 0.1 * (1 + rng.random())).astype(np.float32)
+        inits.append(init(f"features.{i}.conv.weight", w))
+        nodes += [helper.make_node("Conv", [x, f"features.{i}.conv.weight"], [f"c{i}"], pads=[1, 1, 1, 1],
+                                   name=f"features.{i}.conv"),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    shape = [1, channels, size, size]
+    return model(nodes, [vi("x", shape)], [vi(x, shape)], inits)
+
+
 def layered_net(tmp_path, layers=12, width=8):
     """`layers` MatMul + Tanh layers named block<i>.fc, of three widths and mixed weight scales, so params
     and sensitivities differ from layer to layer."""

@@ -77,12 +77,18 @@ def test_app_notebook_runs_the_widget_for_a_given_model(tmp_path):
     import nbformat
     from nbclient import NotebookClient
 
-    from losswidget.serve import app_notebook
+    from losswidget.serve import app_notebook, check_data
     path, data = losswidget.demo()
     np_path = tmp_path / "d.npz"
-    np.savez(np_path, image=data["image"][:20])
-    nb = nbformat.from_dict(app_notebook(path, str(np_path), str(tmp_path / "profiles")))
-    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
-    outputs = nb.cells[0].outputs
+    np.savez(np_path, image=data["image"][:20], y=data["y"][:20])           # labels beside the input
+    checked, labels = check_data(str(np_path), path)
+    assert checked == np_path.resolve() and labels == "y"
+    nb = nbformat.from_dict(app_notebook(path, str(checked), str(tmp_path / "profiles"), labels))
+    nb.cells.append(nbformat.v4.new_code_cell("w.wait(120)\nprint(sorted(w.profiles), w.selected)"))
+    NotebookClient(nb, timeout=180, kernel_name="python3").execute()
+    outputs = nb.cells[0].outputs + nb.cells[1].outputs
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    # the data (labels set aside) gives an activation-aware profile, shown first
+    assert "['Activation-aware', 'Approximated', 'Baseline'] Activation-aware" in printed, printed

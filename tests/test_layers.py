@@ -24,8 +24,10 @@ RANKS = {
     "analysis.approximated": 25, "analysis.magnitude": 25, "analysis.one_shot": 25, "analysis.activation": 25,
     "analysis.kernels": 18, "analysis.ranks": 19, "analysis": 30, "prune": 31,
     # presentation
-    "widget": 40, "widget.folder": 40, "widget.progress": 40, "widget.store": 41, "widget.choose": 41, "widget.cards": 42, "widget.charts": 42,
-    "widget.table": 42, "widget.panel": 42, "widget.app": 45,
+    "widget": 40, "widget.folder": 40, "widget.progress": 40, "widget.store": 41, "widget.choose": 41,
+    "widget.rules": 41, "widget.cards": 42, "widget.focus": 42, "widget.controls": 42, "widget.panel": 42,
+    "widget.bars": 43, "widget.table": 43, "widget.scatter": 44, "widget.curve": 44, "widget.charts": 45,
+    "widget.app": 46,
     "serve": 49, "cli": 50, "__main__": 61, "": 60,
 }
 

@@ -15,6 +15,6 @@ def test_quickstart_runs(tmp_path):
     out = tmp_path / "quickstart-out"
     assert [p.name for p in tmp_path.iterdir()] == ["quickstart-out"]      # nothing beside it (git ignores it)
     assert all((out / f"one_shot.{ext}").exists() for ext in ("json", "csv", "html"))
-    assert len(list((out / "profiles").glob("*.json"))) == 3
+    assert len(list((out / "profiles").glob("*.json"))) == 4      # approximated, baseline, activation, one-shot
     widget_views = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert len(widget_views) >= 2                      # the widget inline, and again in the sidecar

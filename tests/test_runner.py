@@ -181,9 +181,19 @@ def test_a_sequence_crossing_a_cut_gives_one_chunk(tmp_path):
                                    rtol=1e-5, atol=1e-5)
 
 
-def test_a_fast_model_is_cut_into_fewer_chunks(tmp_path):
+def test_a_fast_model_is_cut_into_fewer_chunks(tmp_path, monkeypatch):
     path, feeds = build("residual", tmp_path)
     mf = open_model(path)
-    cm = ChunkedModel(mf, [l.weight for l in read_graph(mf).layers], threads=1, probe=feeds)
-    # microseconds of compute: run overheads dominate, so the finest cut is undone
+    layers = [l.weight for l in read_graph(mf).layers]
+    finest = len(ChunkedModel(mf, layers, threads=1).chunks)
+    assert finest >= 3
+    # the choice compares the probe's run time with the per-run overhead: an overhead far above any run
+    # time this model can take on a loaded machine makes it "fast" for sure, so the finest cut is undone
+    monkeypatch.setattr(ChunkedModel, "RUN_OVERHEAD_S", 1.0)
+    monkeypatch.setattr(ChunkedModel, "FIRST_RUN_EXTRA_S", 0.0)
+    cm = ChunkedModel(mf, layers, threads=1, probe=feeds)
     assert len(cm.chunks) < 3 and cm.probe_env is None
+    # and an overhead of nothing keeps the finest cut and the probe's dense run
+    monkeypatch.setattr(ChunkedModel, "RUN_OVERHEAD_S", 1e-12)
+    cm = ChunkedModel(mf, layers, threads=1, probe=feeds)
+    assert len(cm.chunks) == finest and cm.probe_env is not None

@@ -2,7 +2,10 @@
 import gc
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 
@@ -46,7 +49,9 @@ def widget(tmp_path):
 
 
 def test_auto_profiles_cards_and_bars(widget):
-    assert set(widget.profiles) == {"Approximated", "Baseline"}
+    # with data the widget measures an activation-aware profile too, and shows it first (measured on data)
+    assert set(widget.profiles) == {"Approximated", "Baseline", "Activation-aware"}
+    assert widget.selected == "Activation-aware" and widget.profiles["Activation-aware"].recovery is not None
     assert {j["status"] for j in widget.jobs.values()} == {"done"}
     widget.selected = "Baseline"
     p = widget.profiles["Baseline"]
@@ -57,48 +62,45 @@ def test_auto_profiles_cards_and_bars(widget):
     assert cards["recovery"]["value"] == f"{s.weight_energy_kept:.1%}" and "not a recovery" in cards["recovery"]["detail"]
     assert cards["quantization"]["value"] == "not analysed" and cards["settings"]["value"] == "magnitude"
     bars = widget.charts.bars
-    assert widget.charts.sens_fig.marks == [bars]
+    assert widget.charts.sens_fig.marks[0] is bars and bars not in widget.charts.sens_fig.marks[1:]
     np.testing.assert_allclose(bars.y, p.sensitivities)
-    assert list(bars.x) == list(range(6)) and len(bars.colors) == 6
-    first = np.sort(p.sensitivities)[-1]                      # 6 layers: a fifth of them is 1 highlighted bar
-    assert [c == "#d62728" for c in bars.colors] == [v >= first for v in p.sensitivities]
-    np.testing.assert_array_equal(widget.charts.param_bars.y, [256] * 6)
+    assert list(bars.x) == list(range(6)) and bars.colors == ["#4c78a8"] * 6    # six similar layers: no outlier
+    np.testing.assert_array_equal(widget.charts.params.bars.y, [256] * 6)
 
 
 def test_tooltip_scale_modes_and_drill_down(widget):
     widget.selected = "Baseline"
     charts = widget.charts
-    charts._hover(charts.bars, {"data": {"index": 2}})
-    tip = charts.tooltip.value
+    charts.bars._handle_custom_msgs(None, {"event": "hover", "data": {"index": 2}})
+    tip = charts.sensitivity.readout.value
     layer = widget.profiles["Baseline"].layers[2]
-    for text in ("#2", "fc2", "MatMul", "fc2.weight", "[16, 16]", "256 params", f"{layer.sensitivity:.4g}"):
+    for text in ("#2", "fc2", "MatMul", "fc2.weight", "[16, 16]", "256 params", f"{layer.sensitivity:.3g}"):
         assert text in tip
     charts.mode.value = "log"
-    assert charts.bars.scales["y"] is charts.ys_log and charts.y_axis.scale is charts.ys_log
-    assert charts.bars.y.min() > 0
+    assert charts.bars.y.min() >= charts.bars.base and np.isfinite(charts.bars.y).all()
     charts.mode.value = "percent"
-    assert charts.bars.y.sum() == pytest.approx(100)
-    charts._click(charts.bars, {"data": {"index": 4}})
-    assert charts.curve_fig.title.startswith("#4 fc4")
-    (line,) = charts.curves
+    assert charts.bars.y.sum() == pytest.approx(1.0)
+    charts.bars._handle_custom_msgs(None, {"event": "element_click", "data": {"index": 4}})
+    assert "#4 fc4" in charts.curve.title.value
+    (line,) = charts.curve.curves
     np.testing.assert_allclose(line.x, layer.levels)
     np.testing.assert_allclose(line.y, widget.profiles["Baseline"].layers[4].values)
 
 
 def test_compare_grouped_and_normalised(widget):
     widget.selected = "Baseline"
-    widget.compare.value = ("Baseline", "Approximated")
+    widget.compare.value = ["Baseline", "Approximated"]
     assert widget.store.compare == ["Baseline", "Approximated"]
-    marks = widget.charts.sens_fig.marks
-    assert [m.labels for m in marks] == [["Baseline"], ["Approximated"]] and all(m.display_legend for m in marks)
+    marks = widget.charts.sensitivity.marks
+    assert widget.charts.sens_fig.marks[:2] == marks and [m.labels for m in marks] == [["Baseline"], ["Approximated"]]
     assert [np.abs(m.y).max() for m in marks] == pytest.approx([1.0, 1.0])   # normalised per profile
     assert marks[0].x[0] < 0 < marks[1].x[0] < 1 and marks[0].colors != marks[1].colors   # side by side
     widget.charts.normalise.value = False
     np.testing.assert_allclose(marks[1].y, widget.profiles["Approximated"].sensitivities)
     widget.charts.select_layer(0)
-    assert [l.labels[0] for l in widget.charts.curves] == ["Baseline", "Approximated"]
-    widget.compare.value = ("Baseline",)
-    assert widget.charts.sens_fig.marks == [marks[0]] and not marks[0].display_legend
+    assert [l.labels[0] for l in widget.charts.curve.curves] == ["Baseline", "Approximated"]
+    widget.compare.value = ["Baseline"]
+    assert widget.charts.sens_fig.marks[0] is marks[0] and marks[1] not in widget.charts.sens_fig.marks
 
 
 def test_target_slider_updates_cards(widget):
@@ -112,7 +114,7 @@ def test_target_slider_updates_cards(widget):
 
 def test_selection_sends_only_what_changed(widget):
     changes = []
-    widget.charts.param_bars.observe(lambda c: changes.append(c["name"]), names=["x", "y"])
+    widget.charts.params.bars.observe(lambda c: changes.append(c["name"]), names=["x", "y"])
     widget.selected = "Baseline"
     widget.selected = "Approximated"
     assert changes == []                                    # same layers: params bars untouched
@@ -279,8 +281,8 @@ def test_cancel_a_chosen_queued_job_and_remove_running_ones(widget, tmp_path):
         running.result(60)
     assert queued[0].result(60).name == "b"
     wait(widget)
-    assert set(widget.profiles) == {"Approximated", "Baseline", "b"}
-    assert names_on_disk(tmp_path / "profiles") == ["Approximated", "Baseline", "b"]
+    assert set(widget.profiles) == {"Approximated", "Activation-aware", "Baseline", "b"}
+    assert names_on_disk(tmp_path / "profiles") == ["Activation-aware", "Approximated", "Baseline", "b"]
     with pytest.raises(losswidget.SettingsError, match="No profile named 'running'"):
         widget.remove_profile("running")
 
@@ -294,10 +296,9 @@ def test_rename_rerun_remove_from_the_panel(widget, tmp_path):
     assert "exists" in panel.manage_message.value and "Baseline" in widget.profiles
     panel.new_name.value = "magnitude (SparseML)"
     panel.rename.click()
-    assert list(widget.profiles) == ["Approximated", "magnitude (SparseML)"] or \
-        list(widget.profiles) == ["magnitude (SparseML)", "Approximated"]
+    assert set(widget.profiles) == {"Activation-aware", "Approximated", "magnitude (SparseML)"}
     assert widget.selected == "magnitude (SparseML)" and widget.select.value == "magnitude (SparseML)"
-    assert names_on_disk(folder) == ["Approximated", "magnitude (SparseML)"]
+    assert names_on_disk(folder) == ["Activation-aware", "Approximated", "magnitude (SparseML)"]
     old = widget.profiles["magnitude (SparseML)"]
     panel.rerun.click()
     assert "Computing 'magnitude (SparseML)' again" in panel.manage_message.value
@@ -305,12 +306,12 @@ def test_rename_rerun_remove_from_the_panel(widget, tmp_path):
     new = widget.profiles["magnitude (SparseML)"]
     assert new is not old and new.name == old.name and new.levels == old.levels
     np.testing.assert_allclose(new.sensitivities, old.sensitivities)
-    assert names_on_disk(folder) == ["Approximated", "magnitude (SparseML)"]
+    assert names_on_disk(folder) == ["Activation-aware", "Approximated", "magnitude (SparseML)"]
     panel.remove.click()                                            # asks first
     assert panel.remove.description == "Remove magnitude (SparseML)?" and "magnitude (SparseML)" in widget.profiles
     panel.remove.click()
-    assert list(widget.profiles) == ["Approximated"] and widget.selected == "Approximated"
-    assert names_on_disk(folder) == ["Approximated"] and panel.remove.description == "Remove"
+    assert set(widget.profiles) == {"Activation-aware", "Approximated"} and widget.selected == "Activation-aware"
+    assert names_on_disk(folder) == ["Activation-aware", "Approximated"] and panel.remove.description == "Remove"
 
 
 def test_rerun_uses_the_settings_and_a_cancelled_rerun_keeps_the_old_profile(widget):
@@ -339,11 +340,11 @@ def test_rerun_uses_the_settings_and_a_cancelled_rerun_keeps_the_old_profile(wid
 
 def test_persistence_reload_and_remove(tmp_path, widget):
     folder = tmp_path / "profiles"
-    assert len(list(folder.glob("*.json"))) == 2
+    assert len(list(folder.glob("*.json"))) == 3
     again = LossProfileWidget(widget.store.model, profiles_dir=folder)
     again.wait()
-    assert set(again.profiles) == {"Approximated", "Baseline"} and again.jobs == {}      # nothing recomputed
-    assert again.selected == "Baseline" and again.select.value == "Baseline"            # measured before modelled
+    assert set(again.profiles) == {"Approximated", "Baseline", "Activation-aware"} and again.jobs == {}  # none redone
+    assert again.selected == "Activation-aware" and again.select.value == "Activation-aware"   # measured on data first
     assert again.cards.cards[0]["value"] == "1.5 k" and len(again.charts.bars.y) == 6
     assert again.profiles["Baseline"].layers == widget.profiles["Baseline"].layers
     assert again.store.model_hash == model_hash(widget.store.model) and again.store.ready
@@ -351,7 +352,7 @@ def test_persistence_reload_and_remove(tmp_path, widget):
     other.wait()
     assert other.profiles == {} and other.store.notices == []                           # matched by content hash
     again.remove_profile("Baseline")
-    assert "Baseline" not in again.profiles and len(list(folder.glob("*.json"))) == 1
+    assert "Baseline" not in again.profiles and len(list(folder.glob("*.json"))) == 2
     again.close()
     other.close()
 
@@ -480,6 +481,30 @@ def test_bad_files_in_profiles_dir_are_skipped_with_one_notice(tmp_path):
         assert name in notice
     assert "other.json" not in notice
     w.close()
+
+
+STORE_WITH_A_FIFO = """
+import os, sys, time
+sys.path.insert(0, sys.argv[2])
+from helpers import mlp, save
+from losswidget.widget.store import ProfileStore
+folder = os.path.join(sys.argv[1], "profiles")
+os.mkdir(folder)
+os.mkfifo(os.path.join(folder, "a.json"))           # a FIFO named like a profile: a plain open() blocks on it
+m, _ = mlp()
+store = ProfileStore(save(m, os.path.join(sys.argv[1], "m.onnx")), profiles_dir=folder)
+store.wait()
+print(store.notices)
+store.close()
+"""
+
+
+def test_a_fifo_in_profiles_dir_is_skipped_not_waited_on(tmp_path):
+    # in a child process: were the FIFO opened, the store's hash thread would block for ever
+    out = subprocess.run([sys.executable, "-c", STORE_WITH_A_FIFO, str(tmp_path), os.path.dirname(__file__)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Skipped 1 profile file(s)" in out.stdout and "a.json" in out.stdout and "FIFO" in out.stdout
 
 
 def test_a_model_changed_on_disk_is_reported(tmp_path):
@@ -611,3 +636,25 @@ def test_activation_profile_from_the_panel(widget, tmp_path):
     assert cards["recovery"]["label"] == "Est. recovery" and cards["settings"]["value"] == "activation (auto)"
     saved = losswidget.load_profile(next((tmp_path / "profiles").glob("*wanda*.json")))
     assert saved.plan(0.5).layers == p.plan(0.5).layers            # the norms are saved with it
+
+
+def test_data_gives_an_activation_profile_with_its_labels_set_aside(tmp_path):
+    path = net(tmp_path)
+    x, y = arr(12, 16), np.arange(12) % 4
+    w = LossProfileWidget(path, data={"x": x, "y": y})
+    wait(w)
+    assert w.store.labels == "y" and w.selected == "Activation-aware"
+    p = w.profiles["Activation-aware"]
+    assert p.method == "activation" and p.settings["samples"] == 12 and p.recovery is not None
+    w.close()
+    # two arrays beside the input: which one holds labels is not guessed; the failure says what to pass
+    w = LossProfileWidget(path, data={"x": x, "y": y, "z": y.astype(np.float32)})
+    wait(w)
+    assert w.store.labels is None and "Activation-aware" not in w.profiles
+    assert w.jobs["Activation-aware"]["status"] == "failed" and "pass labels='y'" in w.jobs["Activation-aware"]["error"]
+    w.close()
+    w = LossProfileWidget(path, data={"x": x}, labels=y)                     # labels given as an array
+    wait(w)
+    job = w.store.job("Activation-aware")
+    assert job.settings["labels"] is y and w.profiles["Activation-aware"].method == "activation"
+    w.close()

@@ -13,10 +13,13 @@ from ..errors import LossWidgetError
 from ..profile import LossProfile, profiles_to_csv, profiles_to_json
 from .cards import JS_DIR, SummaryCards, card_values
 from .charts import Charts
+from .controls import CompareChooser, Header
 from .panel import AddProfilePanel
 from .store import Job, ProfileStore
 
 AUTO_PROFILES = (("Approximated", "approximated"), ("Baseline", "magnitude"))
+# with data: one dense pass measures every layer on it (one-shot's pass per layer and level is asked for)
+DATA_AUTO_PROFILES = (("Activation-aware", "activation"),)
 
 
 def _slug(text: str) -> str:
@@ -100,21 +103,28 @@ def frontend() -> str:
 
 class LossProfileWidget(w.VBox):
     """Loss profiles of one ONNX model: summary cards, sensitivity and params charts, compare, drill-down and an
-    add-profile panel. Computes the "Approximated" and "Baseline" (magnitude) profiles in the background."""
+    add-profile panel. Computes the "Approximated" and "Baseline" (magnitude) profiles in the background, and
+    with `data` an "Activation-aware" one (`labels`: the key of the labels in the data, or an array, when
+    the data holds more than the model's inputs)."""
 
-    def __init__(self, model, *, data=None, profiles_dir=None, target_sparsity: float = 0.85, autostart: bool = True):
-        self.store = ProfileStore(model, data=data, profiles_dir=profiles_dir, target_sparsity=target_sparsity)
+    def __init__(self, model, *, data=None, labels=None, profiles_dir=None, target_sparsity: float = 0.85,
+                 autostart: bool = True):
+        self.store = ProfileStore(model, data=data, labels=labels, profiles_dir=profiles_dir,
+                                  target_sparsity=target_sparsity)
         self.cards = SummaryCards()
         self.cards.add_class("lw-summary")
         self.charts = Charts(self.store)
         self.panel = AddProfilePanel(self.store)
         self.exporter = Exporter(self.store)
-        self.select = w.Dropdown(description="Profile:", options=[])
+        self.header = Header()
+        self.select = w.Dropdown(description="Profile:", options=[], style={"description_width": "initial"},
+                                 layout=w.Layout(width="auto", max_width="100%"))
         self.select.add_class("lw-profile-select")
-        self.compare = w.SelectMultiple(description="Compare:", options=[], rows=3)
+        self.compare = CompareChooser()
         self.compare.add_class("lw-compare-select")
         self.target = w.FloatSlider(value=self.store.target, min=0.05, max=0.95, step=0.01, description="Target:",
-                                    readout_format=".0%", continuous_update=True)
+                                    readout_format=".0%", continuous_update=True,
+                                    style={"description_width": "initial"}, layout=w.Layout(width="auto"))
         self.target.add_class("lw-target-slider")
         self.sidecar = None
         self._syncing = False
@@ -122,20 +132,25 @@ class LossProfileWidget(w.VBox):
         self.message.add_class("lw-message")
         self.host = HostProbe()
         self.host.observe(self._host_known, "host")
-        controls = w.HBox([self.select, self.compare, self.target])
-        super().__init__([w.HTML("<h3 class='lw-title'>Loss profiles</h3>"), controls, self.cards,
-                          self.charts.mode, self.charts.normalise, self.charts.sens_fig, self.charts.params_fig,
-                          self.charts.curve_fig, self.exporter, self.panel, self.message, self.host])
+        controls = w.HBox([self.select, self.target], layout=w.Layout(flex_flow="row wrap"))
+        controls.add_class("lw-controls")
+        super().__init__([self.header, controls, self.compare, self.cards, self.charts.box, self.exporter,
+                          self.panel, self.message, self.host])
         self.add_class("losswidget")
         self.select.observe(self._select_changed, "value")
         self.compare.observe(self._compare_changed, "value")
+        self.store.observe(lambda _: self.header.show(self.store), names=["profiles"])
+        if self.store.has_trait("model_hash"):                 # a store that hashes in the background
+            self.store.observe(lambda _: self.header.show(self.store), names=["model_hash"])
+        self.header.show(self.store)
         self.target.observe(lambda c: setattr(self.store, "target", c["new"]), "value")
         self.store.observe(self._sync_controls, names=["profiles", "selected", "compare"])
         self.store.observe(lambda _: self._draw_cards(), names=["profiles", "selected", "target"])
         self._sync_controls(None)
         self._draw_cards()
         if autostart:
-            self.store.autostart(AUTO_PROFILES)       # once the hash is known, unless saved ones are found
+            # once the hash is known, unless saved ones are found
+            self.store.autostart(AUTO_PROFILES + (DATA_AUTO_PROFILES if data is not None else ()))
 
     # -- public surface --------------------------------------------------------------------------------
     @property
@@ -231,26 +246,31 @@ class LossProfileWidget(w.VBox):
             self.store.selected = change["new"]
 
     def _compare_changed(self, change) -> None:
-        chosen = [n for n in change["new"] if n in self.store.profiles]
-        if self.store.selected and self.store.selected not in chosen:
-            chosen = [self.store.selected] + chosen
-        if chosen != self.store.compare:
+        if self._syncing:
+            return                            # the store's own compare, echoed back: not the user's choice
+        chosen = [n for n in change["new"] if n in self.store.profiles and n != self.store.selected]
+        if self.store.selected:
+            chosen = [self.store.selected] + chosen              # the selected profile is always compared
+        if set(chosen) != set(self.store.compare):
             self.store.compare = chosen
 
     def _sync_controls(self, _change) -> None:
         names = list(self.store.profiles)
-        self._syncing = True                  # new options move the dropdown's value: not the user's choice
+        self._syncing = True                  # new options move the controls' values: not the user's choice
         try:
             if list(self.select.options) != names:
                 self.select.options = names
-                self.compare.options = names
             if self.store.selected in names and self.select.value != self.store.selected:
                 self.select.value = self.store.selected
+            with self.compare.hold_sync():
+                if self.compare.options != names:
+                    self.compare.options = names             # the store's order: a new profile comes last
+                self.compare.selected = self.store.selected
+                value = [n for n in names if n in self.store.compare]
+                if self.compare.value != value:
+                    self.compare.value = value
         finally:
             self._syncing = False
-        wanted = tuple(n for n in self.store.compare if n in names)
-        if self.compare.value != wanted:
-            self.compare.value = wanted
 
     def _draw_cards(self) -> None:
         profile = self.store.profiles.get(self.store.selected)

@@ -15,7 +15,7 @@ def _levels_text(levels) -> str:
     levels = list(levels)
     if len(levels) > 6:
         return f"{len(levels)} levels, {levels[0]:g}–{levels[-1]:g}"
-    return ", ".join(f"{l:g}" for l in levels)
+    return "levels " + ", ".join(f"{l:g}" for l in levels)
 
 
 def card_values(profile: LossProfile | None, target: float) -> list[dict]:
@@ -52,7 +52,7 @@ def card_values(profile: LossProfile | None, target: float) -> list[dict]:
          "detail": "L(0.95) − L(0) per layer", "tooltip": "Mean over layers of the loss change at 95% sparsity."},
         quality,
         {"key": "settings", "label": "Pruning settings", "value": method,
-         "detail": f"levels {_levels_text(profile.levels)}; target {target:g}",
+         "detail": f"{_levels_text(profile.levels)}; target {target:.0%}",
          "tooltip": "How this profile was computed."},
         {"key": "quantization", "label": "Quantization", "value": "not analysed", "detail": "",
          "tooltip": "Quantization sensitivity is future work."},

@@ -15,6 +15,8 @@ from typing import Callable
 
 from blake3 import blake3
 
+from ..errors import first_line
+from ..files import read_bytes
 from ..profile import LossProfile, load_profile
 
 
@@ -25,15 +27,9 @@ _MODEL = re.compile(r'"model":\s*\{\s*"path":\s*("(?:[^"\\]|\\.)*"|null),\s*"has
 
 def peek(path: Path) -> tuple[str | None, str] | None:
     """(model path, model hash) from the first 4 KB of a profile file, or None when not found there."""
-    with open(path, "rb") as f:
-        head = f.read(4096).decode("utf-8", "replace")
+    head = read_bytes(path, "profile", 4096, whole=False).decode("utf-8", "replace")
     found = _MODEL.search(head)
     return None if found is None else (json.loads(found.group(1)), found.group(2))
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def resolved(path) -> Path | None:

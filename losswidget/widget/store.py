@@ -31,12 +31,12 @@ from traitlets import Bool, Dict, Float, HasTraits, List, Unicode, observe
 
 from ..analysis import analyze, get_method, model_hash, registry
 from ..analysis.base import TARGET
-from ..data import model_inputs
-from ..errors import AnalysisCancelled, LossWidgetError, SettingsError
+from ..data import label_candidates, model_inputs
+from ..errors import AnalysisCancelled, LossWidgetError, SettingsError, first_line
 from ..graph import read_graph
 from ..onnxfile import open_model
 from ..profile import LossProfile, ModelInfo
-from .folder import ProfileFolder, first_line
+from .folder import ProfileFolder
 from .progress import Eta, LayerId, LiveProfile
 
 log = logging.getLogger(__name__)
@@ -122,10 +122,11 @@ class ProfileStore(HasTraits):
     ready = Bool(False)           # the hash is known and saved profiles are loaded
     notices = List(Unicode())     # things the user must know: unsaved profiles, skipped files, a changed model
 
-    def __init__(self, model, *, data=None, profiles_dir=None, target_sparsity: float = 0.85):
+    def __init__(self, model, *, data=None, labels=None, profiles_dir=None, target_sparsity: float = 0.85):
         super().__init__()
         self.model = str(model) if not hasattr(model, "SerializeToString") else model
         self.data = data
+        self.labels = labels                  # what data methods on the widget's data take as labels
         self.target = TARGET.check(target_sparsity, "the widget")
         try:
             folder = Path(profiles_dir).expanduser() if profiles_dir is not None else None
@@ -134,7 +135,13 @@ class ProfileStore(HasTraits):
         self.folder = ProfileFolder(folder, self._notice) if folder is not None else None
         with open_model(model) as mf:         # the header only: a bad model fails here, hashing waits
             graph = read_graph(mf)
-            self.inputs = [s.name for s in model_inputs(mf.model)]
+            specs = model_inputs(mf.model)
+            self.inputs = [s.name for s in specs]
+            if labels is None and isinstance(data, dict) and all(n in data for n in self.inputs):
+                # the one array beside the inputs that could be labels (as the panel suggests): data methods
+                # set it aside; only metric="loss" uses labels, and the panel asks for that explicitly
+                found = label_candidates(data, specs)
+                self.labels = found[0] if len(found) == 1 and len(data) == len(specs) + 1 else None
             self.model_path = str(mf.path) if mf.path else None
         self.layers = [LayerId(l.index, l.id, l.name, l.op_type, l.weight, tuple(l.shape), l.params)
                        for l in graph.layers]
@@ -400,6 +407,8 @@ class ProfileStore(HasTraits):
             if self.data is None:
                 raise SettingsError(f"{spec.label} profiles need data: pass data= to the widget or give an .npz path.")
             settings["data"] = self.data
+            if spec.setting("labels") is not None and self.labels is not None:
+                settings.setdefault("labels", self.labels)
         checked = spec.check(settings)        # bad settings are refused here, not after queueing
         job = Job(self, name, spec.name, settings, asked=asked, replaces=replaces)
         job.levels = tuple(float(x) for x in checked["sparsity_levels"])

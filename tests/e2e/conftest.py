@@ -22,10 +22,14 @@ def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab-root")
     port = free_port()
     log = open(root.parent / "lab.log", "w")
+    settings = root.parent / "lab-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True, exist_ok=True)             # no news prompt over the page's bottom right
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1", "--allow-root",
          f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}",
-         f"--LabApp.workspaces_dir={root.parent / 'workspaces'}", "--LabApp.news_url=None"],
+         f"--LabApp.workspaces_dir={root.parent / 'workspaces'}", "--LabApp.news_url=None",
+         f"--LabApp.user_settings_dir={root.parent / 'lab-settings'}", "--LabApp.expose_app_in_browser=True"],
         stdout=log, stderr=subprocess.STDOUT, env=dict(kernel_env(), LOSSWIDGET_FRONTEND="jupyterlab"))
     try:
         wait_for_port(port, proc)

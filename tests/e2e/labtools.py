@@ -79,6 +79,18 @@ def run_cell(page, index: int) -> None:
     page.keyboard.press("Shift+Enter")
 
 
+def set_theme(page, dark: bool) -> None:
+    """Switch JupyterLab's theme (the lab runs with expose_app_in_browser) and wait until it applies."""
+    name = "JupyterLab Dark" if dark else "JupyterLab Light"
+    page.evaluate("name => window.jupyterapp.commands.execute('apputils:change-theme', {theme: name})", name)
+    page.wait_for_function("name => document.body.dataset.jpThemeName === name", arg=name, timeout=30_000)
+
+
+def drawing_errors(page) -> list[str]:
+    """Console errors from drawing: SVG attributes that got NaN or negative sizes."""
+    return [m for m in page.console_messages if "NaN" in m or "Error: <" in m]
+
+
 def open_notebook7(page, server, name: str) -> None:
     """Open a notebook in Notebook 7 and wait until its kernel is idle."""
     page.goto(f"{server['url']}/notebooks/{name}?token={TOKEN}")

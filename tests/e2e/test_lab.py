@@ -43,8 +43,7 @@ def test_widget_draws_cards_bars_and_tooltip(page, lab):
                                                            "els => els.map(e => e.getAttribute('height'))")]
     assert all(h > 0 for h in heights)
     bars(page).nth(3).hover(force=True)
-    page.wait_for_selector(".lw-tip", timeout=10_000)
-    assert "classifier" in page.locator(".lw-tip").first.inner_text()
+    wait_until(lambda: "classifier" in page.locator(".lw-readout").first.inner_text(), what="the hovered layer")
     assert not widget_errors(page), widget_errors(page)
 
 

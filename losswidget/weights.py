@@ -247,21 +247,47 @@ class Weight:
             return None
         return stored_bytes(t) // self.rows
 
-    def slices(self, budget: int = DEFAULT_SLICE_BYTES, release: bool = False):
-        """The dequantized values in row slices (see `values`), in order, the file's bytes of the next slice
-        read on a reader thread while this one is worked on (only one slice's bytes ahead are held).
-        `release`: kept for callers; nothing of the file is mapped to drop."""
-        steps = self.steps(budget)
+    def _ahead(self, steps: list[tuple[int, int]], read):
+        """(r0, r1, read(r0, r1)) for each step in order, the next step's read running on a reader thread
+        while this one is worked on (one step's bytes ahead at most); in this thread when the rows are not
+        in a file one after another, or there is only one step."""
         if self._row_bytes() is None or len(steps) < 2:
             for r0, r1 in steps:
-                yield self.values(r0, r1)
+                yield r0, r1, read(r0, r1)
             return
-        ahead = _reader().submit(self._stored_rows, *steps[0])
+        ahead = _reader().submit(read, *steps[0])
         for k, (r0, r1) in enumerate(steps):
             rows = ahead.result()
             if k + 1 < len(steps):
-                ahead = _reader().submit(self._stored_rows, *steps[k + 1])
+                ahead = _reader().submit(read, *steps[k + 1])
+            yield r0, r1, rows
+
+    def slices(self, budget: int = DEFAULT_SLICE_BYTES, release: bool = False):
+        """The dequantized values in row slices (see `values`), in order, the file's bytes of the next slice
+        read ahead (`_ahead`). `release`: kept for callers; nothing of the file is mapped to drop."""
+        for r0, r1, rows in self._ahead(self.steps(budget), self._stored_rows):
             yield self.values(r0, r1, rows)
+
+    def half_slices(self, budget: int = DEFAULT_SLICE_BYTES):
+        """A 16-bit float weight as stored, in row slices read ahead, for kernels that count bit patterns:
+        float16 as float16, bfloat16 as its uint16 bit patterns (numpy has no bfloat16). Only a slice's
+        bytes are read at a time (bfloat16 too, which `values` reads whole, as float32)."""
+        t = self.ref.tensor
+        if self.ref.kind != "plain" or t.data_type not in (TensorProto.FLOAT16, TensorProto.BFLOAT16):
+            raise ValueError(f"'{t.name}' is not a plain float16 or bfloat16 weight")
+        if t.data_type == TensorProto.FLOAT16:
+            for r0, r1, rows in self._ahead(self.steps(budget), self._stored_rows):
+                yield rows
+            return
+        row_bytes = self._row_bytes()
+
+        def read(r0: int, r1: int) -> np.ndarray:
+            if row_bytes is None:                   # inside the message: decoded with the model already
+                values = np.ascontiguousarray(self.values(r0, r1), np.float32)
+                return (values.view(np.uint32) >> 16).astype(np.uint16)   # bfloat16 is float32's top half
+            return self.mf.read(t, r0 * row_bytes, (r1 - r0) * row_bytes).view(np.uint16).reshape(r1 - r0, -1)
+        for r0, r1, rows in self._ahead(self.steps(budget), read):
+            yield rows
 
     def _half(self) -> bool:
         return self.ref.kind == "plain" and self.ref.tensor.data_type == TensorProto.FLOAT16
@@ -277,6 +303,19 @@ class Weight:
                     buf = np.empty(part.size, np.float32)
                 part = abs_half(part, buf[:part.size].reshape(part.shape))
             yield part
+
+    def code_blocks(self, budget: int = DEFAULT_SLICE_BYTES):
+        """An nbits weight (without g_idx) as stored, in row slices read ahead, for kernels that count codes
+        instead of dequantizing them: (packed codes [rows, blocks, bytes per block] uint8, scales [rows,
+        blocks] float32, zero points [rows, blocks] float32 or one number, codes in each row's last block that
+        are weights). Its values are (code - zero point) x scale in float32. Only a slice's bytes are read at
+        a time; the shapes were checked against the node's attributes when the graph was read."""
+        if self.ref.kind != "nbits" or self.ref.g_idx is not None:
+            raise ValueError(f"'{self.ref.tensor.name}' is not an n-bit weight in blocks of consecutive codes")
+        _, k, bs, blocks = self._nbits_layout()
+        for r0, r1, rows in self._ahead(self.steps(budget), self._stored_rows):
+            scale, zp = self._nbits_params(r0, r1)
+            yield rows.reshape(r1 - r0, blocks, -1), scale, zp, k - (blocks - 1) * bs
 
     def reader(self, budget: int = DEFAULT_SLICE_BYTES, keep: int = 0, release_above: int = 1 << 29,
                absolute: bool = False):

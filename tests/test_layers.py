@@ -22,7 +22,7 @@ RANKS = {
     "identity": 9, "onnxfile": 10, "graph": 11, "weights": 12, "data": 13, "demo": 13,
     "analysis.base": 20, "analysis.runner": 21, "analysis.recovery": 22,
     "analysis.approximated": 25, "analysis.magnitude": 25, "analysis.one_shot": 25, "analysis.activation": 25,
-    "analysis.ranks": 19, "analysis": 30, "prune": 31,
+    "analysis.kernels": 18, "analysis.ranks": 19, "analysis": 30, "prune": 31,
     # presentation
     "widget": 40, "widget.folder": 40, "widget.progress": 40, "widget.store": 41, "widget.choose": 41,
     "widget.rules": 41, "widget.cards": 42, "widget.focus": 42, "widget.controls": 42, "widget.panel": 42,

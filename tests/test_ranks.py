@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from losswidget.analysis.ranks import has_numba, measure, measure_array
+from losswidget.analysis.ranks import has_numba, measure, measure_array, measure_codes, measure_half
 
 ENGINES = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(not has_numba(), reason="numba not installed"))]
 LEVELS = np.arange(100) / 100
@@ -180,7 +180,8 @@ def test_bad_input(engine):
         measure_array(np.ones(3), [0.5], engine)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         measure_array(np.ones(3, np.float32), [0.5, 1.5], engine)
-    rounds = iter([np.ones(10, np.float32), np.ones(9, np.float32)])
+    # ten distinct values in one bucket, so the cut at 0.55 sends pass 2 back to read them
+    rounds = iter([np.float32(1 + np.arange(10) * 2e-5), np.float32(1 + np.arange(9) * 2e-5)])
     with pytest.raises(ValueError, match="must not change"):
         measure(lambda: (next(rounds),), [0.55], engine)
     # a failure between the passes leaves nothing behind for the next layer
@@ -200,3 +201,150 @@ def test_engine_choice(monkeypatch):
     if has_numba():
         monkeypatch.setitem(sys.modules, "numba", importlib.import_module("numba"))
         assert default_engine(100_000) == "numba"            # already paid for
+
+
+# -- 16-bit floats: one pass over bit patterns (measure_half) ------------------------------------------------
+def _bfloat16(x32):
+    """bfloat16 bit patterns (uint16) of float32 values truncated to bfloat16, and those values as float32."""
+    bits = (np.asarray(x32, np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    return bits, (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _halves(rng):
+    """float16 arrays: every pattern, Gaussian weights, ties, subnormals, signed zeros, inf and NaN."""
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    yield every
+    yield every[(every.view(np.uint16) & 0x7C00) != 0x7C00]                    # every finite one
+    yield (rng.standard_normal(300_001) / 30).astype(np.float16)
+    yield rng.integers(-3, 4, 10_000).astype(np.float16)
+    yield (rng.random(5_000) * 6e-5).astype(np.float16)                           # subnormal float16s
+    yield np.array([-0.0, 0.0, 0.0, -1.0, 2.0], np.float16)
+    x = (rng.standard_normal(20_000)).astype(np.float16)
+    x[rng.integers(0, x.size, 20)] = np.inf
+    x[rng.integers(0, x.size, 3)] = -np.nan
+    yield x
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_float16_counted_by_pattern_agrees_with_sorting(engine):
+    rng = np.random.default_rng(16)
+    for x in _halves(rng):
+        for levels in _levels(rng):
+            with np.errstate(all="ignore"):
+                check(measure_half(lambda: (x,), levels, engine), x.astype(np.float32), levels)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_bfloat16_patterns_agree_with_sorting(engine):
+    rng = np.random.default_rng(17)
+    with np.errstate(over="ignore"):
+        sources = [rng.standard_normal(200_000) / 50, np.exp(rng.normal(0, 20, 50_000)),   # incl. 0, inf
+                   rng.random(3_000) * 1e-39, np.array([np.nan, -np.inf, -0.0, 1.0, 1.0, 3.0])]
+        converted = [_bfloat16(x) for x in sources]
+    for bits, values in converted:
+        for levels in _levels(rng):
+            with np.errstate(all="ignore"):
+                check(measure_half(lambda: (bits,), levels, engine, bfloat16=True), values, levels)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_half_slices_and_bad_input(engine):
+    x = (np.random.default_rng(3).standard_normal(100_000) / 7).astype(np.float16).reshape(100, 1000)
+    whole = measure_half(lambda: (x,), LEVELS, engine)
+    sliced = measure_half(lambda: (x[:13], x[13:14], x[14:14], x[14:]), LEVELS, engine)
+    assert np.array_equal(whole.values, sliced.values) and np.array_equal(whole.energy_kept, sliced.energy_kept)
+    assert measure_half(lambda: (), LEVELS, engine).flags == ("empty",)
+    with pytest.raises(TypeError, match="float16"):
+        measure_half(lambda: (x.astype(np.float32),), LEVELS, engine)
+    with pytest.raises(TypeError, match="uint16"):
+        measure_half(lambda: (x,), LEVELS, engine, bfloat16=True)
+
+
+# -- n-bit codes in blocks (measure_codes) ------------------------------------------------------------------
+def _blocks(rng, bits, rows, nblocks, block, last, zero_points):
+    """Random packed codes [rows, blocks, block·bits/8], scales, zero points (None: MatMulNBits' default, the
+    middle code; "int": one whole code per block; "float": off the code grid; "one": one number for all), and
+    the codes and the dequantized weights as numpy makes them."""
+    per = 8 // bits
+    codes = rng.integers(0, 1 << bits, (rows, nblocks, block)).astype(np.uint8)
+    packed = np.zeros((rows, nblocks, block // per), np.uint8)
+    for j in range(per):
+        packed |= codes[..., j::per] << (j * bits)
+    scale = (rng.standard_normal((rows, nblocks)) / 20).astype(np.float32)        # negative scales too
+    if zero_points is None:
+        zp = np.float32(1 << (bits - 1))
+    elif zero_points == "int":
+        zp = rng.integers(0, 1 << bits, (rows, nblocks)).astype(np.float32)
+    elif zero_points == "float":
+        zp = (rng.random((rows, nblocks)) * ((1 << bits) - 1)).astype(np.float32)
+    else:
+        zp = np.float32(3.0)
+    return (packed, scale, zp, last), codes, _dequantized(codes, scale, zp, last)
+
+
+def _dequantized(codes, scale, zp, last):
+    """(code - zp) x scale in float32, without the padding codes past `last` in each row's last block."""
+    rows, nblocks, block = codes.shape
+    with np.errstate(invalid="ignore"):
+        values = (codes.astype(np.float32) - np.broadcast_to(zp, scale.shape)[..., None]) * scale[..., None]
+    return values.reshape(rows, -1)[:, :(nblocks - 1) * block + last]
+
+
+CODE_CASES = [  # bits, rows, blocks, block size, codes in the last block, zero points
+    (4, 24, 5, 32, 32, "int"), (4, 24, 5, 32, 32, None), (4, 7, 3, 16, 5, "int"), (4, 9, 4, 64, 64, "float"),
+    (4, 5, 3, 128, 1, "one"), (2, 11, 6, 16, 16, "int"), (2, 6, 3, 32, 7, "float"), (2, 4, 2, 16, 16, None),
+    (8, 5, 3, 16, 9, "int"), (8, 4, 2, 32, 32, "float"), (4, 300, 40, 32, 32, "int"),
+]
+
+
+@pytest.mark.parametrize("case", CODE_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_codes_agree_with_sorting_the_dequantized_weights(case):
+    bits, rows, nblocks, block, last, zero_points = case
+    rng = np.random.default_rng(sum(map(hash, map(str, case))) % 1000)
+    blocks, _, values = _blocks(rng, bits, rows, nblocks, block, last, zero_points)
+    engines = [e if isinstance(e, str) else e.values[0] for e in ENGINES if isinstance(e, str) or has_numba()]
+    for levels in _levels(rng):
+        results = [measure_codes(lambda: (blocks,), bits, levels, e) for e in engines]
+        for got in results:
+            check(got, values, levels)
+        for got in results[1:]:                              # the engines make the same integer tables
+            assert np.array_equal(got.values, results[0].values)
+            assert np.array_equal(got.energy_kept, results[0].energy_kept)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_codes_in_slices_and_pieces_and_non_finite_scales(engine, monkeypatch):
+    import losswidget.analysis.ranks as ranks
+
+    rng = np.random.default_rng(5)
+    (packed, scale, zp, last), codes, _ = _blocks(rng, 4, 40, 9, 32, 20, "int")
+    scale[3, 2], scale[7, 0], scale[9, 8] = np.inf, np.nan, 0.0                     # 0 x inf is NaN, as dequantized
+    values = _dequantized(codes, scale, zp, last)
+    calls = []
+
+    def read():
+        calls.append(1)
+        return ((packed[a:b], scale[a:b], zp[a:b], last) for a, b in ((0, 3), (3, 3), (3, 29), (29, 40)))
+    monkeypatch.setattr(ranks, "PIECE", 100)         # rows and single rows cut into pieces, counts flushed often
+    with np.errstate(invalid="ignore"):
+        got = measure_codes(read, 4, LEVELS, engine)
+        check(got, values, LEVELS)
+    assert len(calls) <= 2 and got.flags == ("non_finite",)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_codes_bad_input(engine):
+    blocks, _, _ = _blocks(np.random.default_rng(1), 4, 3, 2, 16, 16, "int")
+    packed, scale, zp, last = blocks
+    with pytest.raises(ValueError, match="bits"):
+        measure_codes(lambda: (blocks,), 3, LEVELS, engine)
+    with pytest.raises(ValueError, match="scales"):
+        measure_codes(lambda: ((packed, scale[:, :1], zp, last),), 4, LEVELS, engine)
+    with pytest.raises(ValueError, match="last block"):
+        measure_codes(lambda: ((packed, scale, zp, 17),), 4, LEVELS, engine)
+    # every code 7 (x 0.1): one value, not 0, fills one bucket, so the cut at 0.55 sends pass 2 back to read it
+    same = (np.full((3, 2, 8), 0x77, np.uint8), np.full((3, 2), 0.1, np.float32), np.float32(0), 16)
+    rounds = iter([(same,), ((same[0][:2], same[1][:2], same[2], 16),)])
+    with pytest.raises(ValueError, match="must not change"):
+        measure_codes(lambda: next(rounds), 4, [0.55], engine)
+    check(measure_array(np.arange(5, dtype=np.float32), [0.5], engine), np.arange(5), [0.5])   # tables left clean

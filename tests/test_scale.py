@@ -163,3 +163,66 @@ def test_float16_magnitudes_by_their_bits_are_exact_for_every_value(engine, monk
         assert np.array_equal(got.view(np.uint32)[~np.isnan(expect)], expect.view(np.uint32)[~np.isnan(expect)])
     assert (weights._compiled_kernels() is not None) == (engine == "numba")
     assert want.size == 65536
+
+
+def test_pattern_and_code_readers_give_the_stored_weight_by_ranges(tmp_path):
+    """half_slices and code_blocks (the magnitude kernels' readers) give exactly what is stored, in slices of
+    rows read ahead, for weights in external data and inside the message."""
+    path = mixed_model(tmp_path)
+    with open_model(path) as mf:
+        for layer in read_graph(mf).layers:
+            w = Weight(mf, layer.ref)
+            for budget in (64, 1000, 1 << 20):
+                if layer.ref.kind == "nbits":
+                    parts = list(w.code_blocks(budget))
+                    assert len(parts) == len(w.steps(budget)) and all(p[3] == 16 for p in parts)
+                    packed = np.concatenate([p[0] for p in parts]).reshape(-1)
+                    assert np.array_equal(packed, w.stored().reshape(-1))
+                    codes = np.stack([packed & 15, packed >> 4], -1).reshape(w.rows, -1, 16)   # [N, blocks, 16]
+                    scale = np.concatenate([p[1] for p in parts])
+                    zp = np.concatenate([p[2] for p in parts])
+                    dequantized = (codes - zp[..., None]) * scale[..., None]
+                    assert np.array_equal(dequantized.astype(np.float32).reshape(w.rows, -1), w.values())
+                elif layer.ref.tensor.data_type == TensorProto.FLOAT16:
+                    parts = list(w.half_slices(budget))
+                    assert len(parts) == len(w.steps(budget)) and all(p.dtype == np.float16 for p in parts)
+                    assert np.array_equal(np.concatenate(parts).reshape(-1), w.stored().reshape(-1))
+                else:
+                    with pytest.raises(ValueError, match="float16"):
+                        next(w.half_slices(budget))
+                    with pytest.raises(ValueError, match="n-bit"):
+                        next(w.code_blocks(budget))
+
+
+@pytest.mark.parametrize("external", [True, False])
+def test_bfloat16_weights_are_read_as_patterns_and_measured_exactly(tmp_path, external):
+    w32 = (arr(96, 40, seed=2) * np.float32(3)).astype(np.float32)
+    bits = (w32.view(np.uint32) >> 16).astype(np.uint16)                       # bfloat16 by truncation
+    values = (bits.astype(np.uint32) << 16).view(np.float32)
+    t = helper.make_tensor("w", TensorProto.BFLOAT16, list(bits.shape), bits.tobytes(), raw=True)
+    nodes = [helper.make_node("Cast", ["x"], ["xb"], to=TensorProto.BFLOAT16),
+             helper.make_node("MatMul", ["xb", "w"], ["y"], name="fc")]
+    m = model(nodes, [vi("x", [1, 96])], [vi("y", None, TensorProto.BFLOAT16)], [t])
+    kw = dict(save_as_external_data=True, location="bf.data", size_threshold=0) if external else {}
+    path = save(m, tmp_path / "bf.onnx", **kw)
+    with open_model(path) as mf:
+        (layer,) = read_graph(mf).layers
+        w = Weight(mf, layer.ref)
+        parts = list(w.half_slices(1000))
+        assert len(parts) > 1 and all(p.dtype == np.uint16 for p in parts)
+        assert np.array_equal(np.concatenate(parts), bits)
+        assert np.array_equal(w.values(), values)
+    levels = [i / 100 for i in range(100)]
+    p = losswidget.analyze(path, "magnitude", sparsity_levels=levels)
+    s, out, prev = np.sort(np.abs(values).ravel()), [], 0
+    for level in levels:                                    # SparseML's rule over sorted |w|, float32 means
+        idx = min(round(level * s.size), s.size - 1)
+        if level <= 1e-9:
+            out.append(0.0)
+        elif idx > prev:
+            out.append(float(np.mean(s[prev:idx])))
+            prev = idx
+        else:
+            out.append(float(s[idx]))
+            prev = idx + 1
+    np.testing.assert_allclose(p.layers[0].values, out, rtol=1e-6)

@@ -1,13 +1,14 @@
 """Weight-magnitude measurements, number for number what SparseML's `pruning_loss_sens_magnitude` gives.
 
 For each level s the measurement is the mean |w| of the weights that pruning from the previous level to s
-removes (see DESIGN.md). The ranks come from analysis/ranks.py's two histogram passes, not from sorting
-|w|: weights come to the kernel by slices (weights.Weight.reader: float storage read from the file, the
-next slice read ahead; quantized storage dequantized a slice at a time; either kept for the second pass
-when it fits). Layers are spread over a thread pool, largest first (numba's passes
-release the GIL; so do the numpy engine's ufunc steps). Plans from these profiles weigh layers by the
-weight energy they lose (plan cost "energy", see plan.py): the mean |w| values carry each layer's own
-weight scale.
+removes (see DESIGN.md). The ranks come from analysis/ranks.py's counting kernels, not from sorting
+|w|, the kernel chosen by how the weight is stored (`_source`): 16-bit floats counted by bit pattern in one
+pass, MatMulNBits 2/4-bit codes counted per block without dequantizing, anything else as float32 |w| in two
+histogram passes. Weights come by slices read ahead (weights.Weight), so memory stays bounded whatever a
+layer's size; dequantized values are kept for the second pass when they fit KEEP_BYTES.
+Layers are spread over a thread pool, largest first (numba's passes release the GIL; so do the numpy
+engine's ufunc steps). Plans from these profiles weigh layers by the weight energy they lose (plan cost
+"energy", see plan.py): the mean |w| values carry each layer's own weight scale.
 
 With `executor=` (a concurrent.futures Executor: a process pool, or a Dask cluster's
 `client.get_executor()`), layers are shared out by their stored size: each task is one large layer, or
@@ -20,6 +21,7 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, wait
 
 import numpy as np
+from onnx import TensorProto
 
 from ..errors import AnalysisCancelled, ModelError, SettingsError
 from ..graph import Layer, read_graph
@@ -27,19 +29,40 @@ from ..identity import file_key
 from ..onnxfile import ModelFile, open_model, stored_bytes
 from ..weights import Weight
 from .base import TARGET, Context, Measured, Method, Result, levels_setting, run_layers
-from .ranks import default_engine, measure
+from .kernels import load_async
+from .ranks import default_engine, measure, measure_codes, measure_half
 
 SPARSEML_LEVELS = tuple(i / 100 for i in range(100))
 TASK_BYTES = 64 << 20              # small layers go to a worker together, up to this many stored bytes
 KEEP_BYTES = 256 << 20             # computed |w| kept between the kernel's passes (per worker thread)
+CODE_BITS = (2, 4)                 # n-bit codes counted per block (8-bit blocks have too many codes to pay)
+CODE_SLICE_BYTES = 16 << 20        # code slices by their float32 size: 4M codes, 2 MB packed (fewer calls)
+
+
+def _source(layer: Layer) -> str:
+    """How the kernel reads this layer's weight: 16-bit float patterns, n-bit codes or float32 |w|."""
+    ref = layer.ref
+    if ref.kind == "nbits" and ref.bits in CODE_BITS and ref.g_idx is None:
+        return "codes"
+    if ref.kind == "plain" and ref.tensor.data_type in (TensorProto.FLOAT16, TensorProto.BFLOAT16):
+        return "half"
+    return "values"
 
 
 def _measure_layer(mf: ModelFile, layer: Layer, levels: np.ndarray, engine: str) -> Measured:
-    """The kernel reads |w| twice, by slices (weights.Weight.reader): float32 storage as read from the
-    file, float16 as exact float32 |w|, dequantized values; kept between the passes when they fit
-    KEEP_BYTES (else read again)."""
-    r = measure(Weight(mf, layer.ref).reader(keep=KEEP_BYTES, absolute=True), levels, engine)
-    mf.release(layer.ref.tensor)
+    """One layer through the kernel that fits its storage (analysis/ranks.py), its weight read by slices
+    (weights.Weight): 16-bit floats counted by bit pattern in one pass; MatMulNBits codes counted per block,
+    never dequantized; anything else as float32 |w| in two passes (dequantized values kept between them
+    when they fit KEEP_BYTES)."""
+    w, t = Weight(mf, layer.ref), layer.ref.tensor
+    source = _source(layer)
+    if source == "codes":
+        r = measure_codes(lambda: w.code_blocks(CODE_SLICE_BYTES), layer.ref.bits, levels, engine)
+    elif source == "half":
+        r = measure_half(w.half_slices, levels, engine, bfloat16=t.data_type == TensorProto.BFLOAT16)
+    else:
+        r = measure(w.reader(keep=KEEP_BYTES, absolute=True), levels, engine)
+    mf.release(t)
     return Measured(r.values, r.energy_kept, r.energy, r.flags)
 
 
@@ -47,6 +70,10 @@ def run(ctx: Context) -> Result:
     engine = default_engine(sum(layer.params for layer in ctx.layers))
     if ctx.executor is not None:
         return _run_shared(ctx, engine)
+    if engine == "numba":
+        # loading starts while the first slices are read; layers wait for it rather than run on numpy
+        # meanwhile: numpy's passes hold the GIL the load needs (t12: the load took 3.7-6.6 s, not 1.1 s)
+        load_async()
     return Result(run_layers(ctx, lambda layer: _measure_layer(ctx.mf, layer, ctx.levels, engine)))
 
 

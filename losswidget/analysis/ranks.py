@@ -2,17 +2,27 @@
 
 The magnitude measurements (SparseML's rule, DESIGN.md "magnitude") need, per layer, the values at ~100
 rank boundaries and the sums between them, plus the sum of squares below each level's pruned count. A full
-sort costs O(n log n) and its speed depends on which SIMD sort the CPU gets; the same numbers come from two
-linear passes:
+sort costs O(n log n) and its speed depends on which SIMD sort the CPU gets; the same numbers come from
+counting, in one of three ways by how the weight is stored:
 
-1. a histogram over the top 19 bits of |x|'s float32 bits (non-negative float32 bit patterns order like
-   the floats, with NaN after +Inf as numpy sorts it): per bucket the count and the sum;
-2. only buckets with a rank boundary strictly inside are looked at again: a count per distinct value
-   (their remaining 12 bits), which places every element at those ranks exactly.
+- float32 values (`measure`), two linear passes:
+  1. a histogram over the top 19 bits of |x|'s float32 bits (non-negative float32 bit patterns order like
+     the floats, with NaN after +Inf as numpy sorts it): per bucket the count and the Σ of the values' low
+     12 bits (from which the bucket's Σx follows exactly);
+  2. only buckets with a rank boundary strictly inside are looked at again: a count per distinct value
+     (their remaining 12 bits), which places every element at those ranks exactly.
+- 16-bit floats (`measure_half`: float16, bfloat16), one pass: |x| of a 16-bit float has at most 2**15
+  bit patterns, each one exact value, so a count per pattern (a 32768-entry table) is the whole sorted
+  order: no conversion to float32, no second pass, each weight read once.
+- n-bit codes in blocks (`measure_codes`: MatMulNBits), two passes over items: within a block |w| =
+  |(code − zero point) × scale| takes at most 2**bits values, so a block's codes are counted from the packed
+  bytes and each distinct magnitude enters the float32 passes once with its count (about 8 items per
+  block of 32 4-bit codes); pass 2 counts a block's codes again only when one of its magnitudes lies in a
+  split bucket. Nothing is dequantized.
 
-Nothing is sorted, each value is read twice, and the tables are fixed-size whatever n is. Values may come
-in slices (a layer over a memory budget, external data read in large chunks): pass 1 accumulates over the
-slices and pass 2 asks for them again.
+Nothing is sorted, and the tables are fixed-size whatever n is. Values may come in slices (a layer over a
+memory budget, external data read in large chunks): pass 1 accumulates over the slices and pass 2 asks for
+them again.
 
 Rules (the same results as sorting |x| and applying the rule, up to float rounding):
 - sums are float64 (SparseML's mean is numpy's float32 pairwise mean; the two agree to ~1e-7 relative,
@@ -20,9 +30,9 @@ Rules (the same results as sorting |x| and applying the rule, up to float roundi
 - a bucket's Σx² is (Σx)²/count: its values lie within a factor 1 + 2**-11, so that is exact to 2**-24;
   buckets of subnormal values, too wide for that, go through pass 2 and are summed value by value;
 - the sign bit is ignored, so -0.0 counts as 0.0 and NaN with its sign bit set is still NaN;
-- `engine="numba"` runs both passes compiled (numba is optional; its pass 1 packs count and Σ of the low
-  bits into one int64 per bucket); `"numpy"` does them with np.add.at over slices of 2**16 values; both
-  feed the same resolution step.
+- `engine="numba"` runs the loops compiled (analysis/kernels.py; numba is optional), `"numpy"` does them
+  with np.add.at / np.bincount over slices of 2**16 values; both make the same integer tables (counts and
+  Σ of low bits), so the two engines give identical numbers and a run may mix them.
 """
 from __future__ import annotations
 
@@ -36,16 +46,14 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-HIGH = 19                              # bits of the level-1 key: 8 exponent + 11 mantissa bits
-LOW = 32 - 1 - HIGH                    # bits left for level 2: a level-2 key is one exact float value
-BUCKETS = 1 << HIGH
-SUB = 1 << LOW
+from .kernels import BUCKETS, HALF_PATTERNS, HALF_PIECE, HIGH, LOW, PIECE, SUB, compiled
+
 NON_FINITE = 0x7F800000 >> LOW         # first level-1 key of +Inf / NaN
+HALF_NON_FINITE = {False: 0x7C00, True: 0x7F80}   # first |x| pattern of +Inf / NaN: float16, bfloat16
 NUMPY_CHUNK = 1 << 16                  # the numpy engine's slice
-NUMBA_FROM = 1 << 25                   # values from which numba's one-off import pays off over numpy's engine
+NUMBA_FROM = 1 << 25                   # values from which numba's one-off load pays off over numpy's engine
 
 _local = threading.local()
-_nb = None                             # compiled kernels, once numba has been imported
 
 
 @dataclass(frozen=True)
@@ -64,15 +72,19 @@ def has_numba() -> bool:
 
 def default_engine(values: int) -> str:
     """The engine for measuring `values` values in all: "numba" where installed (`losswidget[fast]`) and
-    either already imported or the work repays importing it (~0.5 s, holding the GIL), else "numpy"."""
+    either already imported or the work repays loading it (~0.7 s of one core), else "numpy"."""
     if not has_numba():
         return "numpy"
     return "numba" if "numba" in sys.modules or values >= NUMBA_FROM else "numpy"
 
 
 def measure_array(values: np.ndarray, levels, engine: str = "numpy") -> RankMeasures:
-    """`measure` of one in-memory array (any shape; read as one flat slice)."""
-    flat = _as_float32(values).reshape(-1)
+    """`measure` of one in-memory array (any shape; read as one flat slice); float16 goes to `measure_half`."""
+    arr = np.asarray(values)
+    if arr.dtype == np.float16:
+        flat16 = np.ascontiguousarray(arr).reshape(-1)
+        return measure_half(lambda: (flat16,), levels, engine)
+    flat = _as_float32(arr).reshape(-1)
     return measure(lambda: (flat,), levels, engine)
 
 
@@ -85,37 +97,68 @@ def measure(read_slices: Callable[[], Iterable[np.ndarray]], levels, engine: str
     sorted |x| over [prev, idx), prev = idx; else sorted |x| at idx, prev = idx + 1. Energy kept is
     1 − Σ(smallest round(s·n) x²)/Σx² (1 where Σx² is 0 or not finite).
     """
+    levels = _levels(levels)
+    with _passes(engine) as passes:
+        return _select(levels, passes, lambda: passes.first(_float32_slices(read_slices())),
+                       lambda keys: passes.second(_float32_slices(read_slices()), keys))
+
+
+def measure_codes(read_blocks: Callable[[], Iterable[tuple]], bits: int, levels, engine: str = "numpy") -> RankMeasures:
+    """`measure` of n-bit codes in blocks, |(code − zero point) × scale| computed in float32 as dequantizing
+    does, without making those values.
+
+    `read_blocks()` yields (packed, scale, zero_point, last) per slice of rows: packed uint8 [rows, blocks,
+    bytes per block] (codes lowest bits first), scale float32 [rows, blocks], zero_point float32 [rows,
+    blocks] or one number, and `last`, the codes of each row's last block that are weights (the rest is
+    padding). It is called once or twice and must yield the same blocks each time. bits: 2, 4 or 8.
+    """
+    if bits not in (2, 4, 8):
+        raise ValueError(f"bits must be 2, 4 or 8, not {bits!r}")
+    levels = _levels(levels)
+    with _passes(engine) as passes:
+        return _select(levels, passes, lambda: passes.first_codes(_code_slices(read_blocks(), bits), bits),
+                       lambda keys: passes.second_codes(_code_slices(read_blocks(), bits), bits, keys))
+
+
+def measure_half(read_slices: Callable[[], Iterable[np.ndarray]], levels, engine: str = "numpy",
+                 bfloat16: bool = False) -> RankMeasures:
+    """`measure` of 16-bit floats in one pass: a count per bit pattern of |x| places every value exactly.
+
+    `read_slices()` (called once) yields float16 arrays, or with `bfloat16` uint16 arrays of bfloat16 bit
+    patterns (numpy has no bfloat16 dtype), of any shape. Sums are count × value in float64, exact per
+    pattern."""
+    levels = _levels(levels)
+    if engine not in ("numpy", "numba"):
+        raise ValueError(f"engine must be 'numpy' or 'numba', not {engine!r}")
+    counts = _half_counts(_half_slices(read_slices(), bfloat16), engine)
+    patterns = np.flatnonzero(counts)
+    k = counts[patterns]
+    n = int(k.sum())
+    if n == 0:
+        return RankMeasures(np.zeros(len(levels)), np.ones(len(levels)), 0.0, ("empty",))
+    if bfloat16:
+        v = (patterns.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    else:
+        v = patterns.astype(np.uint16).view(np.float16).astype(np.float64)
+    ranges, pruned, cuts = _plan(n, levels.tobytes())
+    isum, isq = _run_sums(np.cumsum(k) - k, k, v, cuts)
+    return _finish(levels, ranges, pruned, cuts, isum, isq, int(patterns[-1]) >= HALF_NON_FINITE[bfloat16])
+
+
+# -- input ------------------------------------------------------------------------------------------------
+def _levels(levels) -> np.ndarray:
     levels = np.asarray(levels, dtype=np.float64).reshape(-1)
     if not np.all(np.isfinite(levels)) or np.any(levels < 0) or np.any(levels > 1):
         raise ValueError(f"levels must lie in [0, 1]; got {levels.tolist()}")
+    return levels
+
+
+def _passes(engine: str):
     if engine == "numba":
-        passes = _numba_passes()
-    elif engine == "numpy":
-        passes = _NumpyPasses()
-    else:
-        raise ValueError(f"engine must be 'numpy' or 'numba', not {engine!r}")
-    with passes:
-        n = passes.first(_float32_slices(read_slices()))
-        if n == 0:
-            return RankMeasures(np.zeros(len(levels)), np.ones(len(levels)), 0.0, ("empty",))
-        keys, counts, sums = passes.buckets()                       # the non-empty buckets, in key order
-        # a bucket of normal floats spans a factor 1 + 2**-11, so (Σx)²/count is its Σx² to 2**-24
-        squares = sums * sums / counts
-        ranges, pruned, cuts = _plan(n, levels.tobytes())
-        starts = np.zeros(counts.size + 1, np.int64)
-        np.cumsum(counts, out=starts[1:])
-        inner = cuts[(cuts > 0) & (cuts < n)]
-        holding = np.searchsorted(starts, inner, "right") - 1          # the bucket each inner cut falls in
-        split = np.unique(holding[starts[holding] < inner])            # buckets a cut falls strictly inside
-        subnormal = (keys < 1 << (HIGH - 8)) & (sums > 0)               # too wide for the Σx² estimate: exact
-        if subnormal.any():
-            split = np.union1d(split, np.flatnonzero(subnormal))
-        values = (np.zeros(0, np.int64),) * 3                          # (split bucket, low bits, count)
-        if split.size:
-            seen, values = passes.second(_float32_slices(read_slices()), keys[split])
-            if seen != n:
-                raise ValueError(f"read_slices yielded {n} values, then {seen}: the slices must not change")
-    return _resolve(n, levels, ranges, pruned, cuts, keys, counts, sums, squares, starts, split, values)
+        return _NumbaPasses()
+    if engine == "numpy":
+        return _NumpyPasses()
+    raise ValueError(f"engine must be 'numpy' or 'numba', not {engine!r}")
 
 
 def _as_float32(values) -> np.ndarray:
@@ -132,6 +175,78 @@ def _float32_slices(slices: Iterable[np.ndarray]):
         s = _as_float32(s).reshape(-1)
         if s.size:
             yield s
+
+
+def _half_slices(slices: Iterable[np.ndarray], bfloat16: bool):
+    """Each slice's 16-bit patterns as a flat uint16 array."""
+    want = np.uint16 if bfloat16 else np.float16
+    for s in slices:
+        s = np.asarray(s)
+        if s.dtype != want:
+            raise TypeError(f"16-bit values must come as {np.dtype(want).name}"
+                            f"{' bit patterns' if bfloat16 else ''}, not {s.dtype}")
+        s = np.ascontiguousarray(s).reshape(-1).view(np.uint16)
+        if s.size:
+            yield s
+
+
+def _code_slices(blocks: Iterable[tuple], bits: int):
+    """Each slice of blocks checked and made contiguous: (packed, scale, zero points [rows, blocks] float32,
+    whether every zero point is a whole code, last)."""
+    per = 8 // bits
+    for packed, scale, zp, last in blocks:
+        packed = np.ascontiguousarray(packed, dtype=np.uint8)
+        if packed.ndim != 3:
+            raise ValueError(f"packed codes must be [rows, blocks, bytes per block], not of shape {list(packed.shape)}")
+        rows, nblocks, nb = packed.shape
+        scale = np.ascontiguousarray(scale, dtype=np.float32)
+        if scale.shape != (rows, nblocks):
+            raise ValueError(f"scales of shape {list(scale.shape)} do not match {rows} rows of {nblocks} blocks")
+        if not 0 < last <= nb * per:
+            raise ValueError(f"the last block holds {last} codes; a block holds {nb * per}")
+        if not packed.size:
+            continue
+        if np.ndim(zp) == 0:                         # one zero point for all (MatMulNBits' default)
+            z = np.float32(zp)
+            integral = bool(z == np.floor(z) and 0 <= z < 1 << bits)
+            zp = np.full((rows, nblocks), z, np.float32)
+        else:
+            zp = np.ascontiguousarray(np.broadcast_to(np.asarray(zp, np.float32), (rows, nblocks)))
+            integral = bool(np.all((zp == np.floor(zp)) & (zp >= 0) & (zp < 1 << bits)))
+        yield packed, scale, zp, integral, int(last)
+
+
+# -- the selection ------------------------------------------------------------------------------------------
+def _select(levels: np.ndarray, passes, first: Callable[[], int], second: Callable) -> RankMeasures:
+    """Pass 1, the buckets the cuts split, pass 2 over those only, and the resolution."""
+    n = first()
+    if n == 0:
+        return RankMeasures(np.zeros(len(levels)), np.ones(len(levels)), 0.0, ("empty",))
+    keys, counts, lows = passes.buckets()                       # the non-empty buckets, in key order
+    sums = _sums_from_low_bits(keys, counts, lows)
+    # a bucket of normal floats spans a factor 1 + 2**-11, so (Σx)²/count is its Σx² to 2**-24
+    squares = sums * sums / counts
+    ranges, pruned, cuts = _plan(n, levels.tobytes())
+    starts = np.zeros(counts.size + 1, np.int64)
+    np.cumsum(counts, out=starts[1:])
+    inner = cuts[(cuts > 0) & (cuts < n)]
+    holding = np.searchsorted(starts, inner, "right") - 1          # the bucket each inner cut falls in
+    split = np.unique(holding[starts[holding] < inner])            # buckets a cut falls strictly inside
+    subnormal = (keys < 1 << (HIGH - 8)) & (sums > 0)               # too wide for the Σx² estimate: exact
+    if subnormal.any():
+        split = np.union1d(split, np.flatnonzero(subnormal))
+    # a bucket whose low bits sum to 0 holds one value (its base: 0.0 for pruned or zero-code weights),
+    # already known exactly: only the others are counted again
+    one_value = lows[split] == 0
+    rows, cols, k = (np.flatnonzero(one_value), np.zeros(int(one_value.sum()), np.int64), counts[split[one_value]])
+    if not one_value.all():
+        seen, (r2, c2, k2) = second(keys[split[~one_value]])
+        if seen != n:
+            raise ValueError(f"the slices yielded {n} values, then {seen}: the slices must not change")
+        order = np.lexsort((np.concatenate([cols, c2]), np.concatenate([rows, np.flatnonzero(~one_value)[r2]])))
+        rows = np.concatenate([rows, np.flatnonzero(~one_value)[r2]])[order]
+        cols, k = np.concatenate([cols, c2])[order], np.concatenate([k, k2])[order]
+    return _resolve(n, levels, ranges, pruned, cuts, keys, sums, squares, starts, split, (rows, cols, k))
 
 
 @functools.lru_cache(maxsize=64)                       # a model's layers come in a few sizes
@@ -159,10 +274,10 @@ def _plan(n: int, level_bytes: bytes):
     return tuple(ranges), pruned, cuts
 
 
-def _resolve(n, levels, ranges, pruned, cuts, keys, counts, sums, squares, starts, split, values):
+def _resolve(n, levels, ranges, pruned, cuts, keys, sums, squares, starts, split, values):
     """Sum and sum of squares per interval between consecutive cuts, from whole buckets (which never
-    straddle a cut) and from the split buckets' exact values (a run of one value may straddle cuts when
-    values tie); then the rule's means, the energy kept and the flags."""
+    straddle a cut) and from the split buckets' exact values; then the rule's means, the energy kept and
+    the flags."""
     sums, squares = sums.copy(), squares.copy()
     sums[split] = squares[split] = 0.0                                  # counted value by value below
     isum, isq = _per_interval(starts[:-1], cuts, sums, squares)
@@ -173,20 +288,32 @@ def _resolve(n, levels, ranges, pruned, cuts, keys, counts, sums, squares, start
         below = np.cumsum(k) - k
         first = np.searchsorted(rows, np.arange(split.size))            # each split bucket's first value
         p = starts[split][rows] + below - below[first][rows]            # rank of each value's first copy
-        inner = cuts[1:-1]
-        r = np.maximum(np.searchsorted(p, inner, "right") - 1, 0)       # the value run at or before each cut
-        across = np.unique(r[(p[r] < inner) & (p[r] + k[r] > inner)])   # runs a cut falls strictly inside
-        kv, kvv = k * v, k * v * v
-        kv[across] = kvv[across] = 0.0
-        ssum, ssq = _per_interval(p, cuts, kv, kvv)
+        ssum, ssq = _run_sums(p, k, v, cuts)
         isum += ssum
         isq += ssq
-        for r in across.tolist():                                       # one value over several intervals
-            start, end, val = int(p[r]), int(p[r] + k[r]), float(v[r])
-            for j in range(int(np.searchsorted(cuts, start, "right")) - 1, int(np.searchsorted(cuts, end, "left"))):
-                c = min(end, int(cuts[j + 1])) - max(start, int(cuts[j]))
-                isum[j] += c * val
-                isq[j] += c * val * val
+    return _finish(levels, ranges, pruned, cuts, isum, isq, int(keys[-1]) >= NON_FINITE)
+
+
+def _run_sums(p: np.ndarray, k: np.ndarray, v: np.ndarray, cuts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Σx and Σx² per interval between consecutive cuts of runs of one value (first rank p, count k,
+    value v; in rank order): a run of tied values may straddle cuts and is shared out between them."""
+    inner = cuts[1:-1]
+    r = np.maximum(np.searchsorted(p, inner, "right") - 1, 0)       # the value run at or before each cut
+    across = np.unique(r[(p[r] < inner) & (p[r] + k[r] > inner)])   # runs a cut falls strictly inside
+    kv, kvv = k * v, k * v * v
+    kv[across] = kvv[across] = 0.0
+    isum, isq = _per_interval(p, cuts, kv, kvv)
+    for r in across.tolist():                                       # one value over several intervals
+        start, end, val = int(p[r]), int(p[r] + k[r]), float(v[r])
+        for j in range(int(np.searchsorted(cuts, start, "right")) - 1, int(np.searchsorted(cuts, end, "left"))):
+            c = min(end, int(cuts[j + 1])) - max(start, int(cuts[j]))
+            isum[j] += c * val
+            isq[j] += c * val * val
+    return isum, isq
+
+
+def _finish(levels, ranges, pruned, cuts, isum, isq, non_finite: bool) -> RankMeasures:
+    """The rule's means from the sums per interval, the energy kept and the flags."""
     total = isum.tolist()
     at = {c: i for i, c in enumerate(cuts.tolist())}
     out = np.zeros(len(levels))
@@ -200,8 +327,7 @@ def _resolve(n, levels, ranges, pruned, cuts, keys, counts, sums, squares, start
         kept = 1.0 - below[np.searchsorted(cuts, pruned)] / energy
     else:
         kept = np.ones(len(levels))
-    top = int(keys[-1])
-    flags = ("non_finite",) if top >= NON_FINITE else ("all_zero",) if energy == 0 else ()
+    flags = ("non_finite",) if non_finite else ("all_zero",) if energy == 0 else ()
     return RankMeasures(out, kept, energy, flags)
 
 
@@ -221,194 +347,6 @@ def _per_interval(run_starts: np.ndarray, cuts: np.ndarray, *weights: np.ndarray
     return out
 
 
-class _NumpyPasses:
-    """Both passes with numpy over slices of 2**16 values. np.add.at with matching dtypes takes its fast
-    path (~2 ns a value here) and, unlike bincount, costs nothing per empty bucket. The tables are kept per
-    thread and only the key range a layer used is read and re-zeroed, so a small layer costs little."""
-
-    def __enter__(self):
-        if getattr(_local, "np_counts", None) is None:
-            _local.np_counts = np.zeros(BUCKETS, np.int64)
-            _local.np_sums = np.zeros(BUCKETS)
-            _local.np_slot = np.zeros(BUCKETS, np.intp)
-        self.counts, self.s, self.slot = _local.np_counts, _local.np_sums, _local.np_slot
-        self.lo, self.hi = BUCKETS, -1
-        self.keys = np.empty(NUMPY_CHUNK, np.intp)
-        self.mags = np.empty(NUMPY_CHUNK, np.float32)
-        self.wide = np.empty(NUMPY_CHUNK)
-        return self
-
-    def __exit__(self, *exc):
-        if self.hi >= self.lo:                         # stopped between the passes: leave the tables zeroed
-            self.counts[self.lo:self.hi + 1] = 0
-            self.s[self.lo:self.hi + 1] = 0.0
-        return False
-
-    def _chunks(self, slices):
-        for s in slices:
-            for i in range(0, s.size, NUMPY_CHUNK):
-                x = s[i:i + NUMPY_CHUNK]
-                mags = np.abs(x, out=self.mags[:x.size])            # also clears NaN's sign bit
-                keys = self.keys[:x.size]
-                np.copyto(keys, mags.view(np.uint32))
-                yield mags, keys
-
-    def first(self, slices) -> int:
-        n = 0
-        for mags, keys in self._chunks(slices):
-            keys >>= LOW
-            n += keys.size
-            self.lo, self.hi = min(self.lo, int(keys.min())), max(self.hi, int(keys.max()))
-            np.add.at(self.counts, keys, 1)
-            wide = self.wide[:keys.size]
-            np.copyto(wide, mags)
-            np.add.at(self.s, keys, wide)
-        return n
-
-    def buckets(self):
-        counts, sums = self.counts[self.lo:self.hi + 1], self.s[self.lo:self.hi + 1]
-        at = np.flatnonzero(counts)
-        out = self.lo + at, counts[at], sums[at]
-        counts[:] = 0
-        sums[:] = 0.0
-        self.lo, self.hi = BUCKETS, -1
-        return out
-
-    def second(self, slices, buckets: np.ndarray):
-        slot = self.slot                                             # row in the value table; 0: not split
-        slot[buckets] = np.arange(1, buckets.size + 1)
-        try:
-            dense = None
-            hits, n = [], 0
-            for mags, keys in self._chunks(slices):
-                n += keys.size
-                code = slot[keys >> LOW]
-                code <<= LOW
-                code |= keys & (SUB - 1)
-                if dense is None and n > buckets.size * SUB:        # a layer this size fills a dense table
-                    dense = np.zeros((buckets.size + 1) * SUB, np.int64)
-                    for h in hits:
-                        np.add.at(dense, h, 1)
-                if dense is not None:
-                    np.add.at(dense, code, 1)
-                else:
-                    hits.append(code[code >= SUB])
-        finally:
-            slot[buckets] = 0
-        if dense is not None:
-            table = dense.reshape(-1, SUB)[1:]
-            rows, cols = np.nonzero(table)
-            return n, (rows, cols, table[rows, cols])
-        codes, counts = np.unique(np.concatenate(hits) if hits else np.zeros(0, np.intp), return_counts=True)
-        return n, ((codes >> LOW) - 1, codes & (SUB - 1), counts)
-
-
-def _numba_passes():
-    global _nb
-    if _nb is None:
-        _nb = _compile()
-    return _NumbaPasses()
-
-
-PIECE = 1 << 22                        # values per piece: a packed count (23 bits) cannot overflow within one
-ONE = 1 << 40                          # a packed row: count · 2**40 + Σ(low 12 bits)
-
-
-def _compile():
-    from numba import njit
-
-    u = np.uint32
-
-    @njit(nogil=True, cache=True)
-    def flush(packed, counts, lows, used):
-        for w in range(used.size):
-            word = used[w]
-            if word == 0:
-                continue
-            for b in range(64):
-                if (word >> np.uint64(b)) & np.uint64(1):
-                    k = w * 64 + b
-                    counts[k] += packed[k] >> np.int64(40)
-                    lows[k] += packed[k] & np.int64(ONE - 1)
-                    packed[k] = 0
-
-    @njit(nogil=True, cache=True)
-    def first(bits, packed, counts, lows, used, pending):
-        """Pass 1 over one slice: per bucket count and Σ low bits in one int64 (an 8-byte row keeps the
-        table's busy part in L2), moved to the wide tables before PIECE values pile up in it."""
-        n = bits.size
-        start = 0
-        while start < n:
-            if pending[0] >= PIECE:
-                flush(packed, counts, lows, used)
-                pending[0] = 0
-            stop = min(n, start + PIECE - pending[0])
-            for i in range(start, stop):
-                b = bits[i] & u(0x7FFFFFFF)
-                k = b >> u(LOW)
-                if packed[k] == 0:
-                    used[k >> u(6)] |= np.uint64(1) << np.uint64(k & u(63))
-                packed[k] += np.int64(ONE) + np.int64(b & u(SUB - 1))
-            pending[0] += stop - start
-            start = stop
-
-    @njit(nogil=True, cache=True)
-    def collect(packed, counts, lows, used, keys, c, s):
-        """The used rows in key order; leaves the tables zeroed for the next layer."""
-        m = 0
-        for w in range(used.size):
-            word = used[w]
-            if word == 0:
-                continue
-            for b in range(64):
-                if (word >> np.uint64(b)) & np.uint64(1):
-                    k = w * 64 + b
-                    keys[m] = k
-                    c[m] = counts[k] + (packed[k] >> np.int64(40))
-                    s[m] = lows[k] + (packed[k] & np.int64(ONE - 1))
-                    packed[k] = counts[k] = lows[k] = 0
-                    m += 1
-            used[w] = 0
-        return m
-
-    @njit(nogil=True, cache=True)
-    def second(bits, split, slot, sub, used):
-        """Pass 2: a count per exact value in the split buckets (`split[key]` is 1). The few hits are first
-        gathered without a branch per value (a mispredicted branch per hit cost more than the loop)."""
-        hits = np.empty(4096, np.int64)
-        n = bits.size
-        for start in range(0, n, 4096):
-            m = 0
-            for i in range(start, min(n, start + 4096)):
-                hits[m] = i
-                m += split[(bits[i] & u(0x7FFFFFFF)) >> u(LOW)]
-            for j in range(m):
-                b = bits[hits[j]] & u(0x7FFFFFFF)
-                r = slot[b >> u(LOW)]
-                c = b & u(SUB - 1)
-                if sub[r, c] == 0:
-                    used[r, c >> u(6)] |= np.uint64(1) << np.uint64(c & u(63))
-                sub[r, c] += 1
-
-    @njit(nogil=True, cache=True)
-    def collect_values(sub, used, rows, cols, counts):
-        m = 0
-        for r in range(used.shape[0]):
-            for w in range(used.shape[1]):
-                word = used[r, w]
-                if word == 0:
-                    continue
-                for b in range(64):
-                    if (word >> np.uint64(b)) & np.uint64(1):
-                        rows[m], cols[m], counts[m] = r, w * 64 + b, sub[r, w * 64 + b]
-                        sub[r, w * 64 + b] = 0
-                        m += 1
-                used[r, w] = 0
-        return m
-
-    return first, collect, second, collect_values
-
-
 def _sums_from_low_bits(keys: np.ndarray, counts: np.ndarray, lows: np.ndarray) -> np.ndarray:
     """Σ|x| per bucket from its count and Σ of the values' low 12 bits: within a bucket every value is
     (base + low) · 2**(exponent − 150), so the sum is exact up to float64 rounding."""
@@ -422,11 +360,176 @@ def _sums_from_low_bits(keys: np.ndarray, counts: np.ndarray, lows: np.ndarray) 
     return sums
 
 
+# -- the numpy engine -------------------------------------------------------------------------------------------
+def _code_items(packed, scale, zp, bits: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (magnitude, count) items of a slice of blocks, with numpy: codes unpacked, counted per block
+    (padding codes into a bin of their own), magnitudes |(code − zp) × scale| in float32."""
+    rows, nblocks, nb = packed.shape
+    per, codes = 8 // bits, 1 << bits
+    unpacked = np.empty((rows, nblocks, nb, per), np.intp)
+    for j in range(per):
+        np.bitwise_and(packed >> (j * bits) if j else packed, codes - 1, out=unpacked[..., j], casting="unsafe")
+    unpacked = unpacked.reshape(rows, nblocks, nb * per)
+    unpacked[:, -1, last:] = codes
+    unpacked += (np.arange(rows * nblocks, dtype=np.intp) * (codes + 1)).reshape(rows, nblocks, 1)
+    counts = np.bincount(unpacked.reshape(-1), minlength=rows * nblocks * (codes + 1))
+    counts = counts.reshape(rows * nblocks, codes + 1)[:, :codes]
+    mags = np.subtract(np.arange(codes, dtype=np.float32), zp.reshape(-1, 1), dtype=np.float32)
+    mags *= scale.reshape(-1, 1)
+    np.abs(mags, out=mags)
+    held = counts > 0
+    return mags[held], counts[held]
+
+
+def _half_counts(slices, engine: str) -> np.ndarray:
+    """A count per |x| bit pattern (int64 [2**15]) over 16-bit slices."""
+    total = np.zeros(HALF_PATTERNS, np.int64)
+    if engine == "numba":
+        count = compiled().half_count
+        table = getattr(_local, "half", None)
+        if table is None:
+            table = _local.half = np.zeros(HALF_PATTERNS, np.int32)
+        pending = 0
+        try:
+            for s in slices:
+                for start in range(0, s.size, HALF_PIECE):
+                    piece = s[start:start + HALF_PIECE]
+                    if pending + piece.size > HALF_PIECE:         # int32 counts: moved out before they overflow
+                        total += table
+                        table[:] = 0
+                        pending = 0
+                    count(piece, table)
+                    pending += piece.size
+            total += table
+        finally:
+            table[:] = 0
+        return total
+    for s in slices:
+        for start in range(0, s.size, 1 << 20):
+            total += np.bincount(s[start:start + (1 << 20)] & np.uint16(0x7FFF), minlength=HALF_PATTERNS)
+    return total
+
+
+class _NumpyPasses:
+    """Both passes with numpy over slices of 2**16 values (or items): np.add.at with matching dtypes takes
+    its fast path (~2 ns a value here) and, unlike bincount, costs nothing per empty bucket. The tables are
+    kept per thread and only the key range a layer used is read and re-zeroed, so a small layer costs
+    little. Like the compiled passes, a bucket's sum is kept as the Σ of its values' low bits (integers)."""
+
+    def __enter__(self):
+        if getattr(_local, "np_counts", None) is None:
+            _local.np_counts = np.zeros(BUCKETS, np.int64)
+            _local.np_lows = np.zeros(BUCKETS, np.int64)
+            _local.np_slot = np.zeros(BUCKETS, np.intp)
+        self.counts, self.lows, self.slot = _local.np_counts, _local.np_lows, _local.np_slot
+        self.lo, self.hi = BUCKETS, -1
+        self.bits = np.empty(NUMPY_CHUNK, np.uint32)
+        self.keys = np.empty(NUMPY_CHUNK, np.intp)
+        self.low = np.empty(NUMPY_CHUNK, np.int64)
+        return self
+
+    def __exit__(self, *exc):
+        if self.hi >= self.lo:                         # stopped between the passes: leave the tables zeroed
+            self.counts[self.lo:self.hi + 1] = 0
+            self.lows[self.lo:self.hi + 1] = 0
+        return False
+
+    def _chunks(self, slices, bits: int | None = None):
+        """(|x|'s float32 bits, their level-1 keys, weights or None) per chunk of values or code items."""
+        for s in slices:
+            if bits is None:
+                source, weights = s, None
+            else:
+                source, weights = _code_items(s[0], s[1], s[2], bits, s[4])
+            for i in range(0, source.size, NUMPY_CHUNK):
+                x = source[i:i + NUMPY_CHUNK]
+                b = self.bits[:x.size]
+                np.bitwise_and(x.view(np.uint32), 0x7FFFFFFF, out=b)
+                keys = self.keys[:x.size]
+                np.right_shift(b, LOW, out=keys, casting="unsafe")
+                yield b, keys, (None if weights is None else weights[i:i + NUMPY_CHUNK])
+
+    def first(self, slices) -> int:
+        return self._first(self._chunks(slices))
+
+    def first_codes(self, blocks, bits: int) -> int:
+        return self._first(self._chunks(blocks, bits))
+
+    def _first(self, chunks) -> int:
+        n = 0
+        for b, keys, w in chunks:
+            n += keys.size if w is None else int(w.sum())
+            self.lo, self.hi = min(self.lo, int(keys.min())), max(self.hi, int(keys.max()))
+            low = self.low[:keys.size]
+            np.bitwise_and(b, SUB - 1, out=low, casting="unsafe")
+            if w is None:
+                np.add.at(self.counts, keys, 1)
+            else:
+                np.add.at(self.counts, keys, w)
+                low *= w
+            np.add.at(self.lows, keys, low)
+        return n
+
+    def buckets(self):
+        counts, lows = self.counts[self.lo:self.hi + 1], self.lows[self.lo:self.hi + 1]
+        at = np.flatnonzero(counts)
+        out = self.lo + at, counts[at], lows[at]
+        counts[:] = 0
+        lows[:] = 0
+        self.lo, self.hi = BUCKETS, -1
+        return out
+
+    def second(self, slices, buckets: np.ndarray):
+        return self._second(self._chunks(slices), buckets)
+
+    def second_codes(self, blocks, bits: int, buckets: np.ndarray):
+        return self._second(self._chunks(blocks, bits), buckets)
+
+    def _second(self, chunks, buckets: np.ndarray):
+        slot = self.slot                                             # row in the value table; 0: not split
+        slot[buckets] = np.arange(1, buckets.size + 1)
+        try:
+            dense = None
+            hits, weights, n = [], [], 0
+            for b, keys, w in chunks:
+                n += keys.size if w is None else int(w.sum())
+                code = slot[keys]
+                code <<= LOW
+                code |= b & (SUB - 1)
+                if dense is None and n > buckets.size * SUB:        # a layer this size fills a dense table
+                    dense = np.zeros((buckets.size + 1) * SUB, np.int64)
+                    for h, hw in zip(hits, weights):
+                        np.add.at(dense, h, 1 if hw is None else hw)
+                if dense is not None:
+                    np.add.at(dense, code, 1 if w is None else w)
+                else:
+                    held = code >= SUB
+                    hits.append(code[held])
+                    weights.append(None if w is None else w[held])
+        finally:
+            slot[buckets] = 0
+        if dense is not None:
+            table = dense.reshape(-1, SUB)[1:]
+            rows, cols = np.nonzero(table)
+            return n, (rows, cols, table[rows, cols])
+        if not hits:
+            return n, (np.zeros(0, np.int64),) * 3
+        codes = np.concatenate(hits)
+        w = np.concatenate([np.ones(h.size, np.int64) if hw is None else hw for h, hw in zip(hits, weights)])
+        order = np.argsort(codes, kind="stable")
+        codes, w = codes[order], w[order]
+        first = np.flatnonzero(np.diff(codes, prepend=-1))
+        codes, counts = codes[first], np.add.reduceat(w, first) if first.size else w[:0]
+        return n, ((codes >> LOW) - 1, codes & (SUB - 1), counts)
+
+
+# -- the compiled engine ------------------------------------------------------------------------------------------
 class _NumbaPasses:
     """Both passes compiled. Tables live per thread and only their used rows (found through bitmaps) are
     read and re-zeroed, so a small layer pays for the buckets it fills, not for 2**19 rows."""
 
     def __enter__(self):
+        self.k = compiled()
         if getattr(_local, "packed", None) is None:
             _local.packed = np.zeros(BUCKETS, np.int64)
             _local.counts = np.zeros(BUCKETS, np.int64)
@@ -434,7 +537,9 @@ class _NumbaPasses:
             _local.used = np.zeros(BUCKETS // 64, np.uint64)
             _local.split = np.zeros(BUCKETS, np.uint8)
             _local.slot = np.zeros(BUCKETS, np.int32)
-        self.n, self.clean, self.pending = 0, False, np.zeros(1, np.int64)
+            _local.cnt = np.zeros(3 * 256, np.int64)      # codes counted in the middle third
+            _local.mags = np.zeros(256, np.uint32)
+        self.n, self.clean, self.pending = 0, False, 0
         return self
 
     def __exit__(self, *exc):
@@ -443,33 +548,70 @@ class _NumbaPasses:
                 getattr(_local, name)[:] = 0
         return False
 
+    def _room(self, m: int) -> None:
+        """Make room for m more values in the packed table (its counts have 23 bits per piece)."""
+        if self.pending + m > PIECE:
+            self.k.flush(_local.packed, _local.counts, _local.lows, _local.used)
+            self.pending = 0
+        self.pending += m
+
     def first(self, slices) -> int:
         for s in slices:
-            _nb[0](s.view(np.uint32), _local.packed, _local.counts, _local.lows, _local.used, self.pending)
+            bits = s.view(np.uint32)
+            for start in range(0, bits.size, PIECE):
+                piece = bits[start:start + PIECE]
+                self._room(piece.size)
+                self.k.first(piece, _local.packed, _local.used)
             self.n += s.size
+        return self.n
+
+    def first_codes(self, blocks, bits: int) -> int:
+        for packed, scale, zp, integral, last in blocks:
+            for p, s, z, l, m in _pieces(packed, scale, zp, last, bits):
+                self._room(m)
+                self.n += self.k.codes_first(p, s, z, integral, bits, l, _local.packed, _local.used, _local.cnt)
         return self.n
 
     def buckets(self):
         size = min(self.n, BUCKETS)
         keys, c, s = np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size, np.int64)
-        m = _nb[1](_local.packed, _local.counts, _local.lows, _local.used, keys, c, s)
+        m = self.k.collect(_local.packed, _local.counts, _local.lows, _local.used, keys, c, s)
         self.clean = True
-        keys, c = keys[:m], c[:m]
-        return keys, c, _sums_from_low_bits(keys, c, s[:m])
+        return keys[:m], c[:m], s[:m]
 
-    def second(self, slices, buckets: np.ndarray):
+    def _split_tables(self, buckets: np.ndarray):
         if getattr(_local, "sub", None) is None or _local.sub.shape[0] < buckets.size:
             _local.sub = np.zeros((max(buckets.size, 256), SUB), np.int64)      # kept zeroed by collect_values
             _local.sub_used = np.zeros((_local.sub.shape[0], SUB // 64), np.uint64)
-        sub, used = _local.sub[:buckets.size], _local.sub_used[:buckets.size]
+        return _local.sub[:buckets.size], _local.sub_used[:buckets.size]
+
+    def second(self, slices, buckets: np.ndarray):
+        def run(sub, used):
+            n = 0
+            for s in slices:
+                self.k.second(s.view(np.uint32), _local.split, _local.slot, sub, used)
+                n += s.size
+            return n
+        return self._second(buckets, run)
+
+    def second_codes(self, blocks, bits: int, buckets: np.ndarray):
+        def run(sub, used):
+            n = 0
+            for packed, scale, zp, integral, last in blocks:
+                for p, s, z, l, m in _pieces(packed, scale, zp, last, bits):
+                    self.k.codes_second(p, s, z, integral, bits, l, _local.split, _local.slot, sub, used,
+                                        _local.cnt, _local.mags)
+                    n += m
+            return n
+        return self._second(buckets, run)
+
+    def _second(self, buckets: np.ndarray, run):
+        sub, used = self._split_tables(buckets)
         split, slot = _local.split, _local.slot
         split[buckets] = 1
         slot[buckets] = np.arange(buckets.size)
         try:
-            n = 0
-            for s in slices:
-                _nb[2](s.view(np.uint32), split, slot, sub, used)
-                n += s.size
+            n = run(sub, used)
         except BaseException:
             sub[:] = 0
             used[:] = 0
@@ -478,5 +620,28 @@ class _NumbaPasses:
             split[buckets] = 0
         size = min(n, sub.size)
         rows, cols, counts = np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size, np.int64)
-        m = _nb[3](sub, used, rows, cols, counts)
+        m = self.k.collect_values(sub, used, rows, cols, counts)
         return n, (rows[:m], cols[:m], counts[:m])
+
+
+def _pieces(packed, scale, zp, last: int, bits: int):
+    """A slice of blocks as pieces of at most PIECE values (packed, scale, zp, last, values): by rows, and
+    a row longer than that by blocks (only the piece ending a row has its partial last block)."""
+    rows, nblocks, nb = packed.shape
+    full = nb * (8 // bits)
+    row_values = (nblocks - 1) * full + last
+    if rows * row_values <= PIECE:
+        yield packed, scale, zp, last, rows * row_values
+        return
+    if row_values <= PIECE:
+        step = PIECE // row_values
+        for r in range(0, rows, step):
+            e = min(rows, r + step)
+            yield packed[r:e], scale[r:e], zp[r:e], last, (e - r) * row_values
+        return
+    step = max(1, PIECE // full)
+    for r in range(rows):
+        for b in range(0, nblocks, step):
+            e = min(nblocks, b + step)
+            end = last if e == nblocks else full
+            yield packed[r:r + 1, b:e], scale[r:r + 1, b:e], zp[r:r + 1, b:e], end, (e - b - 1) * full + end

@@ -1,0 +1,316 @@
+"""The compiled loops of the magnitude kernel (analysis/ranks.py) and their loading.
+
+The loops are plain module-level functions, compiled by numba on first use (`compiled()`, or
+`load_async()` on a thread while the first slices are read), so numba's on-disk cache finds them again in the
+next process: a kernel defined inside a function, or calling another compiled kernel through a closure,
+was compiled afresh in every process (~1.5 s each time). No loop calls another, each is compiled for one
+signature of C-contiguous arrays (eagerly: a wrong dtype is a TypeError, never a silent recompile), and
+the module imports numba only inside `compiled()`, so the constants here cost nothing without it.
+
+Layout of the float32 passes (see ranks.py): a level-1 key is the top HIGH bits of |x|'s float32 bits
+(sign masked: 8 exponent and 11 mantissa bits), a level-2 key the remaining LOW bits, so a (key, low)
+pair is one exact value. Pass 1 packs a bucket's count and the Σ of its values' low bits into one int64
+(count · ONE + Σ low), moved into wide tables (`flush`) before PIECE values pile up in it. The n-bit
+passes make the same tables from (magnitude, count) items, one per distinct code of a block.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+HIGH = 19                              # bits of the level-1 key: 8 exponent + 11 mantissa bits
+LOW = 32 - 1 - HIGH                    # bits left for level 2: a level-2 key is one exact float value
+BUCKETS = 1 << HIGH
+SUB = 1 << LOW
+PIECE = 1 << 22                        # values per piece of pass 1: a packed count (23 bits) cannot overflow
+ONE = 1 << 40                          # a packed row: count · 2**40 + Σ(low 12 bits)
+HALF_PATTERNS = 1 << 15                # |x| bit patterns of a 16-bit float (sign masked)
+HALF_PIECE = 1 << 30                   # values counted in the int32 pattern table before it is flushed
+
+_U31 = np.uint32(0x7FFFFFFF)
+_ULOW = np.uint32(LOW)
+_UMASK = np.uint32(SUB - 1)
+_I40 = np.int64(40)
+_IMASK = np.int64(ONE - 1)
+_IONE = np.int64(ONE)
+_ONE64 = np.uint64(1)
+_SIX = np.uint32(6)
+_U63 = np.uint32(63)
+_HALF_MASK = np.uint16(0x7FFF)
+_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+# -- float32 values: ranks.py's two passes -----------------------------------------------------------------
+def first(bits, packed, used):
+    """Pass 1 over at most PIECE values (float32 bits): per bucket count and Σ low bits in one int64 (an
+    8-byte row keeps the table's busy part in L2); `used` marks the rows in use."""
+    for i in range(bits.size):
+        b = bits[i] & _U31
+        k = b >> _ULOW
+        if packed[k] == 0:
+            used[k >> _SIX] |= _ONE64 << np.uint64(k & _U63)
+        packed[k] += _IONE + np.int64(b & _UMASK)
+
+
+def flush(packed, counts, lows, used):
+    """Move the packed rows into the wide tables (before a piece's counts could overflow)."""
+    for w in range(used.size):
+        word = used[w]
+        if word == 0:
+            continue
+        for b in range(64):
+            if (word >> np.uint64(b)) & _ONE64:
+                k = w * 64 + b
+                counts[k] += packed[k] >> _I40
+                lows[k] += packed[k] & _IMASK
+                packed[k] = 0
+
+
+def collect(packed, counts, lows, used, keys, c, s):
+    """The used rows in key order (count and Σ low bits); leaves the tables zeroed for the next layer."""
+    m = 0
+    for w in range(used.size):
+        word = used[w]
+        if word == 0:
+            continue
+        for b in range(64):
+            if (word >> np.uint64(b)) & _ONE64:
+                k = w * 64 + b
+                n = counts[k] + (packed[k] >> _I40)
+                if n:                                   # a code item may mark a bucket with no count
+                    keys[m] = k
+                    c[m] = n
+                    s[m] = lows[k] + (packed[k] & _IMASK)
+                    m += 1
+                packed[k] = 0
+                counts[k] = 0
+                lows[k] = 0
+        used[w] = 0
+    return m
+
+
+def second(bits, split, slot, sub, used):
+    """Pass 2: a count per exact value in the split buckets (`split[key]` is 1, `slot[key]` its row of
+    `sub`). The few hits are first gathered without a branch per value (a mispredicted branch per hit cost
+    more than the loop)."""
+    hits = np.empty(4096, np.int64)
+    n = bits.size
+    for start in range(0, n, 4096):
+        m = 0
+        for i in range(start, min(n, start + 4096)):
+            hits[m] = i
+            m += split[(bits[i] & _U31) >> _ULOW]
+        for j in range(m):
+            b = bits[hits[j]] & _U31
+            r = slot[b >> _ULOW]
+            c = b & _UMASK
+            if sub[r, c] == 0:
+                used[r, c >> _SIX] |= _ONE64 << np.uint64(c & _U63)
+            sub[r, c] += 1
+
+
+def collect_values(sub, used, rows, cols, counts):
+    """The exact values counted by pass 2 (row of `sub`, low bits, count) in order; zeroes `sub`."""
+    m = 0
+    for r in range(used.shape[0]):
+        for w in range(used.shape[1]):
+            word = used[r, w]
+            if word == 0:
+                continue
+            for b in range(64):
+                if (word >> np.uint64(b)) & _ONE64:
+                    c = w * 64 + b
+                    if sub[r, c]:
+                        rows[m], cols[m], counts[m] = r, c, sub[r, c]
+                        m += 1
+                    sub[r, c] = 0
+            used[r, w] = 0
+    return m
+
+
+# -- 16-bit floats: one pass, a count per bit pattern ------------------------------------------------------
+def half_count(h, counts):
+    """counts[pattern of |x|] += 1 for each 16-bit float's bits in `h` (at most HALF_PIECE values: int32)."""
+    for i in range(h.size):
+        counts[h[i] & _HALF_MASK] += 1
+
+
+# -- n-bit codes in blocks (MatMulNBits): items of (magnitude, count) --------------------------------------
+def codes_first(packed, scale, zp, integral, bits, last, packed_t, used, cnt):
+    """Pass 1 over blocks of `bits`-bit codes: per block a count per code, then one weighted update per
+    distinct magnitude |(code - zp) x scale| (float32, as dequantized). With `integral` zero points (whole
+    numbers within the code range) codes zp ± d share the magnitude d x |scale| and are one item.
+
+    Updates are unconditional (an item of count 0 adds nothing) and a touched row marks its whole bitmap
+    word with a plain store (collect skips rows of count 0): branches and read-modify-writes per item cost
+    more. `cnt`: scratch of 3 x 2**bits, the codes counted in its middle third so that zp ± d never
+    leaves it. The last block of each row holds `last` codes (the rest is padding). 4-bit blocks with
+    integral zero points, the usual export, take a path with the sizes written in. Returns the values
+    counted (at most PIECE per call)."""
+    rows, blocks, nb = packed.shape
+    per = 8 // bits
+    mask = (1 << bits) - 1
+    codes = 1 << bits
+    total = 0
+    cnt[:] = 0
+    for r in range(rows):
+        for b in range(blocks):
+            valid = last if b == blocks - 1 else nb * per
+            total += valid
+            s = scale[r, b]
+            z = zp[r, b]
+            if bits == 4 and integral and valid == 2 * nb:
+                for c in range(16, 32):
+                    cnt[c] = 0
+                for i in range(nb):
+                    byte = packed[r, b, i]
+                    cnt[16 + (byte & 15)] += 1
+                    cnt[16 + (byte >> 4)] += 1
+                zi = int(z)
+                for d in range(max(zi, 15 - zi) + 1):
+                    k = np.int64(cnt[16 + zi + d] + (cnt[16 + zi - d] if d else 0))
+                    x = np.float32(abs(np.float32(d) * s)).view(np.uint32) & _U31
+                    key = x >> _ULOW
+                    used[key >> _SIX] = _ALL
+                    packed_t[key] += k * _IONE + k * np.int64(x & _UMASK)
+                continue
+            for c in range(codes, 2 * codes):
+                cnt[c] = 0
+            for v in range(valid):
+                cnt[codes + ((packed[r, b, v // per] >> ((v % per) * bits)) & mask)] += 1
+            if integral:
+                zi = int(z)
+                for d in range(max(zi, codes - 1 - zi) + 1):
+                    k = np.int64(cnt[codes + zi + d] + (cnt[codes + zi - d] if d else 0))
+                    x = np.float32(abs(np.float32(d) * s)).view(np.uint32) & _U31
+                    key = x >> _ULOW
+                    used[key >> _SIX] = _ALL
+                    packed_t[key] += k * _IONE + k * np.int64(x & _UMASK)
+            else:
+                for c in range(codes):
+                    k = np.int64(cnt[codes + c])
+                    x = np.float32(abs((np.float32(c) - z) * s)).view(np.uint32) & _U31
+                    key = x >> _ULOW
+                    used[key >> _SIX] = _ALL
+                    packed_t[key] += k * _IONE + k * np.int64(x & _UMASK)
+    return total
+
+
+def codes_second(packed, scale, zp, integral, bits, last, split, slot, sub, used, cnt, mags):
+    """Pass 2 over the same blocks: a block's magnitudes first (`mags`: scratch of 2**bits), its codes
+    counted only when one of them lies in a split bucket (a few percent of the blocks)."""
+    rows, blocks, nb = packed.shape
+    per = 8 // bits
+    mask = (1 << bits) - 1
+    codes = 1 << bits
+    cnt[:] = 0
+    for r in range(rows):
+        for b in range(blocks):
+            s = scale[r, b]
+            z = zp[r, b]
+            hit = 0
+            if integral:
+                zi = int(z)
+                items = max(zi, codes - 1 - zi) + 1
+                for d in range(items):
+                    x = np.float32(abs(np.float32(d) * s)).view(np.uint32) & _U31
+                    mags[d] = x
+                    hit |= split[x >> _ULOW]
+            else:
+                zi = 0
+                items = codes
+                for c in range(codes):
+                    x = np.float32(abs((np.float32(c) - z) * s)).view(np.uint32) & _U31
+                    mags[c] = x
+                    hit |= split[x >> _ULOW]
+            if hit == 0:
+                continue
+            for c in range(codes, 2 * codes):
+                cnt[c] = 0
+            valid = last if b == blocks - 1 else nb * per
+            if bits == 4 and valid == 2 * nb:
+                for i in range(nb):
+                    byte = packed[r, b, i]
+                    cnt[16 + (byte & 15)] += 1
+                    cnt[16 + (byte >> 4)] += 1
+            else:
+                for v in range(valid):
+                    cnt[codes + ((packed[r, b, v // per] >> ((v % per) * bits)) & mask)] += 1
+            for d in range(items):
+                if integral:
+                    k = cnt[codes + zi + d] + (cnt[codes + zi - d] if d else 0)
+                else:
+                    k = cnt[codes + d]
+                x = mags[d]
+                key = x >> _ULOW
+                if k and split[key]:
+                    row = slot[key]
+                    low = x & _UMASK
+                    if sub[row, low] == 0:
+                        used[row, low >> _SIX] |= _ONE64 << np.uint64(low & _U63)
+                    sub[row, low] += k
+
+
+# -- compiling ------------------------------------------------------------------------------------------------
+def _signatures(t) -> dict:
+    """Each loop's one signature (numba.types `t`): inputs read-only (views of a read-only file map or
+    buffer; a writable array converts), tables writable, all C-contiguous."""
+    def ro(dtype, ndim):
+        return t.Array(dtype, ndim, "C", readonly=True)
+    i64, u64 = t.int64[::1], t.uint64[::1]
+    return {
+        "first": t.void(ro(t.uint32, 1), i64, u64),
+        "flush": t.void(i64, i64, i64, u64),
+        "collect": t.int64(i64, i64, i64, u64, i64, i64, i64),
+        "second": t.void(ro(t.uint32, 1), t.uint8[::1], t.int32[::1], t.int64[:, ::1], t.uint64[:, ::1]),
+        "collect_values": t.int64(t.int64[:, ::1], t.uint64[:, ::1], i64, i64, i64),
+        "half_count": t.void(ro(t.uint16, 1), t.int32[::1]),
+        "codes_first": t.int64(ro(t.uint8, 3), ro(t.float32, 2), ro(t.float32, 2), t.boolean, t.int64, t.int64,
+                               i64, u64, i64),
+        "codes_second": t.void(ro(t.uint8, 3), ro(t.float32, 2), ro(t.float32, 2), t.boolean, t.int64, t.int64,
+                               t.uint8[::1], t.int32[::1], t.int64[:, ::1], t.uint64[:, ::1], i64, t.uint32[::1]),
+    }
+
+
+_compiled = None
+_lock = threading.Lock()
+_loading: threading.Thread | None = None
+
+
+class Kernels:
+    """The compiled loops, by name."""
+
+    def __init__(self, **fns):
+        self.__dict__.update(fns)
+
+
+def compiled() -> Kernels:
+    """The loops compiled by numba (loaded from its cache after the first run; ImportError without numba)."""
+    global _compiled
+    if _compiled is None:
+        with _lock:
+            if _compiled is None:
+                from numba import njit, types
+                g = globals()
+                _compiled = Kernels(**{name: njit(sig, nogil=True, cache=True)(g[name])
+                                       for name, sig in _signatures(types).items()})
+    return _compiled
+
+
+def load_async() -> None:
+    """Start loading the compiled loops on a thread (numba's import and its cache: ~0.5-2 s of one core,
+    mostly holding the GIL) unless they are loaded or loading; `compiled()` waits for it."""
+    global _loading
+    with _lock:
+        if _compiled is not None or (_loading is not None and _loading.is_alive()):
+            return
+        _loading = threading.Thread(target=_load_quietly, name="losswidget-numba", daemon=True)
+        _loading.start()
+
+
+def _load_quietly() -> None:
+    try:
+        compiled()
+    except Exception:                  # numba missing or broken: the numpy engine is used; compiled() raises
+        pass

@@ -1,12 +1,16 @@
 """Speed in the browser: a 500-layer model's widget in JupyterLab, driven by Playwright in Debian's Chromium.
 
-Measures (in the page's clock) the time from running the cell to all bars drawn, with the profiles cached
-in profiles_dir (goal < 2 s), and from picking another profile to its bars drawn (goal < 300 ms); and, for
-each, the time until every view is drawn too (the scatter's points, the layer table's rows), which follow
-the bars. The cell runs DISPLAYS times and the profile is switched SWITCHES times (alternating); medians,
+Measures, in the page's clock, the time from the Enter that runs the cell to the first animation frame with
+all bars in the page, with the profiles cached in profiles_dir (goal < 2 s), and from the profile select's
+change event to the frame with the new bars (goal < 300 ms); and, for each, the time until every view is
+drawn too (the scatter's points moved, the layer table's sensitivity column rewritten), which follow the
+bars. The cell runs DISPLAYS times and the profile is switched SWITCHES times (alternating); medians,
 with the range, since one run on a shared machine varies by 2x.
 
-  python benchmarks/browser_speed.py
+  python benchmarks/browser_speed.py [--screens DIR]
+
+A wait that times out prints what the page shows (bars and their heights, whether the scatter and the
+table changed, console errors) and saves a screenshot in --screens (default: the temp dir), then stops.
 """
 from __future__ import annotations
 
@@ -31,8 +35,9 @@ DRAWN = (f"n => [...document.querySelectorAll('{BARS}')].filter(e => !e.dataset.
          " && isFinite(parseFloat(e.getAttribute('height')))).length >= n")
 ALL_DRAWN = ("n => document.querySelectorAll('.lw-scatter-chart .dot:not([data-old])').length >= n"
              " && document.querySelectorAll('.lw-layer-table tbody tr.lw-row:not([data-old])').length >= 10")
+# bqplot's Scatter places each point's group (.object_grp); its .dot path carries no transform
 STATE = ("() => [[...document.querySelectorAll('" + BARS + "')].map(e => e.getAttribute('height')).join(),"
-         " [...document.querySelectorAll('.lw-scatter-chart .dot')].map(e => e.getAttribute('transform')).join(),"
+         " [...document.querySelectorAll('.lw-scatter-chart .object_grp')].map(e => e.getAttribute('transform')).join(),"
          " [...document.querySelectorAll('.lw-layer-table tbody tr.lw-row td:nth-child(5)')].map(e => e.textContent)"
          ".join()]")
 
@@ -50,11 +55,73 @@ def cpu_model() -> str:
         return "unknown CPU"
 
 
+DIAGNOSIS = """() => {
+  const bars = [...document.querySelectorAll('%s')];
+  const heights = bars.filter(e => !e.dataset.old).map(e => e.getAttribute('height'));
+  const finite = heights.filter(h => h !== null && isFinite(parseFloat(h)));
+  return {bars: bars.length, old_bars: bars.length - heights.length, finite: finite.length,
+          missing: heights.filter(h => h === null).length, nan: heights.filter(h => h !== null && !isFinite(parseFloat(h))).length,
+          distinct_heights: new Set(finite).size, first_heights: heights.slice(0, 8),
+          bar_marks: document.querySelectorAll('.lw-sensitivity-chart .bargroup').length,
+          dots: document.querySelectorAll('.lw-scatter-chart .dot:not([data-old])').length,
+          rows: document.querySelectorAll('.lw-layer-table tbody tr.lw-row:not([data-old])').length,
+          outputs: document.querySelectorAll('.lw-sensitivity-chart').length,
+          selected: (document.querySelector('.lw-profile-select select') || {}).value};
+}""" % BARS
+
+
+KERNEL_STATE = ("print('selected', w.store.selected, 'compare', w.store.compare)\n"
+                "print('bars', w.charts.bars.y[:6])\nprint('scatter', w.charts.scatter.points.y[:6])\n"
+                "print('table', [r['sensitivity'] for r in w.charts.table.rows[:6]], w.charts.table.sens_label)")
+
+
+class Timing:
+    """The page's waits; on a timeout, what the page shows, a screenshot, and the console's errors."""
+
+    def __init__(self, page, screens: Path):
+        self.page, self.screens, self.console = page, screens, []
+        page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
+        page.on("pageerror", lambda e: self.console.append(f"pageerror: {e}"))
+
+    def wait(self, what: str, expression: str, arg=None, timeout: float = 30_000, before=None) -> float:
+        """The page's clock (ms) at the first animation frame where `expression` holds."""
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+        try:
+            return self.page.wait_for_function(f"a => ({expression})(a) && performance.now()", arg=arg,
+                                               timeout=timeout, polling="raf").json_value()
+        except PlaywrightTimeout:
+            self.screens.mkdir(parents=True, exist_ok=True)
+            shot = self.screens / f"browser_speed-{what.replace(' ', '-')}.png"
+            self.page.screenshot(path=str(shot), full_page=True)
+            print(f"timed out waiting for {what} after {timeout / 1000:.0f} s; the page shows:", flush=True)
+            print(f"  {self.page.evaluate(DIAGNOSIS)}")
+            if before is not None:
+                now = self.page.evaluate(STATE)
+                print("  changed since the switch: " + ", ".join(
+                    f"{name} {'yes' if a != b else 'no'}" for name, a, b in zip(("bars", "scatter", "table"), before, now)))
+                print(f"  table sensitivity column before: {before[2][:200]!r}\n  now: {now[2][:200]!r}")
+            errors = [m for m in self.console if m.startswith(("error", "pageerror", "warning"))]
+            print(f"  console errors / warnings ({len(errors)}): " + "\n    ".join([""] + errors[-20:]))
+            print(f"  screenshot: {shot}", flush=True)
+            cell = self.page.locator(".jp-Notebook .jp-Cell").nth(2)       # what the kernel holds
+            cell.locator(".jp-InputArea-editor").click(force=True)
+            self.page.keyboard.press("Shift+Enter")
+            self.page.wait_for_timeout(3000)
+            print("  kernel side: " + cell.locator(".jp-OutputArea").inner_text().replace("\n", "\n    "))
+            raise
+
+
 def main() -> None:
+    import argparse
+
     from playwright.sync_api import sync_playwright
 
     from losswidget.widget.app import LossProfileWidget
 
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--screens", type=Path, default=Path(tempfile.gettempdir()),
+                        help="where a timed-out wait saves its screenshot")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = root / "t83.onnx"
@@ -63,7 +130,7 @@ def main() -> None:
         layers = len(warm.wait()["Baseline"].layers)
         warm.close()
         notebook(root / "speed.ipynb", "from losswidget import LossProfileWidget",
-                 f"w = LossProfileWidget({str(model)!r}, profiles_dir={str(root / 'profiles')!r})\nw")
+                 f"w = LossProfileWidget({str(model)!r}, profiles_dir={str(root / 'profiles')!r})\nw", KERNEL_STATE)
         port = free_port()
         proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
                                  "--ip=127.0.0.1", "--allow-root", f"--IdentityProvider.token={TOKEN}",
@@ -75,7 +142,12 @@ def main() -> None:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
                                                                             "--disable-background-networking"])
                 page = browser.new_page(viewport={"width": 1400, "height": 1600})
+                timing = Timing(page, args.screens)
                 open_notebook(page, {"url": f"http://127.0.0.1:{port}"}, "speed.ipynb")
+                # the start of each measure, in the page's clock: the Enter that runs the cell, the select's change
+                page.evaluate("() => { document.addEventListener('keydown', e => { if (e.key === 'Enter') "
+                              "window.lwStart = performance.now(); }, true); document.addEventListener('change', "
+                              "e => { if (e.target.closest('.lw-profile-select')) window.lwStart = performance.now(); }, true); }")
                 cells = page.locator(".jp-Notebook .jp-Cell")
                 cells.nth(0).locator(".jp-InputArea-editor").click(force=True)
                 page.keyboard.press("Shift+Enter")                   # imports first: not part of the measure
@@ -87,26 +159,26 @@ def main() -> None:
                     page.evaluate("() => document.querySelectorAll('.lw-sensitivity-chart rect, .lw-scatter-chart"
                                   " .dot, .lw-layer-table tr').forEach(e => { e.dataset.old = '1'; })")
                     cells.nth(1).locator(".jp-InputArea-editor").click(force=True)
-                    t0 = page.evaluate("() => performance.now()")
                     page.keyboard.press("Shift+Enter")
-                    page.wait_for_function(DRAWN, arg=layers, timeout=60_000, polling="raf")
-                    drawn.append(page.evaluate("() => performance.now()") - t0)
-                    page.wait_for_function(ALL_DRAWN, arg=layers, timeout=60_000, polling="raf")
-                    drawn_all.append(page.evaluate("() => performance.now()") - t0)
+                    t_bars = timing.wait("bars drawn", DRAWN, layers, 60_000)
+                    t_all = timing.wait("every view drawn", ALL_DRAWN, layers, 60_000)
+                    t0 = page.evaluate("() => window.lwStart")
+                    drawn.append(t_bars - t0)
+                    drawn_all.append(t_all - t0)
                     time.sleep(2)
                 switched, switched_all = [], []
                 for k in range(SWITCHES):
                     bars, dots, rows = page.evaluate(STATE)
-                    t1 = page.evaluate("() => performance.now()")
                     select = page.locator(".lw-profile-select select")
                     select.select_option("Approximated" if select.input_value() == "Baseline" else "Baseline")
-                    page.wait_for_function(f"b => [...document.querySelectorAll('{BARS}')]"
-                                           ".map(e => e.getAttribute('height')).join() !== b", arg=bars,
-                                           timeout=30_000, polling="raf")
-                    switched.append(page.evaluate("() => performance.now()") - t1)
-                    page.wait_for_function(f"([d, r]) => ({STATE})()[1] !== d && ({STATE})()[2] !== r",
-                                           arg=[dots, rows], timeout=30_000, polling="raf")
-                    switched_all.append(page.evaluate("() => performance.now()") - t1)
+                    t_bars = timing.wait(f"bars switched {k}", f"b => [...document.querySelectorAll('{BARS}')]"
+                                ".map(e => e.getAttribute('height')).join() !== b", bars, 30_000,
+                                before=(bars, dots, rows))
+                    t_all = timing.wait(f"every view switched {k}", f"([d, r]) => ({STATE})()[1] !== d && ({STATE})()[2] !== r",
+                                [dots, rows], 30_000, before=(bars, dots, rows))
+                    t1 = page.evaluate("() => window.lwStart")
+                    switched.append(t_bars - t1)
+                    switched_all.append(t_all - t1)
                     time.sleep(1.5)
                 browser.close()
         finally:

@@ -68,6 +68,22 @@ def test_auto_profiles_cards_and_bars(widget):
     np.testing.assert_array_equal(widget.charts.params.bars.y, [256] * 6)
 
 
+def test_sensitivity_figure_keeps_its_marks_as_profiles_arrive(tmp_path):
+    # bqplot draws marks set on a figure only once its first marks are drawn: the bars must be there from the start
+    w = LossProfileWidget(net(tmp_path), profiles_dir=tmp_path / "profiles", autostart=False)
+    try:
+        fig, bars = w.charts.sens_fig, w.charts.bars
+        assert fig.marks[0] is bars and len(bars.y) == 0
+        changes = []
+        fig.observe(lambda c: changes.append(c["new"]), names=["marks"])
+        w.add_profile("Baseline").result(60)
+        wait(w)
+        assert changes == [] and w.charts.bars is bars
+        np.testing.assert_allclose(bars.y, w.profiles["Baseline"].sensitivities)
+    finally:
+        w.close()
+
+
 def test_tooltip_scale_modes_and_drill_down(widget):
     widget.selected = "Baseline"
     charts = widget.charts

@@ -172,7 +172,12 @@ class SensitivityChart:
                               grid_lines="none", label_offset="34px")
         self.y_axis = bq.Axis(scale=self.ys, side="left", label=Y_LABEL["values"], tick_format=".3~g",
                               label_offset="48px")
-        self.fig = bq.Figure(marks=[], axes=[self.x_axis, self.y_axis], fig_margin=dict(MARGIN),
+        # the first profile's bars are in the figure from the start and stay there: bqplot 0.13.1's figure
+        # listens for new marks only once its first marks are drawn, and marks set in between (profiles loaded
+        # from profiles_dir as the widget appears) were never drawn, the chart left empty
+        self._mark(0)
+        self.fig = bq.Figure(marks=[self.marks[0], self.cut_line, self.overflow, self.pointer],
+                             axes=[self.x_axis, self.y_axis], fig_margin=dict(MARGIN),
                              display_toolbar=False, padding_y=0.0, layout=w.Layout(width="100%", height="300px"))
         self.fig.add_class("lw-sensitivity-chart")
         toolbar = w.HBox([self.mode, self.cut, self.normalise], layout=w.Layout(flex_flow="row wrap"))
@@ -226,6 +231,10 @@ class SensitivityChart:
                 mark.labels = [f.names[k]]
                 mark.display_legend = False
             figure_marks.append(mark)
+        if not figure_marks:                               # no profile: the first bars stay, empty
+            with self.marks[0].hold_sync():
+                self.marks[0].x, self.marks[0].y = [], []
+            figure_marks.append(self.marks[0])
         over_x, over_t = [], []
         for k, (row, over) in enumerate(zip(f.values, f.over)):
             for j in np.flatnonzero(over):

@@ -27,7 +27,11 @@ class Later:
     """Redraw a secondary view (scatter, table, curve) a moment after a change, on the kernel's loop: the
     sensitivity bars, the chart a profile switch is about, reach the browser and paint first, and the
     changes of one switch (`selected`, then `compare`) make one redraw. Without a kernel (scripts, tests)
-    the redraw runs at once."""
+    the redraw runs at once.
+
+    The timer is set through `add_callback`, the loop's only thread-safe entry: JupyterLab 4.6 sends widget
+    messages to an ipykernel 7 subshell, so a change made in the page arrives on another thread, and a timer
+    set from there never wakes the kernel's loop (the views stayed stale until the next cell ran)."""
 
     def __init__(self, redraw):
         self.redraw, self.pending = redraw, False
@@ -42,7 +46,7 @@ class Later:
             self.redraw()
         elif not self.pending:
             self.pending = True
-            loop.call_later(FOLLOW_S, self._run)
+            loop.add_callback(loop.call_later, FOLLOW_S, self._run)
 
     def _run(self) -> None:
         self.pending = False

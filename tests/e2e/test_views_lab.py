@@ -180,6 +180,27 @@ def test_readout_drill_down_and_compare(page, lab):
     assert not widget_errors(page), widget_errors(page)
 
 
+def test_every_view_follows_each_profile_switch(page, lab):
+    # JupyterLab 4.6 sends widget messages to a kernel subshell (another thread) once one is started: the views
+    # that redraw a moment after a switch (scatter, table) must follow the second and later switches too
+    start(page, lab, "switch.ipynb")
+    select = page.locator(".jp-OutputArea-output .lw-profile-select select")
+    caption = page.locator(".jp-OutputArea-output .lw-chart-block:has(.lw-scatter-chart) .lw-key")
+    rows = page.locator(".jp-OutputArea-output .lw-layer-table tbody tr.lw-row")
+    table = {"Approximated": " | ".join(rows.all_inner_texts()[:6])}
+    assert caption.inner_text().startswith("Approximated")
+    for name in ["Baseline", "Approximated", "Baseline", "Approximated"]:
+        select.select_option(name)
+        wait_until(lambda: caption.inner_text().startswith(name), timeout=15, what=f"the scatter showing {name}")
+        if name not in table:
+            wait_until(lambda: " | ".join(rows.all_inner_texts()[:6]) != table["Approximated"], timeout=15,
+                       what="the table showing Baseline")
+            table[name] = " | ".join(rows.all_inner_texts()[:6])
+        wait_until(lambda: " | ".join(rows.all_inner_texts()[:6]) == table[name], timeout=15,
+                   what=f"the table showing {name}")
+    assert not widget_errors(page), widget_errors(page)
+
+
 LAYOUT_JS = """root => {
   const r = e => e.getBoundingClientRect();
   const within = [...root.querySelectorAll('.lw-controls > *, .lw-toolbar > *, .lw-compare > *, .lw-card,'

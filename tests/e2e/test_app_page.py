@@ -34,5 +34,8 @@ def test_app_page_serves_the_demo_offline_and_culls_closed_pages(page, tmp_path)
     finally:
         proc.terminate()
         proc.wait(30)
-    assert not list(tmp.iterdir()), list(tmp.iterdir())           # Voilà's connection files went with it
+    # Voilà's connection files went with it; onnxruntime (1.32) keeps one `.ses` telemetry session file in
+    # TMPDIR once a kernel makes a session (the demo's activation profile), whatever the caller asks
+    left = [p.name for p in tmp.iterdir() if p.name != ".ses"]
+    assert not left, left
     assert "Culling 'idle' kernel" in (tmp_path / "app.log").read_text()

@@ -15,9 +15,9 @@ const COLUMNS = [
   { key: "name", label: "Layer", num: false, title: "Layer name" },
   { key: "op", label: "Op", num: false, title: "Operator type" },
   { key: "params", label: "Params", num: true, title: "Weights in the layer" },
-  { key: "sensitivity", label: "Sensitivity", num: true, title: "L(0.95) − L(0) of the selected profile" },
-  { key: "planned", label: "Planned", num: true, title: "Planned sparsity at the target" },
-  { key: "inplan", label: "In plan", short: "Plan", num: false, title: "Untick to keep the layer dense (out of the plan)" },
+  { key: "sensitivity", label: "Sensitivity", short: "Sens.", num: true, title: "L(0.95) − L(0) of the selected profile" },
+  { key: "planned", label: "Planned", short: "Plan", num: true, title: "Planned sparsity at the target" },
+  { key: "inplan", label: "In plan", short: "✓", num: false, title: "Untick to keep the layer dense (out of the plan)" },
 ];
 
 function human(n) {

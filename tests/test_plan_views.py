@@ -136,6 +136,12 @@ def test_plan_curve_data_free_and_measured(widget):
     widget.target.value = 0.5
     assert list(curve.now.y) == [pytest.approx(measured.recovery.at(widget.plan.achieved))]
     assert curve.note.text == [f"50%: {widget.plan.est_recovery:.1%}"]
+    cards = {c["key"]: c for c in widget.cards.cards}
+    assert cards["recovery"]["detail"] == f"{kind}, measured" and "without your exclusions" not in curve.key.value
+    widget.exclude(measured.layers[-1].name)                           # recovery was measured without it
+    cards = {c["key"]: c for c in widget.cards.cards}
+    assert cards["recovery"]["detail"] == f"{kind}, interpolated from plans without exclusions"
+    assert "measured without your exclusions" in curve.key.value
 
 
 def test_plan_exports(widget, monkeypatch):

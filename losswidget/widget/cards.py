@@ -36,9 +36,10 @@ def card_values(profile: LossProfile | None, target: float, plan: Plan | None = 
     method = profile.method + (f" ({settings['metric']})" if settings.get("metric") else "")
     if s.est_recovery is not None:
         targets = profile.recovery.targets
-        measured = any(abs(t - s.achieved_sparsity) < 1e-3 for t in targets)
+        measured = not kept and any(abs(t - s.achieved_sparsity) < 1e-3 for t in targets)
         quality = {"key": "recovery", "label": "Est. recovery", "value": f"{s.est_recovery:.1%}",
-                   "detail": f"{s.recovery_kind}, {'measured' if measured else 'interpolated'}",
+                   "detail": f"{s.recovery_kind}, {'measured' if measured else 'interpolated'}"
+                             + (" from plans without exclusions" if kept else ""),
                    "tooltip": f"{s.recovery_kind} of the pruned model (this plan) with the dense one, measured on "
                               f"the profile's data at {', '.join(f'{t:.0%}' for t in targets)} and interpolated "
                               "between them."}

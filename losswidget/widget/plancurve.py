@@ -111,7 +111,9 @@ class PlanCurve:
                               f"measured {html.escape(kind)} at "
                               + ", ".join(f"{t:.0%}" for t in measured[0])
                               + " (the plan at each target, on the profile's data); the line interpolates"
-                              + ("" if max(measured[0]) >= 0.95 else f"; none past {max(measured[0]):.0%}"))
+                              + ("" if max(measured[0]) >= 0.95 else f"; none past {max(measured[0]):.0%}")
+                              + ("; measured without your exclusions, so with them the line is an estimate"
+                                 if self.store.exclusions() else ""))
         else:
             self.title.value = (f"<span class='lw-h'>Weight energy kept across targets</span> "
                                 f"<span class='lw-sub'>{name}</span>")

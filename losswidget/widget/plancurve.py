@@ -103,7 +103,7 @@ class PlanCurve:
         name = html.escape(profile.name) if profile else ""
         if not kind:
             self.title.value = "<span class='lw-h'>Plan across targets</span>"
-            self.key.value = "<span class='lw-note'>No profile yet.</span>"
+            self.key.value = "<span class='lw-hint'>No profile yet.</span>"
         elif measured[0]:
             self.title.value = (f"<span class='lw-h'>Est. recovery across targets</span> <span class='lw-sub'>{name}"
                                 f" · {html.escape(kind)}</span>")
@@ -120,7 +120,7 @@ class PlanCurve:
             self.key.value = ("Share of the layers' sum of w² each target's plan keeps. Data-free: not a recovery "
                               "estimate; a one-shot profile on data measures recovery.")
         if not len(x) and kind:
-            self.key.value += " <span class='lw-note'>No values for this profile.</span>"
+            self.key.value += " <span class='lw-hint'>No values for this profile.</span>"
         self.mark()
 
     def mark(self) -> None:

@@ -109,7 +109,7 @@ class PlanPanel:
         self.path.placeholder = default_output(self.store, plan) or "path/to/pruned.onnx"
         self.save_button.disabled = plan is None or (self.saving is not None and not self.saving.done())
         if plan is None:
-            self.summary.value = "<span class='lw-note'>No plan yet: it appears with the first profile.</span>"
+            self.summary.value = "<span class='lw-hint'>No plan yet: it appears with the first profile.</span>"
             return
         parts = [f"Plan of <b>{html.escape(plan.profile)}</b> at {plan.target:.0%}: {plan.achieved:.1%} of "
                  f"prunable params pruned, {plan.est_params_reduction:.2f}× fewer params."]
@@ -117,7 +117,7 @@ class PlanPanel:
             shown = ", ".join(html.escape(n) for n in names[:6]) + (" …" if len(names) > 6 else "")
             parts.append(f"<span class='lw-plan-excluded'>✕ {len(names)} excluded (kept dense): {shown}</span>")
         else:
-            parts.append("<span class='lw-note'>Exclude a layer with its box in the table (<i>In plan</i>) or "
+            parts.append("<span class='lw-hint'>Exclude a layer with its box in the table (<i>In plan</i>) or "
                          "under its curve.</span>")
         parts += [f"<span class='lw-plan-warning'>⚠ {html.escape(t)}</span>" for t in plan.warnings]
         self.summary.value = "<br>".join(parts)
@@ -148,7 +148,7 @@ class PlanPanel:
         out = self.output(path)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="losswidget-prune")
-        self.status.value = f"<span class='lw-note'>Saving {html.escape(str(out))} …</span>"
+        self.status.value = f"<span class='lw-hint'>Saving {html.escape(str(out))} …</span>"
         self.save_button.disabled = True
         future = self.saving = self._pool.submit(prune, self.store.model, plan, out)
         future.add_done_callback(lambda f: on_kernel_thread(lambda: self._saved(f, out, plan)))
@@ -166,7 +166,7 @@ class PlanPanel:
         if exc is None:
             excluded = sum(l.excluded for l in plan.layers)
             self.status.value = (f"<span class='lw-prune-done'>Saved <code>{html.escape(future.result())}</code></span>"
-                                 f" <span class='lw-note'>(plan of {html.escape(plan.profile)} at {plan.target:.0%}: "
+                                 f" <span class='lw-hint'>(plan of {html.escape(plan.profile)} at {plan.target:.0%}: "
                                  f"{plan.achieved:.1%} pruned" + (f", {excluded} excluded" if excluded else "")
                                  + ")</span>")
         elif isinstance(exc, OSError):

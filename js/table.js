@@ -1,6 +1,6 @@
 // Layer table: one row per layer from the `rows` trait; sortable by any column, searchable by name or op,
 // grouped by name prefix with group totals. Hover and click write `hovered` / `selected` (graph-order
-// indices), which the charts follow; the charts' hover and click come back the same way. Sorting, search
+// indices), which the charts follow; the "In plan" box writes `excluded` (layer ids kept dense); the charts' hover and click come back the same way. Sorting, search
 // and grouping are traits too, so every view of the widget (inline, sidebar) shows the same table.
 // Only the rows in view are in the page (every row is ROW px tall; spacer rows stand in for the rest), so a
 // profile switch or a scroll touches a few dozen rows whether the model has 50 layers or 5,000.
@@ -15,8 +15,9 @@ const COLUMNS = [
   { key: "name", label: "Layer", num: false, title: "Layer name" },
   { key: "op", label: "Op", num: false, title: "Operator type" },
   { key: "params", label: "Params", num: true, title: "Weights in the layer" },
-  { key: "sensitivity", label: "Sensitivity", num: true, title: "L(0.95) − L(0) of the selected profile" },
-  { key: "planned", label: "Planned", num: true, title: "Planned sparsity at the target" },
+  { key: "sensitivity", label: "Sensitivity", short: "Sens.", num: true, title: "L(0.95) − L(0) of the selected profile" },
+  { key: "planned", label: "Planned", short: "Plan", num: true, title: "Planned sparsity at the target" },
+  { key: "inplan", label: "In plan", short: "✓", num: false, title: "Untick to keep the layer dense (out of the plan)" },
 ];
 
 function human(n) {
@@ -109,7 +110,7 @@ function render({ model, el: root }) {
       const th = el("th", `lw-col-${col.key}${col.num ? " lw-num" : ""}`);
       const button = el("button", "lw-sort");
       const active = model.get("sort") === col.key;
-      button.textContent = col.label + (active ? (model.get("descending") ? " ▼" : " ▲") : "");
+      button.textContent = (narrow && col.short ? col.short : col.label) + (active ? (model.get("descending") ? " ▼" : " ▲") : "");
       const label = col.key === "sensitivity" ? model.get("sens_label") || col.label : col.label;
       button.title = `Sort by ${label.toLowerCase()} (${col.title})`;
       th.setAttribute("aria-sort", active ? (model.get("descending") ? "descending" : "ascending") : "none");
@@ -133,6 +134,7 @@ function render({ model, el: root }) {
     tr.tabIndex = -1;
     tr.classList.toggle("lw-selected", r.index === model.get("selected"));
     tr.classList.toggle("lw-hovered", r.index === model.get("hovered"));
+    tr.classList.toggle("lw-excluded", r.inplan === 0);
     const name = el("td", "lw-name");
     // narrow: the end of a long name tells layers apart ("…14.conv"), its start rarely does
     const text = narrow && r.name.length > 14 ? "…" + r.name.slice(-13) : r.name;
@@ -141,10 +143,30 @@ function render({ model, el: root }) {
     name.title = r.name + ((r.flags || []).length ? ` (${r.flags.join(", ")})` : "");
     const cells = { index: el("td", "lw-num", String(r.index)), name, op: el("td", "", r.op),
                     params: el("td", "lw-num", human(r.params)), sensitivity: el("td", "lw-num", short(r.sensitivity)),
-                    planned: el("td", "lw-num", percent(r.planned)) };
+                    planned: el("td", "lw-num", r.inplan === 0 ? "excl." : percent(r.planned)), inplan: boxCell(r) };
     tr.append(...columns().map((c) => cells[c.key]));
     byIndex.set(r.index, tr);
     return tr;
+  }
+
+  function boxCell(r) {
+    const td = el("td", "lw-inplan");
+    const box = el("input", "lw-inplan-box");
+    box.type = "checkbox";
+    box.checked = r.inplan !== 0;
+    const label = `${r.inplan === 0 ? "Put" : "Keep"} ${r.name} ${r.inplan === 0 ? "back into" : "out of"} the plan`;
+    box.title = label;
+    box.setAttribute("aria-label", label);
+    box.addEventListener("click", (event) => event.stopPropagation()); // a tick is not a drill-down
+    box.addEventListener("change", () => {
+      const now = new Set(model.get("excluded") || []);
+      if (box.checked) now.delete(r.id);
+      else now.add(r.id);
+      model.set("excluded", [...now]);
+      model.save_changes();
+    });
+    td.appendChild(box);
+    return td;
   }
 
   function groupRow(g) {
@@ -161,7 +183,8 @@ function render({ model, el: root }) {
     cell.append(toggle, el("span", "lw-group-count", ` ${g.members.length} layer${g.members.length > 1 ? "s" : ""}`));
     cell.title = g.key;
     const cells = { index: el("td"), name: cell, op: el("td"), params: el("td", "lw-num", human(g.params)),
-                    sensitivity: el("td", "lw-num", "Σ " + short(g.sensitivity)), planned: el("td", "lw-num", percent(g.planned)) };
+                    sensitivity: el("td", "lw-num", "Σ " + short(g.sensitivity)), planned: el("td", "lw-num", percent(g.planned)),
+                    inplan: el("td") };
     tr.append(...columns().map((c) => cells[c.key]));
     tr.title = "Group totals: params and sensitivity summed, planned sparsity weighted by params";
     return tr;
@@ -194,7 +217,9 @@ function render({ model, el: root }) {
     if (typing === null) search.value = model.get("query"); // not while the user's typing is on its way
     group.value = String(model.get("group"));
     const planned = model.get("planned") || {};
-    const all = (model.get("rows") || []).map((r) => ({ ...r, planned: planned[r.id] ?? null }));
+    const excluded = new Set(model.get("excluded") || []);
+    const all = (model.get("rows") || []).map((r) => ({ ...r, planned: planned[r.id] ?? null,
+                                                         inplan: excluded.has(r.id) ? 0 : 1 }));
     const query = model.get("query").trim().toLowerCase();
     const shown = query ? all.filter((r) => r.name.toLowerCase().includes(query) || r.op.toLowerCase().includes(query)) : all;
     const key = model.get("sort"), descending = model.get("descending");
@@ -285,7 +310,7 @@ function render({ model, el: root }) {
   });
   tbody.addEventListener("keydown", (event) => {
     const tr = event.target.closest("tr.lw-row");
-    if (!tr) return;
+    if (!tr || event.target.tagName === "INPUT") return; // the box's own keys toggle it
     const index = Number(tr.dataset.index);
     if (event.key === "Enter" || event.key === " ") {
       event.preventDefault();
@@ -322,7 +347,7 @@ function render({ model, el: root }) {
   });
 
   const top = () => { scroller.scrollTop = 0; draw(); }; // a new order or filter: show its beginning
-  const events = ["change:rows", "change:planned", "change:sens_label"];
+  const events = ["change:rows", "change:planned", "change:excluded", "change:sens_label"];
   const reorders = ["change:sort", "change:descending", "change:query", "change:group"];
   for (const e of events) model.on(e, draw);
   for (const e of reorders) model.on(e, top);

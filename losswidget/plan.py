@@ -184,12 +184,29 @@ def plan_sparsity(rule: str, levels, values, energy_kept, params, target: float,
     return allocate(grid, cost_curves(rule, levels, values, energy_kept, grid), params, target, keep)
 
 
+def interp_rows(levels, rows, x) -> np.ndarray:
+    """Row i of `rows` (values at the shared, increasing `levels`) at x[i], as np.interp takes it (ends held),
+    for all rows at once: the widget's plan curve asks this of every layer at 19 targets."""
+    lv = np.asarray(levels, dtype=float)
+    r = np.asarray(rows, dtype=float).reshape(len(x), len(lv))
+    x = np.asarray(x, dtype=float)
+    if len(lv) == 1:
+        return r[:, 0].copy()
+    j = np.clip(np.searchsorted(lv, x, side="right") - 1, 0, len(lv) - 2)
+    at = np.arange(len(x))
+    lo, hi = r[at, j], r[at, j + 1]
+    t = (x - lv[j]) / (lv[j + 1] - lv[j])
+    out = lo + t * (hi - lo)
+    out = np.where(x <= lv[0], r[:, 0], out)
+    return np.where(x >= lv[-1], r[:, -1], out)
+
+
 def energy_kept_at(levels, energy_kept, energy, sparsity) -> float | None:
     """Share of all layers' weight energy (sum of w^2) left at these per-layer sparsities."""
     energy = np.asarray(energy, dtype=float)
     if not len(energy) or any(len(k) != len(levels) for k in energy_kept):
         return None
-    kept = np.array([np.interp(s, levels, k) for s, k in zip(sparsity, energy_kept)], dtype=float)
+    kept = interp_rows(levels, energy_kept, sparsity)
     ok = np.isfinite(kept) & np.isfinite(energy)
     total = energy[ok].sum()
     return float((energy[ok] * kept[ok]).sum() / total) if total > 0 else None

@@ -258,6 +258,8 @@ class LossProfile:
         if isinstance(exclude, (str, int)):
             exclude = [exclude]
         keep = np.zeros(len(self.layers), dtype=bool)
+        if not exclude:
+            return keep
         known = {}
         for i, l in enumerate(self.layers):
             for key in (l.name, l.weight, l.id, l.index):

@@ -26,7 +26,9 @@ RANKS = {
     # presentation
     "widget": 40, "widget.folder": 40, "widget.progress": 40, "widget.store": 41, "widget.choose": 41,
     "widget.rules": 41, "widget.cards": 42, "widget.focus": 42, "widget.controls": 42, "widget.panel": 42,
-    "widget.bars": 43, "widget.table": 43, "widget.scatter": 44, "widget.curve": 44, "widget.charts": 45,
+    "widget.downloads": 43, "widget.planpanel": 44,
+    "widget.bars": 43, "widget.table": 43, "widget.scatter": 44, "widget.curve": 44, "widget.plancurve": 44,
+    "widget.charts": 45,
     "widget.app": 46,
     "serve": 49, "cli": 50, "__main__": 61, "": 60,
 }

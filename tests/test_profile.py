@@ -8,7 +8,7 @@ import pytest
 import losswidget
 from dataclasses import replace
 
-from losswidget.plan import allocate, grid_for
+from losswidget.plan import allocate, grid_for, interp_rows
 from losswidget.profile import LayerResult, LossProfile, ModelInfo, Recovery, value_at
 
 
@@ -262,3 +262,16 @@ def test_hull_walk_matches_a_monotone_chain():
         mine = seg.start[seg.layer == i], seg.end[seg.layer == i]
         vertices = sorted({*mine[0].tolist(), *mine[1].tolist()})
         assert vertices == pytest.approx(grid[chain(grid, costs[i])].tolist())
+
+
+def test_interp_rows_by_hand():
+    levels = [0.0, 0.5, 1.0]
+    rows = [[1.0, 0.8, 0.0], [1.0, 0.5, 0.1], [2.0, 2.0, 4.0], [1.0, 0.0, 0.0]]
+    # 0.25 halfway to 0.8; 0.5 on a level; 0.75 halfway 2 -> 4; past the end held
+    np.testing.assert_array_equal(interp_rows(levels, rows, [0.25, 0.5, 0.75, 1.2]), [0.9, 0.5, 3.0, 0.0])
+    assert interp_rows(levels, rows, [-0.1, 1.0, 0.0, 1.0]).tolist() == [1.0, 0.1, 2.0, 0.0]      # ends held
+    rng = np.random.default_rng(0)                                  # and np.interp's numbers, row by row
+    lv = np.sort(rng.random(9))
+    r, x = rng.random((200, 9)), rng.random(200) * 1.2 - 0.1
+    np.testing.assert_allclose(interp_rows(lv, r, x), [np.interp(a, lv, b) for a, b in zip(x, r)], rtol=1e-12)
+    assert interp_rows([0.3], [[0.7], [0.2]], [0.0, 0.9]).tolist() == [0.7, 0.2]

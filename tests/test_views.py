@@ -191,22 +191,24 @@ def test_scatter_trend_corner_and_selection(outlier):
     assert [t for t in scatter.x_axis.tick_values] == [10, 100, 1000]
 
 
-def test_layer_table_rows_focus_and_planned_hook(outlier):
+def test_layer_table_rows_focus_and_planned(outlier):
     table, charts = outlier.charts.table, outlier.charts
     p = outlier.profiles["Approximated"]
     assert table.rows == table_rows(p) and len(table.rows) == 64
     row = table.rows[20]
     assert row == {"index": 20, "id": p.layers[20].id, "name": "blur", "op": "Conv", "params": 16,
                    "sensitivity": pytest.approx(p.layers[20].sensitivity), "flags": ["outlier", "tiny"]}
-    assert table.sens_label == "Sensitivity (Approximated)" and table.planned == {}
+    assert table.sens_label == "Sensitivity (Approximated)"
+    assert table.planned == {l.id: l2.sparsity for l, l2 in zip(p.layers, p.plan(0.85).layers)}   # the plan shown
     table.selected = 5                                                 # a click in the table ...
     assert charts.focus.layer == 5 and 5 in list(charts.sensitivity.pointer.x)   # ... marks the bar
     table.hovered = 9
     assert charts.focus.hovered == 9 and "#9 " in charts.sensitivity.readout.value
     outlier.selected = "Baseline"
     assert table.sens_label == "Sensitivity (Baseline)" and table.rows[20]["flags"] == ["tiny"]
-    table.planned = {l.id: 0.5 for l in p.layers}                     # the hook a plan feeds
-    assert len(table.planned) == 64 and table.selected == 5
+    base = outlier.profiles["Baseline"]
+    assert table.planned == {l.id: l2.sparsity for l, l2 in zip(base.layers, base.plan(0.85).layers)}
+    assert table.selected == 5
 
 
 def test_compare_chooser_keeps_order_and_selection(outlier, outlier_path):

@@ -2,18 +2,19 @@
 from __future__ import annotations
 
 import os
-import re
-from pathlib import Path
+from concurrent.futures import Future
 
 import anywidget
 import ipywidgets as w
 from traitlets import Unicode
 
-from ..errors import LossWidgetError
+from ..plan import Plan
 from ..profile import LossProfile, profiles_to_csv, profiles_to_json
 from .cards import JS_DIR, SummaryCards, card_values
 from .charts import Charts
 from .controls import CompareChooser, Header
+from .downloads import Downloads, slug
+from .planpanel import model_stem
 from .panel import AddProfilePanel
 from .store import Job, ProfileStore
 
@@ -22,24 +23,14 @@ AUTO_PROFILES = (("Approximated", "approximated"), ("Baseline", "magnitude"))
 DATA_AUTO_PROFILES = (("Activation-aware", "activation"),)
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.") or "profile"
-
-
-class Exporter(anywidget.AnyWidget):
-    """Download buttons (js/export.js) for the selected profile, or for all compared ones when comparing.
-
-    The file is made here only when a button is pressed. A click sends a request id and the answer carries it
-    back: the kernel's answer reaches every view of this widget (inline and in the sidebar), and only the view
-    that asked saves it, so one click is one download.
-    """
-    _esm = JS_DIR / "export.js"
-    what = Unicode("").tag(sync=True)         # what the buttons download, for their tooltips
+class Exporter(Downloads):
+    """Download JSON / CSV of the selected profile, or of all compared ones when comparing."""
+    empty = Unicode("No profile to download yet: wait for one to finish.")
 
     def __init__(self, store: ProfileStore):
-        super().__init__()
+        super().__init__(buttons=[{"kind": "json", "label": "Download JSON", "format": "JSON"},
+                                  {"kind": "csv", "label": "Download CSV", "format": "CSV"}])
         self.store = store
-        self.on_msg(self._handle)
         store.observe(self._describe, names=["profiles", "selected", "compare"])
         self._describe(None)
 
@@ -52,12 +43,10 @@ class Exporter(anywidget.AnyWidget):
 
     def filename(self, profiles: list[LossProfile], ext: str) -> str:
         """`<model>-<profile>.<ext>`; when comparing, the profiles' names joined by '+' (or their count)."""
-        path = profiles[0].model.path or (self.store.model if isinstance(self.store.model, str) else None)
-        model = _slug(Path(path).stem) if path else "model"
-        names = "+".join(_slug(p.name) for p in profiles)
+        names = "+".join(slug(p.name) for p in profiles)
         if len(names) > 80:
             names = f"{len(profiles)}-profiles"
-        return f"{model}-{names}.{ext}"
+        return f"{model_stem(self.store, profiles[0])}-{names}.{ext}"
 
     def payload(self, kind: str) -> dict | None:
         profiles = self.chosen()
@@ -73,14 +62,6 @@ class Exporter(anywidget.AnyWidget):
         profiles = self.chosen()
         self.what = (f"the {len(profiles)} compared profiles ({', '.join(p.name for p in profiles)})"
                      if len(profiles) > 1 else f"profile {profiles[0].name!r}" if profiles else "")
-
-    def _handle(self, _widget, content, _buffers) -> None:
-        request = content.get("id") if isinstance(content, dict) else None
-        try:
-            payload = self.payload(content.get("kind", "json") if isinstance(content, dict) else "json")
-        except LossWidgetError as exc:
-            payload = {"error": str(exc)}
-        self.send({**(payload or {"error": "No profile to download yet: wait for one to finish."}), "id": request})
 
 
 class HostProbe(anywidget.AnyWidget):
@@ -143,9 +124,10 @@ class LossProfileWidget(w.VBox):
         if self.store.has_trait("model_hash"):                 # a store that hashes in the background
             self.store.observe(lambda _: self.header.show(self.store), names=["model_hash"])
         self.header.show(self.store)
-        self.target.observe(lambda c: setattr(self.store, "target", c["new"]), "value")
+        # rounded: the browser's slider sends its steps as 0.8499999999999999, which a plan file would keep
+        self.target.observe(lambda c: setattr(self.store, "target", round(c["new"], 6)), "value")
         self.store.observe(self._sync_controls, names=["profiles", "selected", "compare"])
-        self.store.observe(lambda _: self._draw_cards(), names=["profiles", "selected", "target"])
+        self.store.observe(lambda _: self._draw_cards(), names=["profiles", "selected", "target", "excluded"])
         self._sync_controls(None)
         self._draw_cards()
         if autostart:
@@ -195,6 +177,20 @@ class LossProfileWidget(w.VBox):
             self.store.selected = names[0]
             self.store.compare = list(names)
 
+    @property
+    def plan(self) -> Plan | None:
+        """The plan the widget shows: the selected profile's at the target, the excluded layers kept dense."""
+        return self.store.plan()
+
+    def exclude(self, *layers: str, excluded: bool = True) -> None:
+        """Keep these layers (names) out of the selected profile's plan (excluded=False: put them back)."""
+        self.store.set_excluded(layers, excluded)
+
+    def save_pruned(self, path=None) -> Future:
+        """Write the model pruned by `plan` to `path` (default: beside the model, named for the model, profile and
+        target) in the background; the Future's result is the written path."""
+        return self.charts.plan_panel.save(path)
+
     def wait(self, timeout: float | None = None) -> dict[str, LossProfile]:
         """Block until the queued analyses end; returns the profiles. For scripts and notebooks run top to
         bottom (in a live notebook the widget fills in by itself)."""
@@ -238,6 +234,9 @@ class LossProfileWidget(w.VBox):
         store = getattr(self, "store", None)          # None when the constructor failed (then __del__ closes)
         if store is not None:
             store.close()
+        charts = getattr(self, "charts", None)
+        if charts is not None:
+            charts.plan_panel.close()
         super().close()
 
     # -- store -> controls -----------------------------------------------------------------------------
@@ -276,4 +275,4 @@ class LossProfileWidget(w.VBox):
         profile = self.store.profiles.get(self.store.selected)
         with self.cards.hold_sync():
             self.cards.title = (profile.name + (" (partial)" if profile.partial else "")) if profile else "Model Summary"
-            self.cards.cards = card_values(profile, self.store.target)
+            self.cards.cards = card_values(profile, self.store.target, self.store.plan())

@@ -8,6 +8,11 @@ The y scale is always one LinearScale. The log view draws log10 values on it wit
 bqplot's LogScale cannot draw Bars (they start from `base`, 0 by default, which is also put into the y
 domain, so every bar is NaN), and re-assigning a Bars mark's `scales` together with its `base` leaves its
 view drawing on the old scale (bqplot 0.13.1: the chart stays blank until the cell is re-run).
+The planned sparsity of each layer (the selected profile's plan at the target, ProfileStore.plan) is a short
+level line across its bar on a right-hand 0-100% axis: one Lines mark with NaN gaps between layers, on the
+shared x scale, so it lines up with the bars and follows the Layers window. A Lines mark without markers
+pads the figure by half its stroke (1 px), never more than the bars do, so the two charts still line up.
+Excluded layers (kept dense) get a ✕ at the foot of their bar.
 Compared profiles are one Bars mark each, side by side, not one `type="grouped"` mark: grouped bars draw
 with zero height in bqplot since 0.12.34 (bqplot issue #1646).
 """
@@ -30,7 +35,9 @@ HIGHLIGHT = "#d62728"
 TINY_OPACITY = 0.4
 MAX_TICKS = 10                   # index ticks on the layer axis (legible down to a 250 px sidebar)
 NAMED_TICKS = 8                  # at most this many layers: their names label the x axis
-MARGIN = {"top": 16, "bottom": 44, "left": 64, "right": 12}
+MARGIN = {"top": 16, "bottom": 44, "left": 64, "right": 40}   # right: the planned axis (both charts alike)
+PLANNED = "var(--jp-ui-font-color0, #111)"      # the theme's strongest text colour: apart from every bar colour
+PLANNED_HALF = 0.4                                 # a planned line spans the bar slot's middle 80%
 MODES = (("linear", "values"), ("log", "log"), ("% of total", "percent"))
 Y_LABEL = {"values": "sensitivity", "log": "sensitivity (log)", "percent": "share of total"}
 
@@ -168,16 +175,27 @@ class SensitivityChart:
         # bars' in a narrow sidebar, and the two bar charts would no longer line up
         self.pointer = bq.Label(x=[], y=[], text=[], scales={"x": xs, "y": self.ys}, colors=["#333"], default_size=14,
                                 align="middle", y_offset=-2, enable_hover=False, apply_clip=False)
+        self.ps = bq.LinearScale(min=0.0, max=1.0)               # planned sparsity, the right-hand axis
+        self.planned = bq.Lines(x=[], y=[], scales={"x": xs, "y": self.ps}, colors=[PLANNED], stroke_width=2,
+                                labels_visibility="none", enable_hover=False)
+        self.excluded = bq.Label(x=[], y=[], text=[], scales={"x": xs, "y": self.ps}, colors=[PLANNED],
+                                 default_size=12, font_weight="bold", align="middle", y_offset=-3,
+                                 enable_hover=False, apply_clip=False)
+        self.plan = None                                         # the plan the marks show
         self.x_axis = bq.Axis(scale=xs, label="layer (graph order)", tick_format="d", tick_values=[],
                               grid_lines="none", label_offset="34px")
         self.y_axis = bq.Axis(scale=self.ys, side="left", label=Y_LABEL["values"], tick_format=".3~g",
                               label_offset="48px")
+        self.p_axis = bq.Axis(scale=self.ps, side="right", tick_format=".0%",
+                              tick_values=[0, 0.5, 1], grid_lines="none")
         # the first profile's bars are in the figure from the start and stay there: bqplot 0.13.1's figure
         # listens for new marks only once its first marks are drawn, and marks set in between (profiles loaded
-        # from profiles_dir as the widget appears) were never drawn, the chart left empty
+        # from profiles_dir as the widget appears) were never drawn, the chart left empty; the planned marks
+        # and the right axis likewise
         self._mark(0)
-        self.fig = bq.Figure(marks=[self.marks[0], self.cut_line, self.overflow, self.pointer],
-                             axes=[self.x_axis, self.y_axis], fig_margin=dict(MARGIN),
+        self.fig = bq.Figure(marks=[self.marks[0], self.planned, self.excluded, self.cut_line, self.overflow,
+                                    self.pointer],
+                             axes=[self.x_axis, self.y_axis, self.p_axis], fig_margin=dict(MARGIN),
                              display_toolbar=False, padding_y=0.0, layout=w.Layout(width="100%", height="300px"))
         self.fig.add_class("lw-sensitivity-chart")
         toolbar = w.HBox([self.mode, self.cut, self.normalise], layout=w.Layout(flex_flow="row wrap"))
@@ -189,6 +207,7 @@ class SensitivityChart:
         self.cut.observe(lambda _: self.redraw(), "value")
         self.normalise.observe(lambda _: self.redraw(), "value")
         store.observe(lambda _: self.redraw(), names=["profiles", "selected", "compare"])
+        store.observe(lambda _: self.show_plan(), names=["target", "excluded"])
         focus.observe(lambda _: self.point(), names=["layer", "hovered"])
         self.redraw()
 
@@ -255,19 +274,48 @@ class SensitivityChart:
         with self.x_axis.hold_sync(), self.y_axis.hold_sync():
             self.x_axis.label = "layer" if names else "layer (graph order)"
             self.y_axis.label = label
-        figure_marks += [self.cut_line, self.overflow, self.pointer]
+        figure_marks += [self.planned, self.excluded, self.cut_line, self.overflow, self.pointer]
         self.normalise.layout.display = "" if k_shown > 1 else "none"
         if self.fig.marks != figure_marks:
             self.fig.marks = figure_marks
         self.title.value = ("<span class='lw-h'>Layer Sensitivities</span>"
                             + (f" <span class='lw-sub'>{html.escape(', '.join(f.names))}</span>" if f.names else ""))
-        self.key.value = self._key(f)
-        self.point()
+        self.show_plan()
+
+    def show_plan(self, point: bool = True) -> None:
+        """The planned marks, the right axis and the key for the store's plan (the selected profile's)."""
+        plan = self.plan = self.store.plan() if self.frame.names else None
+        index = self.frame.index
+        if plan is not None:
+            by = {l.index: l for l in plan.layers}
+            sparsity = np.array([by[i].sparsity if i in by else np.nan for i in index], dtype=float)
+            kept = np.array([i in by and by[i].excluded for i in index], dtype=bool)
+        else:
+            sparsity, kept = np.zeros(0), np.zeros(0, bool)
+        n = len(sparsity)
+        x = np.empty(3 * n)
+        x[0::3], x[1::3], x[2::3] = index[:n] - PLANNED_HALF, index[:n] + PLANNED_HALF, index[:n]
+        y = np.repeat(sparsity, 3)
+        y[2::3] = np.nan                                  # a gap between layers
+        with self.planned.hold_sync():              # no gap after the last: its end places the line's label
+            self.planned.x, self.planned.y = x[:-1], y[:-1]
+        xs = index[:n][kept].astype(float)
+        with self.excluded.hold_sync():
+            self.excluded.x, self.excluded.y, self.excluded.text = xs, np.zeros(len(xs)), ["✕"] * len(xs)
+        self.key.value = self._key(self.frame)
+        if point:
+            self.point()
 
     def _key(self, f: SensitivityFrame) -> str:
         if not f.names:
             return "<span class='lw-note'>No profile yet.</span>"
         parts = []
+        plan = self.plan
+        if plan is not None:
+            kept = sum(l.excluded for l in plan.layers)
+            parts.append(f"<span class='lw-swatch lw-planned-swatch'></span>planned sparsity at {plan.target:.0%}"
+                         + (f" ({html.escape(plan.profile)})" if len(f.names) > 1 else "")
+                         + " (right axis)" + (f" · ✕ {kept} excluded" if kept else ""))
         if len(f.names) > 1:
             parts += [f"<span class='lw-swatch' style='background:{PALETTE[k % len(PALETTE)]}'></span>"
                       f"{html.escape(n)}" for k, n in enumerate(f.names)]
@@ -315,6 +363,10 @@ class SensitivityChart:
                 notes.append("tiny layer: pruning it saves little")
             if self.frame.over[:, j[0]].any():
                 notes.append("bar cut at the dashed line")
+        layer = next((l for l in self.plan.layers if l.index == index), None) if self.plan is not None else None
+        if layer is not None:
+            notes.append("excluded from the plan (kept dense)" if layer.excluded
+                         else f"planned {layer.sparsity:.0%} at target {self.plan.target:.0%}")
         return describe(profiles, index, normalised=len(profiles) > 1 and self.normalise.value, notes=tuple(notes))
 
     def _index(self, event) -> int:

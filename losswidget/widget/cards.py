@@ -1,12 +1,15 @@
 """Model Summary cards: an anywidget view (js/cards.js) fed by values the engine computed."""
 from __future__ import annotations
 
+import math
 from importlib.resources import files
 
 import anywidget
+import numpy as np
 from traitlets import Dict, List, Unicode
 
-from ..profile import LossProfile, human
+from ..plan import Plan
+from ..profile import LossProfile, Summary, human
 
 JS_DIR = files("losswidget.js")
 
@@ -18,19 +21,25 @@ def _levels_text(levels) -> str:
     return "levels " + ", ".join(f"{l:g}" for l in levels)
 
 
-def card_values(profile: LossProfile | None, target: float) -> list[dict]:
-    """The cards for a profile at a target, as plain dicts (what the view draws and the tests read)."""
+def card_values(profile: LossProfile | None, target: float, plan: Plan | None = None) -> list[dict]:
+    """The cards for a profile at a target, as plain dicts (what the view draws and the tests read); `plan`:
+    the plan the widget shows (with the user's exclusions), else the profile's plan at the target."""
     if profile is None:
         return [{"key": "empty", "label": "No profile yet", "value": "…", "detail": "computing", "tooltip": ""}]
-    s = profile.summary_at(target)
+    s = profile.summary_at(target) if plan is None else Summary(
+        profile.model.total_params, plan.prunable_params, _mean(profile.sensitivities), float(target),
+        plan.achieved, plan.est_params_reduction, plan.est_recovery, plan.recovery_kind, plan.weight_energy_kept)
+    kept = sum(l.excluded for l in plan.layers) if plan is not None else 0
+    excluded = f"; {kept} layer{'s' if kept > 1 else ''} excluded" if kept else ""
     share = f"{s.prunable_params / s.total_params:.0%} prunable" if s.total_params else ""
     settings = profile.settings
     method = profile.method + (f" ({settings['metric']})" if settings.get("metric") else "")
     if s.est_recovery is not None:
         targets = profile.recovery.targets
-        measured = any(abs(t - s.achieved_sparsity) < 1e-3 for t in targets)
+        measured = not kept and any(abs(t - s.achieved_sparsity) < 1e-3 for t in targets)
         quality = {"key": "recovery", "label": "Est. recovery", "value": f"{s.est_recovery:.1%}",
-                   "detail": f"{s.recovery_kind}, {'measured' if measured else 'interpolated'}",
+                   "detail": f"{s.recovery_kind}, {'measured' if measured else 'interpolated'}"
+                             + (" from plans without exclusions" if kept else ""),
                    "tooltip": f"{s.recovery_kind} of the pruned model (this plan) with the dense one, measured on "
                               f"the profile's data at {', '.join(f'{t:.0%}' for t in targets)} and interpolated "
                               "between them."}
@@ -45,7 +54,7 @@ def card_values(profile: LossProfile | None, target: float) -> list[dict]:
          "detail": f"{human(s.prunable_params)} in {len(profile.layers)} layers, {share}",
          "tooltip": "Logical weights of stored floating-point and quantized tensors, each counted once."},
         {"key": "reduction", "label": "Est. params reduction", "value": f"{s.est_params_reduction:.2f}×",
-         "detail": f"plan at {target:.0%}: {s.achieved_sparsity:.1%} of prunable params pruned",
+         "detail": f"plan at {target:.0%}: {s.achieved_sparsity:.1%} of prunable params pruned{excluded}",
          "tooltip": "Total params / params left under the plan: per-layer sparsity chosen by the least cost per "
                     "pruned parameter on this profile's curves, no layer past 95%."},
         {"key": "sensitivity", "label": "Avg sensitivity", "value": f"{s.avg_sensitivity:.4g}",
@@ -57,6 +66,12 @@ def card_values(profile: LossProfile | None, target: float) -> list[dict]:
         {"key": "quantization", "label": "Quantization", "value": "not analysed", "detail": "",
          "tooltip": "Quantization sensitivity is future work."},
     ]
+
+
+def _mean(values) -> float:
+    """Mean of the finite values (the profile's avg_sensitivity), NaN when there are none."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else math.nan
 
 
 class SummaryCards(anywidget.AnyWidget):

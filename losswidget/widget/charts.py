@@ -3,7 +3,8 @@
 The views are one class each (bars.py, scatter.py, curve.py, table.py), each observing the store itself;
 this module only wires them together: the two bar charts share the x scale (so their bars line up) and the
 "Layers" range slider that zooms and pans it (bqplot's own pan/zoom also zooms y, which drops every bar out
-of view), and the curve follows the sensitivity chart's "Normalise" box.
+of view), and the curve follows the sensitivity chart's "Normalise" box. The plan row (plancurve.py,
+planpanel.py) shows the plan the bars' planned marks and the table's Planned column show (ProfileStore.plan).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import ipywidgets as w
 from .bars import ParamsChart, SensitivityChart
 from .curve import CurveChart
 from .focus import Focus, shown
+from .plancurve import PlanCurve
+from .planpanel import PlanPanel
 from .scatter import ScatterChart
 from .table import LayerTable
 
@@ -29,6 +32,8 @@ class Charts:
         self.scatter = ScatterChart(store, self.focus)
         self.curve = CurveChart(store, self.focus, self.sensitivity.normalise)
         self.table = LayerTable(store, self.focus)
+        self.plan_curve = PlanCurve(store)
+        self.plan_panel = PlanPanel(store)
         self.window = w.IntRangeSlider(value=(0, 0), min=0, max=0, description="Layers:", continuous_update=True,
                                        style={"description_width": "initial"},
                                        layout=w.Layout(width="100%", display="none"))
@@ -37,9 +42,13 @@ class Charts:
         self.table_title.add_class("lw-chart-title")
         lower = w.HBox([self.scatter.box, self.curve.box], layout=w.Layout(flex_flow="row wrap"))
         lower.add_class("lw-lower")
+        self.plan_panel.box.add_class("lw-chart-block")
+        plan_row = w.HBox([self.plan_curve.box, self.plan_panel.box], layout=w.Layout(flex_flow="row wrap"))
+        plan_row.add_class("lw-lower")
+        plan_row.add_class("lw-plan-row")
         table_box = w.VBox([self.table_title, self.table])
         table_box.add_class("lw-chart-block")
-        self.box = w.VBox([self.sensitivity.box, self.params.box, self.window, lower, table_box])
+        self.box = w.VBox([self.sensitivity.box, self.params.box, self.window, lower, plan_row, table_box])
         self.box.add_class("lw-charts")
         self.window.observe(lambda _: self._zoom(), "value")
         self.focus.observe(self._follow, "layer")

@@ -1,5 +1,7 @@
 """The drill-down: the clicked layer's measured curve L(s) for each shown profile, with L(0.95) (what the
-sensitivity bar is made of) and the target sparsity marked; hidden until a layer is clicked.
+sensitivity bar is made of) and the target sparsity marked; hidden until a layer is clicked. Under its
+title, "Exclude from the plan" keeps the clicked layer dense in the selected profile's plan (ProfileStore
+`excluded`): a click on a bar opens this drill-down, and the box here acts on what it shows.
 
 One Lines mark per compared profile, made on first need and reused (never one per redraw: each new mark is
 a widget model the browser keeps); the y range is set per layer so a small curve is not flattened by the
@@ -50,9 +52,14 @@ class CurveChart:
                              padding_y=0.0, layout=w.Layout(width="100%", height="280px"))
         self.fig.add_class("lw-layer-curve")
         self.y_axis = self.fig.axes[1]
+        self.exclude = w.Checkbox(value=False, description="Exclude from the plan (keep this layer dense)",
+                                  indent=False, layout=w.Layout(width="auto"))
+        self.exclude.add_class("lw-exclude-layer")
+        self._showing = False
+        self.exclude.observe(self._exclude_changed, "value")
         self.box = w.VBox([self.title, self.hint])          # the figure joins on the first click
         self.box.add_class("lw-chart-block")
-        store.observe(Later(self.redraw), names=["profiles", "selected", "compare", "target"])
+        store.observe(Later(self.redraw), names=["profiles", "selected", "compare", "target", "excluded"])
         focus.observe(lambda _: self.redraw(), names=["layer"])
         normalise.observe(lambda _: self.redraw(), "value")
         self.redraw()
@@ -121,9 +128,26 @@ class CurveChart:
         marks = drawn + [self.rule_95, self.rule_target, self.at_95, self.notes]
         if self.fig.marks != marks:
             self.fig.marks = marks
-        if self.box.children != (self.title, self.key, self.fig):
-            self.box.children = (self.title, self.key, self.fig)
+        plan = self.store.plan()
+        planned = next((l for l in plan.layers if l.index == index), None) if plan is not None else None
+        if planned is not None:
+            keys.append("excluded: kept dense" if planned.excluded
+                        else f"planned at {target:.0%}: <b>{planned.sparsity:.0%}</b>")
+        self._showing = True                              # the store's state, shown: not the user's click
+        try:
+            self.exclude.value = bool(planned is not None and planned.excluded)
+            self.exclude.disabled = planned is None
+        finally:
+            self._showing = False
+        if self.box.children != (self.title, self.key, self.exclude, self.fig):
+            self.box.children = (self.title, self.key, self.exclude, self.fig)
         self.title.value = (f"<span class='lw-h'>#{base.index} {html.escape(base.name)}</span> "
                             f"<span class='lw-sub'>{html.escape(base.op_type)} · L(s) per sparsity"
                             f"{' (normalised per profile)' if normalise else ''}</span>")
         self.key.value = " · ".join(keys)
+
+    def _exclude_changed(self, change) -> None:
+        profiles = shown(self.store)
+        layer = layer_of(profiles[0], self.focus.layer) if profiles and not self._showing else None
+        if layer is not None:
+            self.store.set_excluded(layer.name, change["new"])

@@ -15,6 +15,12 @@ its method's declared `rank` (methods not in the registry lowest), then the newe
 asked for (`add`, the form, `rerun`) is shown as soon as it has bars, unless the user picked another one
 after asking.
 
+Exclusions. `excluded` holds, per profile, the names of the layers the user keeps out of that profile's plan
+(dense); `plan()` is the selected profile's plan at `target` with them, made once per (profile, target,
+exclusions) and shared by every view, so the bars' planned marks, the table, the cards and the plan curve
+show one plan. Names, not indices, so they survive a rerun of the profile; names a profile lacks (a partial
+profile) are ignored for it.
+
 Nothing is lost: a profile that cannot be saved stays in memory with a notice; a cancelled analysis keeps
 the partial profile the API hands back (AnalysisCancelled.partial); files in the folder that cannot be used
 are skipped with one notice naming them; a model file changed on disk is reported, never silently mixed.
@@ -35,6 +41,7 @@ from ..data import label_candidates, model_inputs
 from ..errors import AnalysisCancelled, LossWidgetError, SettingsError, first_line
 from ..graph import read_graph
 from ..onnxfile import open_model
+from ..plan import Plan
 from ..profile import LossProfile, ModelInfo
 from .folder import ProfileFolder
 from .progress import Eta, LayerId, LiveProfile
@@ -121,6 +128,7 @@ class ProfileStore(HasTraits):
     model_hash = Unicode("")      # "blake3:<hex>" once known ("" while it is computed)
     ready = Bool(False)           # the hash is known and saved profiles are loaded
     notices = List(Unicode())     # things the user must know: unsaved profiles, skipped files, a changed model
+    excluded = Dict(key_trait=Unicode(), value_trait=List(Unicode()))   # profile name -> layer names kept dense
 
     def __init__(self, model, *, data=None, labels=None, profiles_dir=None, target_sparsity: float = 0.85):
         super().__init__()
@@ -159,6 +167,7 @@ class ProfileStore(HasTraits):
         self._user_chose_at: float | None = None
         self._pinned = False                   # a profile the user asked for is shown: ranks no longer decide
         self._redraw = 0.0                     # seconds the views took to draw the last live profile
+        self._plans: dict[tuple, tuple] = {}   # (profile id, target, exclusions) -> (profile, plan); the last few
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="losswidget-job")
         self._identified = self._pool.submit(self._identify)
 
@@ -295,6 +304,8 @@ class ProfileStore(HasTraits):
                 if self.selected == name:
                     self.selected = preferred(rest)
                 self.profiles = rest
+                if name in self.excluded:
+                    self.excluded = {k: v for k, v in self.excluded.items() if k != name}
                 self.jobs = {k: v for k, v in self.jobs.items() if k != name or not active}
         finally:
             self._store_selects = False
@@ -323,8 +334,58 @@ class ProfileStore(HasTraits):
                 self.compare = [new if c == old else c for c in self.compare]
                 if self.selected == old:
                     self.selected = new
+                if old in self.excluded:
+                    self.excluded = {(new if k == old else k): v for k, v in self.excluded.items()}
         finally:
             self._store_selects = False
+
+    # -- plans -----------------------------------------------------------------------------------------
+    def exclusions(self, name: str | None = None) -> tuple[str, ...]:
+        """The excluded layer names of a profile (default: the selected one) that it has, in layer order."""
+        name = self.selected if name is None else name
+        profile = self.profiles.get(name)
+        chosen = set(self.excluded.get(name, ()))
+        return tuple(dict.fromkeys(l.name for l in profile.layers if l.name in chosen)) if profile else ()
+
+    def set_excluded(self, layers, excluded: bool = True, profile: str | None = None) -> None:
+        """Keep these layers (names) out of a profile's plan (default: the selected one's), or put them back."""
+        name = self.selected if profile is None else profile
+        if name not in self.profiles:
+            raise SettingsError(f"No profile named {name!r}.")
+        layers = [layers] if isinstance(layers, str) else list(layers)
+        known = {l.name for l in self.profiles[name].layers}
+        unknown = [l for l in layers if l not in known]
+        if unknown:
+            raise SettingsError(f"Profile {name!r} has no layer named {unknown[0]!r}.")
+        now = list(self.excluded.get(name, ()))
+        new = now + [l for l in layers if l not in now] if excluded else [l for l in now if l not in layers]
+        if new != now:
+            rest = {k: v for k, v in self.excluded.items() if k != name}
+            self.excluded = {**rest, name: new} if new else rest
+
+    def clear_excluded(self, profile: str | None = None) -> None:
+        """Put every layer of a profile (default: the selected one) back into its plan."""
+        name = self.selected if profile is None else profile
+        if name in self.excluded:
+            self.excluded = {k: v for k, v in self.excluded.items() if k != name}
+
+    def plan(self, name: str | None = None) -> Plan | None:
+        """The plan of a profile (default: the selected one) at the target, its excluded layers kept dense;
+        None when there is no such profile. Excluded layers go by index: names may repeat in a graph."""
+        name = self.selected if name is None else name
+        profile = self.profiles.get(name)
+        if profile is None or not profile.layers:
+            return None
+        chosen = set(self.exclusions(name))
+        keep = tuple(l.index for l in profile.layers if l.name in chosen)
+        key = (id(profile), float(self.target), keep)
+        made, plan = self._plans.get(key, (None, None))
+        if made is not profile:                          # the profile is held with its plan: its id stays its own
+            plan = profile.plan(min(float(self.target), 0.95), exclude=keep)
+            if len(self._plans) >= 16:                   # a slider drag makes a plan per step: keep the last few
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[key] = (profile, plan)
+        return plan
 
     # -- jobs ------------------------------------------------------------------------------------------
     def job(self, name: str) -> Job | None:

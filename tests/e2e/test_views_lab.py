@@ -83,7 +83,7 @@ def test_log_scale_draws_and_the_chart_recovers(page, lab):
 
 def test_outlier_red_cut_table_and_sync(page, lab):
     start(page, lab, "outlier.ipynb",
-           "w.charts.table.planned = {l.id: 0.5 for l in w.profiles['Approximated'].layers}")
+           "w.target.value = 0.5")
     fills = page.eval_on_selector_all(f"{SENS} .bargroup rect", "els => els.map(e => getComputedStyle(e).fill)")
     assert fills.count(RED) == 1 and fills[20] == RED
     assert "▲ 122" in texts(page, f"{SENS} text")
@@ -96,7 +96,7 @@ def test_outlier_red_cut_table_and_sync(page, lab):
     table.locator(".lw-table-scroll").evaluate("e => { e.scrollTop = e.scrollHeight; }")
     wait_until(lambda: table.locator("tbody tr.lw-row").last.locator("td").nth(1).inner_text() == "features.63.conv",
                what="the last rows drawn on scrolling")
-    assert table.locator("tbody tr.lw-row").nth(0).locator("td").nth(5).inner_text() == "—"      # no plan yet
+    assert table.locator("tbody tr.lw-row").nth(0).locator("td").nth(5).inner_text() == "85%"    # the plan at 85%
     table.locator(".lw-sort", has_text="Sensitivity").click()
     wait_until(lambda: table.locator("tbody tr.lw-row").nth(0).locator("td").nth(1).inner_text().startswith("blur"),
                what="sorted by sensitivity")
@@ -110,8 +110,9 @@ def test_outlier_red_cut_table_and_sync(page, lab):
     wait_until(lambda: table.locator("tbody tr.lw-group").count() == 2, what="groups: features, blur")
     assert "Σ" in table.locator("tbody tr.lw-group").nth(0).inner_text()
     table.locator(".lw-table-group").select_option("0")
-    run_cell(page, 1)                                              # the planned-sparsity hook
-    wait_until(lambda: "50%" in table.locator("tbody tr.lw-row").nth(0).inner_text(), what="planned column")
+    run_cell(page, 1)                                              # the target moves: the plan follows
+    wait_until(lambda: table.locator("tbody tr.lw-row").nth(1).locator("td").nth(5).inner_text() == "58%",
+               what="planned column at 50%")
     # hover a row: the bar is pointed at and described; click it: the bar is marked, the curve drawn
     table.locator(".lw-table-search").fill("features.33")
     wait_until(lambda: table.locator(".lw-table-count").inner_text() == "1 of 64 layers", what="search")
@@ -204,11 +205,11 @@ def test_every_view_follows_each_profile_switch(page, lab):
 LAYOUT_JS = """root => {
   const r = e => e.getBoundingClientRect();
   const within = [...root.querySelectorAll('.lw-controls > *, .lw-toolbar > *, .lw-compare > *, .lw-card,'
-                                         + ' .lw-table-bar > *, .bqplot')]
+                                         + ' .lw-table-bar > *, .bqplot, .lw-plan-actions button, .lw-prune-row > *')]
     .filter(e => r(e).width > 0).map(e => [e.className.baseVal ?? e.className, r(e).right - r(root).right]);
   const clipped = [...root.querySelectorAll('.lw-scale-toggle button, .lw-compare-item')]
     .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent);
-  const charts = [...root.querySelectorAll('.lw-sensitivity-chart, .lw-params-chart, .lw-scatter-chart')];
+  const charts = [...root.querySelectorAll('.lw-sensitivity-chart, .lw-params-chart, .lw-scatter-chart, .lw-plan-curve')];
   const overlaps = [];
   for (const c of charts) {
     const label = [...c.querySelectorAll('text.axislabel')].map(r);

@@ -239,10 +239,10 @@ def test_header_names_the_model(outlier):
 def test_layer_window_zooms_both_bar_charts(outlier):
     charts = outlier.charts
     assert charts.window.layout.display == "" and charts.window.value == (0, 63)   # 64 layers: shown
-    assert (charts.xs.min, charts.xs.max) == (0, 63)
+    assert (charts.xs.min, charts.xs.max) == (-0.5, 63.5) and not charts.xs.allow_padding   # half a bar each side
     assert charts.params.bars.scales["x"] is charts.sensitivity.marks[0].scales["x"] is charts.xs
     charts.window.value = (10, 19)
-    assert (charts.xs.min, charts.xs.max) == (10, 19)
+    assert (charts.xs.min, charts.xs.max) == (9.5, 19.5)
     charts.table.selected = 40                                           # a layer outside the window
     lo, hi = charts.window.value
     assert lo <= 40 <= hi and hi - lo == 9

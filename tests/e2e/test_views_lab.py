@@ -17,6 +17,14 @@ OUTLIER = ("import sys\n"
            "w.wait()\n"
            "w.selected = 'Approximated'\n"
            "w")
+# shown at once, its profiles computed after (the usual first render: bqplot measured the bar charts with no bars)
+EARLY = ("import sys\n"
+         f"sys.path.insert(0, {str(TESTS)!r})\n"
+         "from helpers import outlier_cnn, save\n"
+         "from losswidget import LossProfileWidget\n"
+         "from losswidget.widget.app import AUTO_PROFILES\n"
+         "w = LossProfileWidget(save(outlier_cnn(), 'outlier.onnx'), autostart=False)\n"
+         "w")
 SENS = ".jp-OutputArea-output .lw-sensitivity-chart"
 RED = "rgb(214, 39, 40)"
 
@@ -170,6 +178,14 @@ def test_readout_drill_down_and_compare(page, lab):
         ".jp-OutputArea-output .lw-key").first.inner_text()                    # the legend is off the bars
     page.locator(f"{SENS} .bargroup rect").nth(5).hover(force=True)
     wait_until(lambda: "normalised" in readout.inner_text(), what="normalised in the readout")
+    curves = lambda: page.locator(".jp-OutputArea-output .lw-layer-curve").evaluate(      # noqa: E731
+        "e => [...e.querySelectorAll('g.curve')].filter(g => g.querySelector('.dot')).length")  # not the rules
+    wait_until(lambda: curves() == 2, what="the curve of both profiles")
+    page.mouse.move(0, 0)
+    boxes.nth(0).uncheck()               # and nothing else: the curve follows without another message
+    wait_until(lambda: curves() == 1, timeout=5, what="the unticked profile's curve gone")
+    boxes.nth(0).check()
+    wait_until(lambda: curves() == 2, timeout=5, what="its curve back")
     run_cell(page, 1)                      # a profile the user asks for is shown: it takes Baseline's place
     wait_until(lambda: boxes.count() == 3 and boxes.nth(2).is_disabled(), what="a third profile, shown")
     labels = page.locator(".jp-OutputArea-output .lw-compare label").all_inner_texts()
@@ -220,9 +236,14 @@ LAYOUT_JS = """root => {
   const rows = {};
   for (const c of root.querySelectorAll('.lw-card')) rows[Math.round(r(c).top)] = (rows[Math.round(r(c).top)] || 0) + 1;
   const centers = sel => [...root.querySelectorAll(sel + ' .bargroup rect')].map(e => (r(e).left + r(e).right) / 2);
+  // how far the first and last bars stay inside the plot area (negative: cut)
+  const ends = sel => { const bars = [...root.querySelectorAll(sel + ' .bargroup rect')].map(r);
+    const area = r(root.querySelector(sel + ' .plotarea_background'));
+    return bars.length ? [bars[0].left - area.left, area.right - bars[bars.length - 1].right] : []; };
   const slider = root.querySelector('.lw-target-slider .slider-container');
   return {within, clipped, overlaps, cardRows: Object.values(rows),
           sens: centers('.lw-sensitivity-chart'), params: centers('.lw-params-chart'),
+          ends: [...ends('.lw-sensitivity-chart'), ...ends('.lw-params-chart')],
           slider: slider ? r(slider).width : 0, width: r(root).width,
           ticks: [...root.querySelectorAll('.lw-sensitivity-chart .tick text, .lw-params-chart .tick text')].map(e => e.textContent),
           axisFill: getComputedStyle(root.querySelector('.lw-sensitivity-chart text.axislabel')).fill,
@@ -236,10 +257,19 @@ LAYOUT_JS = """root => {
 @pytest.mark.parametrize("where", ["inline", "sidebar"])
 def test_layout_and_theme(page, lab, dark, where):
     page.set_viewport_size({"width": 1000, "height": 1400})
-    start(page, lab, f"layout-{where}-{dark}.ipynb", "w.show_sidebar()")
+    # inline: shown before its profiles (as a notebook usually does), so the bars arrive in drawn charts;
+    # the sidebar's view is made after them
+    notebook(lab["root"] / f"layout-{where}-{dark}.ipynb", EARLY,
+             "w.store.autostart(AUTO_PROFILES)\nw.wait()\nw.selected = 'Approximated'", "w.show_sidebar()")
+    open_notebook(page, lab, f"layout-{where}-{dark}.ipynb")
+    run_cell(page, 0)
+    page.wait_for_selector(".jp-OutputArea-output .lw-params-chart .plotarea_background", timeout=60_000)
+    time.sleep(0.5)
+    run_cell(page, 1)
+    wait_until(lambda: len(heights(page)) == 64, what="64 sensitivity bars")
     root = ".jp-OutputArea-output .losswidget"
     if where == "sidebar":
-        run_cell(page, 1)
+        run_cell(page, 2)
         root = "#jp-right-stack .losswidget"
         wait_until(lambda: page.locator(f"{root} .lw-sensitivity-chart .bargroup rect").count() == 64,
                    what="bars in the sidebar")
@@ -255,6 +285,7 @@ def test_layout_and_theme(page, lab, dark, where):
         assert len(set(got["cardRows"])) == 1, got["cardRows"]              # no card alone on a row
         assert got["slider"] >= 60                                          # a usable slider, not a knob
         assert got["sens"] and all(abs(a - b) < 1 for a, b in zip(got["sens"], got["params"]))   # bars line up
+        assert len(got["ends"]) == 4 and all(e > -1 for e in got["ends"]), got["ends"]   # end bars whole
         bad = [t for t in got["ticks"] if re.search(r"\.\d*0(?!\d)|\.0[kMG]?$", t)]
         assert not bad, bad                                                 # no 0.0500, 0.00 or 20.0k
         assert got["axisFill"] == got["textColor"] and "255, 165, 0" not in got["titleColor"] + got["axisFill"]

@@ -10,13 +10,14 @@ const ROW = 22; // px, layer and group rows alike (table.css holds them to it)
 const SPARE = 8; // rows drawn beyond each edge of the view
 const NARROW = 380; // px: below this (the sidebar) op and params are left out; the readout shows them
 
+// `narrow`: the header in the sidebar, where the full word would leave no room for the sort arrow
 const COLUMNS = [
   { key: "index", label: "#", num: true, title: "Graph order" },
   { key: "name", label: "Layer", num: false, title: "Layer name" },
   { key: "op", label: "Op", num: false, title: "Operator type" },
   { key: "params", label: "Params", num: true, title: "Weights in the layer" },
-  { key: "sensitivity", label: "Sensitivity", num: true, title: "L(0.95) − L(0) of the selected profile" },
-  { key: "planned", label: "Planned", num: true, title: "Planned sparsity at the target" },
+  { key: "sensitivity", label: "Sensitivity", narrow: "Sens.", num: true, title: "L(0.95) − L(0) of the selected profile" },
+  { key: "planned", label: "Planned", narrow: "Plan", num: true, title: "Planned sparsity at the target" },
 ];
 
 function human(n) {
@@ -25,10 +26,17 @@ function human(n) {
   return `${Math.round(n)}`;
 }
 
+// as rules.short in Python: 3 significant digits; below 0.001 and from 10000 up a short exponent (7.54e-5),
+// so a value takes 8 characters at most and fits the narrow column
 function short(x) {
   if (x === null || x === undefined || !Number.isFinite(x)) return "—";
   if (x === 0) return "0";
-  if (Math.abs(x) >= 1000 && Math.abs(x) < 10000) return x.toFixed(0);
+  const size = Math.abs(x);
+  if (size >= 1000 && size < 10000) return x.toFixed(0);
+  if (size < 1e-3 || size >= 1e4) {
+    const [mantissa, exponent] = x.toExponential(2).split("e");
+    return `${Number(mantissa)}e${Number(exponent)}`;
+  }
   return Number(x.toPrecision(3)).toString();
 }
 
@@ -109,7 +117,9 @@ function render({ model, el: root }) {
       const th = el("th", `lw-col-${col.key}${col.num ? " lw-num" : ""}`);
       const button = el("button", "lw-sort");
       const active = model.get("sort") === col.key;
-      button.textContent = col.label + (active ? (model.get("descending") ? " ▼" : " ▲") : "");
+      // the label may shorten with an ellipsis, the arrow never does
+      button.append(el("span", "lw-sort-label", narrow && col.narrow ? col.narrow : col.label));
+      if (active) button.append(el("span", "lw-sort-arrow", model.get("descending") ? "▼" : "▲"));
       const label = col.key === "sensitivity" ? model.get("sens_label") || col.label : col.label;
       button.title = `Sort by ${label.toLowerCase()} (${col.title})`;
       th.setAttribute("aria-sort", active ? (model.get("descending") ? "descending" : "ascending") : "none");

@@ -220,10 +220,13 @@ def test_every_view_follows_each_profile_switch(page, lab):
 LAYOUT_JS = """root => {
   const r = e => e.getBoundingClientRect();
   const within = [...root.querySelectorAll('.lw-controls > *, .lw-toolbar > *, .lw-compare > *, .lw-card,'
-                                         + ' .lw-table-bar > *, .bqplot')]
+                                         + ' .lw-table-bar > *, .bqplot, .lw-panel .widget-inline-hbox,'
+                                         + ' .lw-panel input, .lw-panel select, .lw-panel button')]
     .filter(e => r(e).width > 0).map(e => [e.className.baseVal ?? e.className, r(e).right - r(root).right]);
-  const clipped = [...root.querySelectorAll('.lw-scale-toggle button, .lw-compare-item')]
+  const clipped = [...root.querySelectorAll('.lw-scale-toggle button, .lw-compare-item, .lw-sort-label, td.lw-num')]
     .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent);
+  const arrow = root.querySelector('.lw-sort-arrow');          // the sorted column's arrow, inside its header
+  const arrowShown = !!arrow && r(arrow).width > 0 && r(arrow).right <= r(arrow.closest('th')).right + 0.5;
   const charts = [...root.querySelectorAll('.lw-sensitivity-chart, .lw-params-chart, .lw-scatter-chart')];
   const overlaps = [];
   for (const c of charts) {
@@ -241,7 +244,7 @@ LAYOUT_JS = """root => {
     const area = r(root.querySelector(sel + ' .plotarea_background'));
     return bars.length ? [bars[0].left - area.left, area.right - bars[bars.length - 1].right] : []; };
   const slider = root.querySelector('.lw-target-slider .slider-container');
-  return {within, clipped, overlaps, cardRows: Object.values(rows),
+  return {within, clipped, arrowShown, overlaps, cardRows: Object.values(rows),
           sens: centers('.lw-sensitivity-chart'), params: centers('.lw-params-chart'),
           ends: [...ends('.lw-sensitivity-chart'), ...ends('.lw-params-chart')],
           slider: slider ? r(slider).width : 0, width: r(root).width,
@@ -274,13 +277,16 @@ def test_layout_and_theme(page, lab, dark, where):
         wait_until(lambda: page.locator(f"{root} .lw-sensitivity-chart .bargroup rect").count() == 64,
                    what="bars in the sidebar")
     try:
+        page.locator(f"{root} .lw-sort", has_text="Sens").first.click()     # sorted: an arrow in the header
+        wait_until(lambda: page.locator(f"{root} .lw-sort-arrow").count() == 1, what="the sort arrow")
         set_theme(page, dark)
         time.sleep(1)                                                      # let the charts lay out
         got = page.locator(root).first.evaluate(LAYOUT_JS)
         if where == "sidebar":
             assert 230 <= got["width"] <= 320                               # the sidebar's width
         assert not [w for w in got["within"] if w[1] > 1], got["within"]      # nothing sticks out on the right
-        assert not got["clipped"], got["clipped"]                           # no "% of to…"
+        assert not got["clipped"], got["clipped"]         # no "% of to…", "Sensi…", "0.000…" in the table
+        assert got["arrowShown"]                                            # not "Sensitivit…"
         assert not got["overlaps"], got["overlaps"]                         # axis titles clear of tick labels
         assert len(set(got["cardRows"])) == 1, got["cardRows"]              # no card alone on a row
         assert got["slider"] >= 60                                          # a usable slider, not a knob

@@ -147,9 +147,23 @@ def test_drill_down_marks_reuses_lines_and_rescales(outlier):
     assert list(curve.at_95.x) == [0.95] and curve.at_95.y[0] == pytest.approx(at.sensitivity)
     outlier.target.value = 0.6
     assert list(curve.rule_95.x) == [0.95, 0.95] and list(curve.rule_target.x) == [0.6, 0.6]
-    assert "target 60%" in curve.notes.text
+    assert list(curve.target_note.text) == ["target 60%"] and list(curve.note_95.text) == ["0.95"]
     charts.select_layer(-1)
     assert curve.fig not in curve.box.children
+
+
+def test_curve_key_gives_raw_sensitivities_when_normalised(outlier):
+    charts = outlier.charts
+    charts.select_layer(7)
+    outlier.compare_profiles("Approximated", "Baseline")
+    assert charts.normalise.value and len(charts.curve.curves) == 2
+    key = charts.curve.key.value
+    for name in ("Approximated", "Baseline"):                       # what the readout and the table say
+        raw = rules.short(outlier.profiles[name].layers[7].sensitivity)
+        assert f"{name}: L(0.95) − L(0) = <b>{raw}</b>" in key
+    assert "raw values; the curves are normalised" in key
+    charts.normalise.value = False
+    assert "normalised" not in charts.curve.key.value
 
 
 def test_fifty_selection_changes_make_no_widgets(outlier):

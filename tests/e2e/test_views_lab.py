@@ -227,7 +227,8 @@ LAYOUT_JS = """root => {
     .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent);
   const arrow = root.querySelector('.lw-sort-arrow');          // the sorted column's arrow, inside its header
   const arrowShown = !!arrow && r(arrow).width > 0 && r(arrow).right <= r(arrow.closest('th')).right + 0.5;
-  const charts = [...root.querySelectorAll('.lw-sensitivity-chart, .lw-params-chart, .lw-scatter-chart')];
+  const charts = [...root.querySelectorAll('.lw-sensitivity-chart, .lw-params-chart, .lw-scatter-chart,'
+                                         + ' .lw-layer-curve')];
   const overlaps = [];
   for (const c of charts) {
     const label = [...c.querySelectorAll('text.axislabel')].map(r);
@@ -236,6 +237,11 @@ LAYOUT_JS = """root => {
       if (a.width && b.width && !(a.right <= b.left || b.right <= a.left || a.bottom <= b.top || b.bottom <= a.top))
         overlaps.push(c.className);
   }
+  // the curve's rule names sit above its plot area, off the curves
+  const curve = root.querySelector('.lw-layer-curve');
+  const notes = curve ? [...curve.querySelectorAll('text')].filter(t => t.textContent === '0.95'
+                                                                   || t.textContent.startsWith('target ')) : [];
+  const notesAbove = notes.map(t => [t.textContent, r(t).bottom - r(curve.querySelector('.plotarea_background')).top]);
   const rows = {};
   for (const c of root.querySelectorAll('.lw-card')) rows[Math.round(r(c).top)] = (rows[Math.round(r(c).top)] || 0) + 1;
   const centers = sel => [...root.querySelectorAll(sel + ' .bargroup rect')].map(e => (r(e).left + r(e).right) / 2);
@@ -244,7 +250,7 @@ LAYOUT_JS = """root => {
     const area = r(root.querySelector(sel + ' .plotarea_background'));
     return bars.length ? [bars[0].left - area.left, area.right - bars[bars.length - 1].right] : []; };
   const slider = root.querySelector('.lw-target-slider .slider-container');
-  return {within, clipped, arrowShown, overlaps, cardRows: Object.values(rows),
+  return {within, clipped, arrowShown, overlaps, notesAbove, cardRows: Object.values(rows),
           sens: centers('.lw-sensitivity-chart'), params: centers('.lw-params-chart'),
           ends: [...ends('.lw-sensitivity-chart'), ...ends('.lw-params-chart')],
           slider: slider ? r(slider).width : 0, width: r(root).width,
@@ -279,6 +285,9 @@ def test_layout_and_theme(page, lab, dark, where):
     try:
         page.locator(f"{root} .lw-sort", has_text="Sens").first.click()     # sorted: an arrow in the header
         wait_until(lambda: page.locator(f"{root} .lw-sort-arrow").count() == 1, what="the sort arrow")
+        page.locator(f"{root} .lw-sensitivity-chart .bargroup").nth(12).click(force=True)   # the curve
+        wait_until(lambda: page.locator(f"{root} .lw-layer-curve .plotarea_background").count() == 1,
+                   what="the layer curve")
         set_theme(page, dark)
         time.sleep(1)                                                      # let the charts lay out
         got = page.locator(root).first.evaluate(LAYOUT_JS)
@@ -288,6 +297,7 @@ def test_layout_and_theme(page, lab, dark, where):
         assert not got["clipped"], got["clipped"]         # no "% of to…", "Sensi…", "0.000…" in the table
         assert got["arrowShown"]                                            # not "Sensitivit…"
         assert not got["overlaps"], got["overlaps"]                         # axis titles clear of tick labels
+        assert len(got["notesAbove"]) == 2 and all(d <= 1 for _, d in got["notesAbove"]), got["notesAbove"]   # off the curve
         assert len(set(got["cardRows"])) == 1, got["cardRows"]              # no card alone on a row
         assert got["slider"] >= 60                                          # a usable slider, not a knob
         assert got["sens"] and all(abs(a - b) < 1 for a, b in zip(got["sens"], got["params"]))   # bars line up

@@ -22,7 +22,8 @@ const COLUMNS = [
 
 function human(n) {
   const units = [["B", 1e9], ["M", 1e6], ["k", 1e3]];
-  for (const [unit, size] of units) if (Math.abs(n) >= size) return `${(n / size).toFixed(1)} ${unit}`;
+  // as profile.human in Python: one decimal, none when it is 0 (2 k, not 2.0 k)
+  for (const [unit, size] of units) if (Math.abs(n) >= size) return `${Number((n / size).toFixed(1))} ${unit}`;
   return `${Math.round(n)}`;
 }
 

@@ -7,6 +7,7 @@ import anywidget
 from traitlets import Dict, List, Unicode
 
 from ..profile import LossProfile, human
+from .rules import short
 
 JS_DIR = files("losswidget.js")
 
@@ -48,7 +49,7 @@ def card_values(profile: LossProfile | None, target: float) -> list[dict]:
          "detail": f"plan at {target:.0%}: {s.achieved_sparsity:.1%} of prunable params pruned",
          "tooltip": "Total params / params left under the plan: per-layer sparsity chosen by the least cost per "
                     "pruned parameter on this profile's curves, no layer past 95%."},
-        {"key": "sensitivity", "label": "Avg sensitivity", "value": f"{s.avg_sensitivity:.4g}",
+        {"key": "sensitivity", "label": "Avg sensitivity", "value": short(s.avg_sensitivity),
          "detail": "L(0.95) − L(0) per layer", "tooltip": "Mean over layers of the loss change at 95% sparsity."},
         quality,
         {"key": "settings", "label": "Pruning settings", "value": method,

@@ -35,7 +35,7 @@ def test_widget_draws_cards_bars_and_tooltip(page, lab):
     page.wait_for_selector(".lw-card-value", timeout=60_000)
     wait_until(lambda: "…" not in " ".join(page.locator(".lw-card-value").all_inner_texts()), what="card values")
     values = page.locator(".lw-card-value").all_inner_texts()
-    assert values[0] == "19.0 k" and values[1].endswith("×") and values[-1] == "not analysed"
+    assert values[0] == "19 k" and values[1].endswith("×") and values[-1] == "not analysed"
     assert page.locator(".lw-card-reduction").get_attribute("aria-label").startswith("Est. params reduction: ")
     wait_until(lambda: bars(page).count() == 4, what="4 sensitivity bars")          # the demo has 4 layers
     assert bars(page, ".lw-params-chart").count() == 4

@@ -243,6 +243,20 @@ def test_compare_chooser_keeps_order_and_selection(outlier, outlier_path):
     assert outlier.compare.options[-1] == "asked" and "Baseline" in outlier.compare.value
 
 
+def test_job_line_beside_the_selector(outlier):
+    status = outlier.job_status
+    assert status.value == "" and status.layout.display == "none"             # nothing running
+    outlier.store.jobs = {"old": {"status": "done"}, "Baseline": {"status": "running", "done": 2, "total": 5,
+                                                                  "partial": True},
+                          "next": {"status": "queued"}}
+    assert "<b>Baseline</b>: computing… 40%, bars fill in · 1 more queued" in status.value
+    assert status.layout.display == ""
+    outlier.store.jobs = {"next": {"status": "queued"}}
+    assert "<b>next</b> queued" in status.value
+    outlier.store.jobs = {"old": {"status": "done"}, "bad": {"status": "failed"}}
+    assert status.value == "" and status.layout.display == "none"
+
+
 def test_header_names_the_model(outlier):
     h = outlier.header
     assert h.model_name == "outlier.onnx" and h.model_hash == outlier.store.model_hash[:15]

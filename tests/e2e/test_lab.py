@@ -1,5 +1,6 @@
 """The widget in a real JupyterLab and Chromium: it draws, adds and cancels profiles, and opens in the sidebar."""
 import os
+import re
 import time
 from pathlib import Path
 
@@ -98,6 +99,9 @@ def test_live_bars_then_cancel_keeps_the_partial_profile(page, lab):
     wait_until(lambda: page.locator(".lw-setting-labels input").input_value() == "y", what="labels from the data")
     page.locator("button.lw-run").click()
     wait_until(lambda: "fill in" in page.locator(".lw-status").inner_text(), timeout=120, what="live bars")
+    line = page.locator(".lw-job-status")                      # beside the selector, not only in the panel
+    wait_until(lambda: re.search(r"slow one-shot: computing… \d+%", line.inner_text()), what="the status line")
+    assert line.bounding_box()["y"] < page.locator(".lw-sensitivity-chart").bounding_box()["y"]
     wait_until(lambda: page.locator(".lw-cards-title").inner_text() == "slow one-shot (partial)", what="shown")
     heights = [float(h) for h in page.eval_on_selector_all(".lw-sensitivity-chart .bargroup rect",
                                                            "els => els.map(e => e.getAttribute('height'))")]

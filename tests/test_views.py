@@ -8,7 +8,7 @@ from ipywidgets.widgets import widget as ipywidget
 import losswidget
 from losswidget.widget import rules
 from losswidget.widget.app import LossProfileWidget
-from losswidget.widget.bars import BASE, HIGHLIGHT, TINY_OPACITY, js_number
+from losswidget.widget.bars import BASE, HIGHLIGHT, TINY_OPACITY, js_number, sensitivity_frame
 from losswidget.widget.table import table_rows
 
 from helpers import outlier_cnn, save
@@ -86,6 +86,16 @@ def test_log_scale_with_zero_and_negative_values(tmp_path):
     assert np.isfinite(y).all() and y[1] == y[2] == w.charts.bars.base          # no height, no NaN
     assert "values ≤ 0 have no bar" in w.charts.sensitivity.key.value
     w.close()
+
+
+def test_log_axis_keeps_room_above_its_top_tick(tmp_path):
+    base = losswidget.analyze(net(tmp_path), method="magnitude", name="m")
+    wanted = [0.859, 0.1, 0.0001]                       # the largest just under the "1" tick
+    layers = [dataclasses.replace(l, values=tuple(s * x / 0.95 for x in l.levels))
+              for l, s in zip(base.layers, wanted)]
+    f = sensitivity_frame([dataclasses.replace(base, layers=tuple(layers))], "log")
+    assert f.ticks[-1] == 0.0 and f.labels["0"] == "1"
+    assert f.hi - f.ticks[-1] >= 0.04 * (f.hi - f.lo) - 1e-12     # not at the very top, on the axis' end
 
 
 def test_compare_normalises_by_the_largest_non_outlier(outlier):
@@ -203,6 +213,9 @@ def test_scatter_trend_corner_and_selection(outlier):
     assert outlier.charts.focus.layer == 9 and list(scatter.points.selected) == [9]
     assert scatter.xs.min < params.min() and scatter.xs.max > params.max()
     assert [t for t in scatter.x_axis.tick_values] == [10, 100, 1000]
+    decades = np.log10(scatter.ys.max / scatter.ys.min)              # a free band under the points for the label
+    assert np.log10(min(scatter.points.y) / scatter.ys.min) >= 0.1 * decades
+    assert list(scatter.corner_label.y) == [scatter.ys.min]
 
 
 def test_layer_table_rows_focus_and_planned_hook(outlier):

@@ -145,8 +145,10 @@ function render({ model, el: root }) {
     tr.classList.toggle("lw-selected", r.index === model.get("selected"));
     tr.classList.toggle("lw-hovered", r.index === model.get("hovered"));
     const name = el("td", "lw-name");
-    // narrow: the end of a long name tells layers apart ("…14.conv"), its start rarely does
-    const text = narrow && r.name.length > 14 ? "…" + r.name.slice(-13) : r.name;
+    // narrow: the end of a long name tells layers apart ("…0.conv2"), its start rarely does: the cell
+    // runs right to left there (table.css), so its ellipsis cuts the start; the marks (LRM) keep the name's
+    // own order at both ends
+    const text = narrow ? "\u200E" + r.name + "\u200E" : r.name;
     name.appendChild(el("span", "lw-name-text", text));
     for (const flag of r.flags || []) name.appendChild(el("span", `lw-flag lw-flag-${flag}`, flag));
     name.title = r.name + ((r.flags || []).length ? ` (${r.flags.join(", ")})` : "");

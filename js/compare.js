@@ -20,7 +20,10 @@ function render({ model, el }) {
       box.value = name;
       box.checked = chosen.has(name) || name === selected;
       box.disabled = name === selected;
-      if (box.disabled) item.title = "The selected profile is always shown";
+      if (box.disabled) {
+        item.title = "The selected profile is always shown";
+        item.classList.add("lw-compare-fixed");
+      }
       box.addEventListener("change", () => {
         const now = new Set(model.get("value"));
         if (box.checked) now.add(name);

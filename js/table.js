@@ -10,26 +10,35 @@ const ROW = 22; // px, layer and group rows alike (table.css holds them to it)
 const SPARE = 8; // rows drawn beyond each edge of the view
 const NARROW = 380; // px: below this (the sidebar) op and params are left out; the readout shows them
 
+// `narrow`: the header in the sidebar, where the full word would leave no room for the sort arrow
 const COLUMNS = [
   { key: "index", label: "#", num: true, title: "Graph order" },
   { key: "name", label: "Layer", num: false, title: "Layer name" },
   { key: "op", label: "Op", num: false, title: "Operator type" },
   { key: "params", label: "Params", num: true, title: "Weights in the layer" },
-  { key: "sensitivity", label: "Sensitivity", short: "Sens.", num: true, title: "L(0.95) − L(0) of the selected profile" },
-  { key: "planned", label: "Planned", short: "Plan", num: true, title: "Planned sparsity at the target" },
-  { key: "inplan", label: "In plan", short: "✓", num: false, title: "Untick to keep the layer dense (out of the plan)" },
+  { key: "sensitivity", label: "Sensitivity", narrow: "Sens.", num: true, title: "L(0.95) − L(0) of the selected profile" },
+  { key: "planned", label: "Planned", narrow: "Plan", num: true, title: "Planned sparsity at the target" },
+  { key: "inplan", label: "In plan", narrow: "✓", num: false, title: "Untick to keep the layer dense (out of the plan)" },
 ];
 
 function human(n) {
   const units = [["B", 1e9], ["M", 1e6], ["k", 1e3]];
-  for (const [unit, size] of units) if (Math.abs(n) >= size) return `${(n / size).toFixed(1)} ${unit}`;
+  // as profile.human in Python: one decimal, none when it is 0 (2 k, not 2.0 k)
+  for (const [unit, size] of units) if (Math.abs(n) >= size) return `${Number((n / size).toFixed(1))} ${unit}`;
   return `${Math.round(n)}`;
 }
 
+// as rules.short in Python: 3 significant digits; below 0.001 and from 10000 up a short exponent (7.54e-5),
+// so a value takes 8 characters at most and fits the narrow column
 function short(x) {
   if (x === null || x === undefined || !Number.isFinite(x)) return "—";
   if (x === 0) return "0";
-  if (Math.abs(x) >= 1000 && Math.abs(x) < 10000) return x.toFixed(0);
+  const size = Math.abs(x);
+  if (size >= 1000 && size < 10000) return x.toFixed(0);
+  if (size < 1e-3 || size >= 1e4) {
+    const [mantissa, exponent] = x.toExponential(2).split("e");
+    return `${Number(mantissa)}e${Number(exponent)}`;
+  }
   return Number(x.toPrecision(3)).toString();
 }
 
@@ -110,7 +119,9 @@ function render({ model, el: root }) {
       const th = el("th", `lw-col-${col.key}${col.num ? " lw-num" : ""}`);
       const button = el("button", "lw-sort");
       const active = model.get("sort") === col.key;
-      button.textContent = (narrow && col.short ? col.short : col.label) + (active ? (model.get("descending") ? " ▼" : " ▲") : "");
+      // the label may shorten with an ellipsis, the arrow never does
+      button.append(el("span", "lw-sort-label", narrow && col.narrow ? col.narrow : col.label));
+      if (active) button.append(el("span", "lw-sort-arrow", model.get("descending") ? "▼" : "▲"));
       const label = col.key === "sensitivity" ? model.get("sens_label") || col.label : col.label;
       button.title = `Sort by ${label.toLowerCase()} (${col.title})`;
       th.setAttribute("aria-sort", active ? (model.get("descending") ? "descending" : "ascending") : "none");
@@ -136,8 +147,10 @@ function render({ model, el: root }) {
     tr.classList.toggle("lw-hovered", r.index === model.get("hovered"));
     tr.classList.toggle("lw-excluded", r.inplan === 0);
     const name = el("td", "lw-name");
-    // narrow: the end of a long name tells layers apart ("…14.conv"), its start rarely does
-    const text = narrow && r.name.length > 14 ? "…" + r.name.slice(-13) : r.name;
+    // narrow: the end of a long name tells layers apart ("…0.conv2"), its start rarely does: the cell
+    // runs right to left there (table.css), so its ellipsis cuts the start; the marks (LRM) keep the name's
+    // own order at both ends
+    const text = narrow ? "\u200E" + r.name + "\u200E" : r.name;
     name.appendChild(el("span", "lw-name-text", text));
     for (const flag of r.flags || []) name.appendChild(el("span", `lw-flag lw-flag-${flag}`, flag));
     name.title = r.name + ((r.flags || []).length ? ` (${r.flags.join(", ")})` : "");

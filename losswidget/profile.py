@@ -35,10 +35,11 @@ _V1_RECOVERY_KIND = {"kl": "top-1 agreement", "mse": "1 - normalised MSE", "loss
 
 
 def human(n: float, digits: int = 1) -> str:
-    """A count as people read it: 25.5 M, 8.2 k, 512."""
+    """A count as people read it: 25.5 M, 8.2 k, 2 k (not 2.0 k), 512."""
     for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= size:
-            return f"{n / size:.{digits}f} {unit}"
+            text = f"{n / size:.{digits}f}"
+            return f"{text.rstrip('0').rstrip('.') if '.' in text else text} {unit}"
     return f"{n:.0f}"
 
 

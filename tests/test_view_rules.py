@@ -69,13 +69,15 @@ def test_log_axis_values_and_ticks():
     ticks, labels = rules.log_ticks(-2, np.log10(3))
     assert [labels[t] for t in ticks] == ["0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1", "2"]
     ticks, labels = rules.log_ticks(-6, 2.2)                            # too many for 1-2-5: decades only
-    assert [labels[t] for t in ticks] == ["1e-06", "1e-05", "0.0001", "0.001", "0.01", "0.1", "1", "10", "100"]
+    assert [labels[t] for t in ticks] == ["1e-6", "1e-5", "1e-4", "0.001", "0.01", "0.1", "1", "10", "100"]
     assert rules.log_ticks(0.0, -1.0) == ([], {})
 
 
 def test_short_numbers():
     assert [rules.short(x) for x in (0.05, 60.8, 0.0000123, 1234.0, 12345.0, 0.0, float("nan"))] == \
-        ["0.05", "60.8", "1.23e-05", "1234", "1.23e+04", "0", "n/a"]
+        ["0.05", "60.8", "1.23e-5", "1234", "1.23e4", "0", "n/a"]
+    assert [rules.short(x) for x in (0.0000754, -0.000356, 0.00841, -0.00195, 0.001, 0.00075, 2e-7)] == \
+        ["7.54e-5", "-3.56e-4", "0.00841", "-0.00195", "0.001", "7.5e-4", "2e-7"]
 
 
 def test_scaled_normalised_and_slope():

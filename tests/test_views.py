@@ -8,7 +8,7 @@ from ipywidgets.widgets import widget as ipywidget
 import losswidget
 from losswidget.widget import rules
 from losswidget.widget.app import LossProfileWidget
-from losswidget.widget.bars import BASE, HIGHLIGHT, TINY_OPACITY, js_number
+from losswidget.widget.bars import BASE, HIGHLIGHT, TINY_OPACITY, js_number, sensitivity_frame
 from losswidget.widget.table import table_rows
 
 from helpers import outlier_cnn, save
@@ -88,6 +88,16 @@ def test_log_scale_with_zero_and_negative_values(tmp_path):
     w.close()
 
 
+def test_log_axis_keeps_room_above_its_top_tick(tmp_path):
+    base = losswidget.analyze(net(tmp_path), method="magnitude", name="m")
+    wanted = [0.859, 0.1, 0.0001]                       # the largest just under the "1" tick
+    layers = [dataclasses.replace(l, values=tuple(s * x / 0.95 for x in l.levels))
+              for l, s in zip(base.layers, wanted)]
+    f = sensitivity_frame([dataclasses.replace(base, layers=tuple(layers))], "log")
+    assert f.ticks[-1] == 0.0 and f.labels["0"] == "1"
+    assert f.hi - f.ticks[-1] >= 0.04 * (f.hi - f.lo) - 1e-12     # not at the very top, on the axis' end
+
+
 def test_compare_normalises_by_the_largest_non_outlier(outlier):
     outlier.compare_profiles("Approximated", "Baseline")
     charts = outlier.charts
@@ -147,9 +157,23 @@ def test_drill_down_marks_reuses_lines_and_rescales(outlier):
     assert list(curve.at_95.x) == [0.95] and curve.at_95.y[0] == pytest.approx(at.sensitivity)
     outlier.target.value = 0.6
     assert list(curve.rule_95.x) == [0.95, 0.95] and list(curve.rule_target.x) == [0.6, 0.6]
-    assert "target 60%" in curve.notes.text
+    assert list(curve.target_note.text) == ["target 60%"] and list(curve.note_95.text) == ["0.95"]
     charts.select_layer(-1)
     assert curve.fig not in curve.box.children
+
+
+def test_curve_key_gives_raw_sensitivities_when_normalised(outlier):
+    charts = outlier.charts
+    charts.select_layer(7)
+    outlier.compare_profiles("Approximated", "Baseline")
+    assert charts.normalise.value and len(charts.curve.curves) == 2
+    key = charts.curve.key.value
+    for name in ("Approximated", "Baseline"):                       # what the readout and the table say
+        raw = rules.short(outlier.profiles[name].layers[7].sensitivity)
+        assert f"{name}: L(0.95) − L(0) = <b>{raw}</b>" in key
+    assert "raw values; the curves are normalised" in key
+    charts.normalise.value = False
+    assert "normalised" not in charts.curve.key.value
 
 
 def test_fifty_selection_changes_make_no_widgets(outlier):
@@ -189,6 +213,9 @@ def test_scatter_trend_corner_and_selection(outlier):
     assert outlier.charts.focus.layer == 9 and list(scatter.points.selected) == [9]
     assert scatter.xs.min < params.min() and scatter.xs.max > params.max()
     assert [t for t in scatter.x_axis.tick_values] == [10, 100, 1000]
+    decades = np.log10(scatter.ys.max / scatter.ys.min)              # a free band under the points for the label
+    assert np.log10(min(scatter.points.y) / scatter.ys.min) >= 0.1 * decades
+    assert list(scatter.corner_label.y) == [scatter.ys.min]
 
 
 def test_layer_table_rows_focus_and_planned(outlier):
@@ -231,6 +258,20 @@ def test_compare_chooser_keeps_order_and_selection(outlier, outlier_path):
     assert outlier.compare.options[-1] == "asked" and "Baseline" in outlier.compare.value
 
 
+def test_job_line_beside_the_selector(outlier):
+    status = outlier.job_status
+    assert status.value == "" and status.layout.display == "none"             # nothing running
+    outlier.store.jobs = {"old": {"status": "done"}, "Baseline": {"status": "running", "done": 2, "total": 5,
+                                                                  "partial": True},
+                          "next": {"status": "queued"}}
+    assert "<b>Baseline</b>: computing… 40%, bars fill in · 1 more queued" in status.value
+    assert status.layout.display == ""
+    outlier.store.jobs = {"next": {"status": "queued"}}
+    assert "<b>next</b> queued" in status.value
+    outlier.store.jobs = {"old": {"status": "done"}, "bad": {"status": "failed"}}
+    assert status.value == "" and status.layout.display == "none"
+
+
 def test_header_names_the_model(outlier):
     h = outlier.header
     assert h.model_name == "outlier.onnx" and h.model_hash == outlier.store.model_hash[:15]
@@ -241,10 +282,10 @@ def test_header_names_the_model(outlier):
 def test_layer_window_zooms_both_bar_charts(outlier):
     charts = outlier.charts
     assert charts.window.layout.display == "" and charts.window.value == (0, 63)   # 64 layers: shown
-    assert (charts.xs.min, charts.xs.max) == (0, 63)
+    assert (charts.xs.min, charts.xs.max) == (-0.5, 63.5) and not charts.xs.allow_padding   # half a bar each side
     assert charts.params.bars.scales["x"] is charts.sensitivity.marks[0].scales["x"] is charts.xs
     charts.window.value = (10, 19)
-    assert (charts.xs.min, charts.xs.max) == (10, 19)
+    assert (charts.xs.min, charts.xs.max) == (9.5, 19.5)
     charts.table.selected = 40                                           # a layer outside the window
     lo, hi = charts.window.value
     assert lo <= 40 <= hi and hi - lo == 9

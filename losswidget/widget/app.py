@@ -1,6 +1,7 @@
 """LossProfileWidget: the cards, charts and add-profile panel over one ProfileStore; inline or in the sidebar."""
 from __future__ import annotations
 
+import html
 import os
 from concurrent.futures import Future
 
@@ -21,6 +22,25 @@ from .store import Job, ProfileStore
 AUTO_PROFILES = (("Approximated", "approximated"), ("Baseline", "magnitude"))
 # with data: one dense pass measures every layer on it (one-shot's pass per layer and level is asked for)
 DATA_AUTO_PROFILES = (("Activation-aware", "activation"),)
+
+
+def job_line(jobs: dict) -> str:
+    """The status beside the profile selector (HTML): the running analysis and its progress, how many wait;
+    "" when none is queued or running. The panel below says more; this is what is seen beside the charts."""
+    running = [(n, j) for n, j in jobs.items() if j.get("status") == "running"]
+    queued = [n for n, j in jobs.items() if j.get("status") == "queued"]
+    if not running and not queued:
+        return ""
+    parts = []
+    for name, job in running:
+        total = job.get("total") or 0
+        share = f" {job.get('done', 0) / total:.0%}" if total else ""
+        live = ", bars fill in" if job.get("partial") else ""
+        parts.append(f"<b>{html.escape(name)}</b>: computing…{share}{live}")
+    if queued:
+        parts.append(f"<b>{html.escape(queued[0])}</b> queued" if len(queued) == 1 and not running
+                     else f"{len(queued)} more queued")
+    return "<span class='lw-job-line'>" + " · ".join(parts) + "</span>"
 
 
 class Exporter(Downloads):
@@ -113,7 +133,9 @@ class LossProfileWidget(w.VBox):
         self.message.add_class("lw-message")
         self.host = HostProbe()
         self.host.observe(self._host_known, "host")
-        controls = w.HBox([self.select, self.target], layout=w.Layout(flex_flow="row wrap"))
+        self.job_status = w.HTML(layout=w.Layout(display="none"))     # "Baseline: computing… 40%"
+        self.job_status.add_class("lw-job-status")
+        controls = w.HBox([self.select, self.target, self.job_status], layout=w.Layout(flex_flow="row wrap"))
         controls.add_class("lw-controls")
         super().__init__([self.header, controls, self.compare, self.cards, self.charts.box, self.exporter,
                           self.panel, self.message, self.host])
@@ -128,8 +150,10 @@ class LossProfileWidget(w.VBox):
         self.target.observe(lambda c: setattr(self.store, "target", round(c["new"], 6)), "value")
         self.store.observe(self._sync_controls, names=["profiles", "selected", "compare"])
         self.store.observe(lambda _: self._draw_cards(), names=["profiles", "selected", "target", "excluded"])
+        self.store.observe(lambda _: self._show_jobs(), names=["jobs"])
         self._sync_controls(None)
         self._draw_cards()
+        self._show_jobs()
         if autostart:
             # once the hash is known, unless saved ones are found
             self.store.autostart(AUTO_PROFILES + (DATA_AUTO_PROFILES if data is not None else ()))
@@ -270,6 +294,12 @@ class LossProfileWidget(w.VBox):
                     self.compare.value = value
         finally:
             self._syncing = False
+
+    def _show_jobs(self) -> None:
+        line = job_line(self.store.jobs)
+        with self.job_status.hold_sync():
+            self.job_status.value = line
+            self.job_status.layout.display = "" if line else "none"
 
     def _draw_cards(self) -> None:
         profile = self.store.profiles.get(self.store.selected)

@@ -116,6 +116,10 @@ def sensitivity_frame(profiles: list[LossProfile], mode: str = "values", normali
         floor = rules.log_floor(values)
         drawn = np.array([rules.log_values(r, floor) for r in values])
         lo, hi = floor, max(float(drawn.max()) if drawn.size else floor, floor) + 0.08     # headroom
+        ticks, _ = rules.log_ticks(lo, hi)
+        if ticks and hi - ticks[-1] < 0.04 * (hi - lo):
+            hi = (ticks[-1] - 0.04 * lo) / 0.96     # the top tick 4% under the top (at the top its label met the
+                                                    # axis' end)
         ticks, by_value = rules.log_ticks(lo, hi)
         labels = {js_number(t): text for t, text in by_value.items()}
         base = floor

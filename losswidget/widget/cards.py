@@ -10,6 +10,7 @@ from traitlets import Dict, List, Unicode
 
 from ..plan import Plan
 from ..profile import LossProfile, Summary, human
+from .rules import short
 
 JS_DIR = files("losswidget.js")
 
@@ -57,7 +58,7 @@ def card_values(profile: LossProfile | None, target: float, plan: Plan | None = 
          "detail": f"plan at {target:.0%}: {s.achieved_sparsity:.1%} of prunable params pruned{excluded}",
          "tooltip": "Total params / params left under the plan: per-layer sparsity chosen by the least cost per "
                     "pruned parameter on this profile's curves, no layer past 95%."},
-        {"key": "sensitivity", "label": "Avg sensitivity", "value": f"{s.avg_sensitivity:.4g}",
+        {"key": "sensitivity", "label": "Avg sensitivity", "value": short(s.avg_sensitivity),
          "detail": "L(0.95) − L(0) per layer", "tooltip": "Mean over layers of the loss change at 95% sparsity."},
         quality,
         {"key": "settings", "label": "Pruning settings", "value": method,

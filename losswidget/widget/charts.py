@@ -26,7 +26,10 @@ class Charts:
     def __init__(self, store):
         self.store = store
         self.focus = Focus()
-        self.xs = bq.LinearScale(min=-0.5, max=0.5)
+        # no padding by the marks: bqplot pads a bar chart's x range by half a bar as measured when its view
+        # was made (and on resize), so a chart shown before its bars arrived kept no padding and its end bars
+        # were cut in half, out of line with the other chart; the half bar is in the range (_zoom) instead
+        self.xs = bq.LinearScale(min=-0.5, max=0.5, allow_padding=False)
         self.sensitivity = SensitivityChart(store, self.focus, self.xs)
         self.params = ParamsChart(store, self.focus, self.xs)
         self.scatter = ScatterChart(store, self.focus)
@@ -102,9 +105,8 @@ class Charts:
         self._zoom()
 
     def _zoom(self) -> None:
-        # the end bars stay whole without a margin here: bqplot pads a figure's x range by half a bar
         lo, hi = self.window.value
-        lo, hi = (lo - 0.5, hi + 0.5) if lo == hi else (float(lo), float(hi))
+        lo, hi = lo - 0.5, hi + 0.5                   # the end bars whole (the scale is not padded)
         if (self.xs.min, self.xs.max) != (lo, hi):
             with self.xs.hold_sync():
                 self.xs.min, self.xs.max = lo, hi

@@ -42,13 +42,18 @@ class CurveChart:
                                 enable_hover=False)
         self.rule_target = bq.Lines(x=[], y=[], scales=scales, colors=[TARGET_COLOR], line_style="dashed",
                                     stroke_width=1, enable_hover=False)
-        self.notes = bq.Label(x=[], y=[], text=[], scales=scales, colors=["#888", TARGET_COLOR], default_size=11,
-                              align="end", x_offset=-4, y_offset=12, enable_hover=False)
+        # the rules' names above the plot area, off the curves: the target's left of its rule, 0.95 right of
+        # its own, so they never meet (the target is at most 0.95)
+        self.target_note = bq.Label(x=[], y=[], text=[], scales=scales, colors=[TARGET_COLOR], default_size=11,
+                                    align="end", x_offset=-3, y_offset=-12, enable_hover=False, apply_clip=False)
+        self.note_95 = bq.Label(x=[], y=[], text=[], scales=scales, colors=["#888"], default_size=11, align="start",
+                                x_offset=3, y_offset=-12, enable_hover=False, apply_clip=False)
         self.fig = bq.Figure(marks=[], axes=[bq.Axis(scale=self.xs, label="sparsity", tick_format=".0%",
-                                                     tick_values=[0, 0.25, 0.5, 0.75, 1.0], grid_lines="none"),
+                                                     tick_values=[0, 0.25, 0.5, 0.75, 1.0], grid_lines="none",
+                                                     label_offset="34px"),
                                              bq.Axis(scale=self.ys, side="left", label="L(s)", tick_format=".3~g",
                                                      label_offset="48px")],
-                             fig_margin={"top": 12, "bottom": 44, "left": 64, "right": 16}, display_toolbar=False,
+                             fig_margin={"top": 26, "bottom": 44, "left": 64, "right": 30}, display_toolbar=False,
                              padding_y=0.0, layout=w.Layout(width="100%", height="280px"))
         self.fig.add_class("lw-layer-curve")
         self.y_axis = self.fig.axes[1]
@@ -94,7 +99,7 @@ class CurveChart:
             layer = layer_of(p, index)
             if layer is None:
                 continue
-            y = np.nan_to_num(np.array(layer.values, dtype=float))
+            y = raw = np.nan_to_num(np.array(layer.values, dtype=float))
             if normalise:                         # by the profile's scale, as its bars are
                 y = y / rules.scale_of(p.sensitivities, rules.outliers(p.sensitivities))
             k = len(drawn)
@@ -107,8 +112,10 @@ class CurveChart:
             points[0].append(SENSITIVITY_LEVEL)
             points[1].append(at)
             lo, hi = min(lo, float(y.min()), at), max(hi, float(y.max()), at)
+            # the raw sensitivity, as the readout and the table give it, also when the curves are normalised
+            sensitivity = value_at(layer.levels, raw, SENSITIVITY_LEVEL) - raw[0]
             keys.append(f"<span class='lw-swatch' style='background:{PALETTE[k % len(PALETTE)]}'></span>"
-                        f"{html.escape(p.name)}: L(0.95) − L(0) = <b>{rules.short(at - y[0])}</b>")
+                        f"{html.escape(p.name)}: L(0.95) − L(0) = <b>{rules.short(sensitivity)}</b>")
         top = hi * 1.08 if hi > 0 else 1.0
         bottom = lo * 1.08 if lo < 0 else 0.0
         target = float(self.store.target)
@@ -122,10 +129,11 @@ class CurveChart:
             self.rule_95.x, self.rule_95.y = [SENSITIVITY_LEVEL, SENSITIVITY_LEVEL], [bottom, top]
         with self.rule_target.hold_sync():
             self.rule_target.x, self.rule_target.y = [target, target], [bottom, top]
-        with self.notes.hold_sync():
-            self.notes.x, self.notes.y = [SENSITIVITY_LEVEL, target], [bottom + (top - bottom) * 0.12, top]
-            self.notes.text = ["0.95", f"target {target:.0%}"]
-        marks = drawn + [self.rule_95, self.rule_target, self.at_95, self.notes]
+        with self.note_95.hold_sync():
+            self.note_95.x, self.note_95.y, self.note_95.text = [SENSITIVITY_LEVEL], [top], ["0.95"]
+        with self.target_note.hold_sync():
+            self.target_note.x, self.target_note.y, self.target_note.text = [target], [top], [f"target {target:.0%}"]
+        marks = drawn + [self.rule_95, self.rule_target, self.at_95, self.note_95, self.target_note]
         if self.fig.marks != marks:
             self.fig.marks = marks
         plan = self.store.plan()
@@ -144,7 +152,8 @@ class CurveChart:
         self.title.value = (f"<span class='lw-h'>#{base.index} {html.escape(base.name)}</span> "
                             f"<span class='lw-sub'>{html.escape(base.op_type)} · L(s) per sparsity"
                             f"{' (normalised per profile)' if normalise else ''}</span>")
-        self.key.value = " · ".join(keys)
+        self.key.value = " · ".join(keys) + (" <span class='lw-hint'>(raw values; the curves are normalised)</span>"
+                                             if normalise else "")
 
     def _exclude_changed(self, change) -> None:
         profiles = shown(self.store)

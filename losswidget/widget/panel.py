@@ -136,7 +136,7 @@ class AddProfilePanel(w.VBox):
         self.run = w.Button(description="Run", button_style="primary", icon="play", tooltip="Start the analysis")
         self.job_choice = w.Dropdown(options=[], description="Job:", layout=w.Layout(display="none"))
         self.cancel = w.Button(description="Cancel", icon="stop", disabled=True, tooltip="Cancel the chosen analysis")
-        self.progress = w.FloatProgress(min=0.0, max=1.0, value=0.0, layout=w.Layout(width="100%"))
+        self.progress = w.FloatProgress(min=0.0, max=1.0, value=0.0, layout=w.Layout(width="auto"))
         self.status = w.HTML()
         self.error = w.HTML()
         self.queue = w.HTML()

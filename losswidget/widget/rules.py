@@ -112,11 +112,21 @@ def log_ticks(lo: float, hi: float, most: int = 8) -> tuple[list[float], dict[fl
 
 
 def short(x: float) -> str:
-    """A number as a tick or a table shows it: 3 significant digits, no trailing zeros (0.05, 60.8, 1.2e-05),
-    whole numbers from 1000 to 9999 in full (1234, not 1.23e+03)."""
+    """A number as a tick, a readout or the layer table shows it: 3 significant digits, no trailing zeros
+    (0.05, 60.8, 0.00841), whole numbers from 1000 to 9999 in full (1234), others below 0.001 or from 10000
+    up with a short exponent (7.54e-5, -3.56e-4, 1.23e4: 8 characters at most, so a narrow table column
+    holds it; js/table.js formats the same way)."""
     if x is None or not math.isfinite(x):
         return "n/a"
-    return f"{x:.0f}" if 1000 <= abs(x) < 10000 else f"{x:.3g}"
+    size = abs(x)
+    if size == 0:
+        return "0"
+    if 1000 <= size < 10000:
+        return f"{x:.0f}"
+    if size < 1e-3 or size >= 1e4:
+        mantissa, exponent = f"{x:.2e}".split("e")
+        return f"{float(mantissa):g}e{int(exponent)}"
+    return f"{x:.3g}"
 
 
 def scaled(values, mode: str) -> np.ndarray:

@@ -3,8 +3,8 @@ and which layers sit in the prune-first corner (at least the median layer's para
 
 The log-log least-squares slope is drawn and stated (negative: fewer params, more sensitive); dashed lines
 at the median params and the median sensitivity mark the corner, whose layers and share of params the
-caption counts. Values <= 0 sit on the bottom edge (a third of the smallest positive value) and are named
-in the caption. The marks are made once and updated in place.
+caption counts. Values <= 0 sit along the bottom (at a third of the smallest positive value, above a band
+kept free for the corner's label) and are counted in the caption. The marks are made once and updated in place.
 """
 from __future__ import annotations
 
@@ -75,7 +75,9 @@ class ScatterChart:
         flagged, tiny = rules.outliers(sens), rules.tiny(params)
         if layers:
             x_lo, x_hi = float(params.min()) / 1.6, float(params.max()) * 1.6
-            y_lo, y_hi = floor / 1.6, float(y.max()) * 1.6
+            y_hi = float(y.max()) * 1.6
+            # an empty band under the lowest points (about a tenth of the height) holds the "prune first" label
+            y_lo = floor / 10 ** max(0.25, 0.12 * np.log10(y_hi / floor))
         else:
             x_lo, x_hi, y_lo, y_hi = 1.0, 10.0, 0.1, 1.0
         slope = rules.loglog_slope(params, sens)
@@ -125,11 +127,12 @@ class ScatterChart:
         else:
             parts.append(f"log-log slope +{slope:.2f}: here fewer params does not mean more sensitive")
         total = params.sum()
+        n = int(corner.sum())
         parts.append(f"<b>prune first</b> (bottom right: at least the median layer's params, less sensitive than "
-                     f"the median): {int(corner.sum())} layers, {params[corner].sum() / total:.0%} of params"
+                     f"the median): {n} layer{'' if n == 1 else 's'}, {params[corner].sum() / total:.0%} of params"
                      if total else "")
         if nonpositive.any():
-            parts.append(f"{int(nonpositive.sum())} with sensitivity ≤ 0 on the bottom edge")
+            parts.append(f"{int(nonpositive.sum())} with sensitivity ≤ 0 drawn along the bottom")
         return " · ".join(p for p in parts if p)
 
     def point(self) -> None:

@@ -1,5 +1,6 @@
 """The widget in a real JupyterLab and Chromium: it draws, adds and cancels profiles, and opens in the sidebar."""
 import os
+import re
 import time
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def test_widget_draws_cards_bars_and_tooltip(page, lab):
     page.wait_for_selector(".lw-card-value", timeout=60_000)
     wait_until(lambda: "…" not in " ".join(page.locator(".lw-card-value").all_inner_texts()), what="card values")
     values = page.locator(".lw-card-value").all_inner_texts()
-    assert values[0] == "19.0 k" and values[1].endswith("×") and values[-1] == "not analysed"
+    assert values[0] == "19 k" and values[1].endswith("×") and values[-1] == "not analysed"
     assert page.locator(".lw-card-reduction").get_attribute("aria-label").startswith("Est. params reduction: ")
     wait_until(lambda: bars(page).count() == 4, what="4 sensitivity bars")          # the demo has 4 layers
     assert bars(page, ".lw-params-chart").count() == 4
@@ -98,6 +99,9 @@ def test_live_bars_then_cancel_keeps_the_partial_profile(page, lab):
     wait_until(lambda: page.locator(".lw-setting-labels input").input_value() == "y", what="labels from the data")
     page.locator("button.lw-run").click()
     wait_until(lambda: "fill in" in page.locator(".lw-status").inner_text(), timeout=120, what="live bars")
+    line = page.locator(".lw-job-status")                      # beside the selector, not only in the panel
+    wait_until(lambda: re.search(r"slow one-shot: computing… \d+%", line.inner_text()), what="the status line")
+    assert line.bounding_box()["y"] < page.locator(".lw-sensitivity-chart").bounding_box()["y"]
     wait_until(lambda: page.locator(".lw-cards-title").inner_text() == "slow one-shot (partial)", what="shown")
     heights = [float(h) for h in page.eval_on_selector_all(".lw-sensitivity-chart .bargroup rect",
                                                            "els => els.map(e => e.getAttribute('height'))")]

@@ -17,6 +17,14 @@ OUTLIER = ("import sys\n"
            "w.wait()\n"
            "w.selected = 'Approximated'\n"
            "w")
+# shown at once, its profiles computed after (the usual first render: bqplot measured the bar charts with no bars)
+EARLY = ("import sys\n"
+         f"sys.path.insert(0, {str(TESTS)!r})\n"
+         "from helpers import outlier_cnn, save\n"
+         "from losswidget import LossProfileWidget\n"
+         "from losswidget.widget.app import AUTO_PROFILES\n"
+         "w = LossProfileWidget(save(outlier_cnn(), 'outlier.onnx'), autostart=False)\n"
+         "w")
 SENS = ".jp-OutputArea-output .lw-sensitivity-chart"
 RED = "rgb(214, 39, 40)"
 
@@ -171,6 +179,14 @@ def test_readout_drill_down_and_compare(page, lab):
         ".jp-OutputArea-output .lw-key").first.inner_text()                    # the legend is off the bars
     page.locator(f"{SENS} .bargroup rect").nth(5).hover(force=True)
     wait_until(lambda: "normalised" in readout.inner_text(), what="normalised in the readout")
+    curves = lambda: page.locator(".jp-OutputArea-output .lw-layer-curve").evaluate(      # noqa: E731
+        "e => [...e.querySelectorAll('g.curve')].filter(g => g.querySelector('.dot')).length")  # not the rules
+    wait_until(lambda: curves() == 2, what="the curve of both profiles")
+    page.mouse.move(0, 0)
+    boxes.nth(0).uncheck()               # and nothing else: the curve follows without another message
+    wait_until(lambda: curves() == 1, timeout=5, what="the unticked profile's curve gone")
+    boxes.nth(0).check()
+    wait_until(lambda: curves() == 2, timeout=5, what="its curve back")
     run_cell(page, 1)                      # a profile the user asks for is shown: it takes Baseline's place
     wait_until(lambda: boxes.count() == 3 and boxes.nth(2).is_disabled(), what="a third profile, shown")
     labels = page.locator(".jp-OutputArea-output .lw-compare label").all_inner_texts()
@@ -205,11 +221,15 @@ def test_every_view_follows_each_profile_switch(page, lab):
 LAYOUT_JS = """root => {
   const r = e => e.getBoundingClientRect();
   const within = [...root.querySelectorAll('.lw-controls > *, .lw-toolbar > *, .lw-compare > *, .lw-card,'
-                                         + ' .lw-table-bar > *, .bqplot, .lw-plan-actions button, .lw-prune-row > *')]
+                                         + ' .lw-table-bar > *, .bqplot, .lw-plan-actions button, .lw-prune-row > *,'
+                                         + ' .lw-panel .widget-inline-hbox, .lw-panel input, .lw-panel select, .lw-panel button')]
     .filter(e => r(e).width > 0).map(e => [e.className.baseVal ?? e.className, r(e).right - r(root).right]);
-  const clipped = [...root.querySelectorAll('.lw-scale-toggle button, .lw-compare-item')]
+  const clipped = [...root.querySelectorAll('.lw-scale-toggle button, .lw-compare-item, .lw-sort-label, td.lw-num')]
     .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent);
-  const charts = [...root.querySelectorAll('.lw-sensitivity-chart, .lw-params-chart, .lw-scatter-chart, .lw-plan-curve')];
+  const arrow = root.querySelector('.lw-sort-arrow');          // the sorted column's arrow, inside its header
+  const arrowShown = !!arrow && r(arrow).width > 0 && r(arrow).right <= r(arrow.closest('th')).right + 0.5;
+  const charts = [...root.querySelectorAll('.lw-sensitivity-chart, .lw-params-chart, .lw-scatter-chart,'
+                                         + ' .lw-layer-curve, .lw-plan-curve')];
   const overlaps = [];
   for (const c of charts) {
     const label = [...c.querySelectorAll('text.axislabel')].map(r);
@@ -218,12 +238,22 @@ LAYOUT_JS = """root => {
       if (a.width && b.width && !(a.right <= b.left || b.right <= a.left || a.bottom <= b.top || b.bottom <= a.top))
         overlaps.push(c.className);
   }
+  // the curve's rule names sit above its plot area, off the curves
+  const curve = root.querySelector('.lw-layer-curve');
+  const notes = curve ? [...curve.querySelectorAll('text')].filter(t => t.textContent === '0.95'
+                                                                   || t.textContent.startsWith('target ')) : [];
+  const notesAbove = notes.map(t => [t.textContent, r(t).bottom - r(curve.querySelector('.plotarea_background')).top]);
   const rows = {};
   for (const c of root.querySelectorAll('.lw-card')) rows[Math.round(r(c).top)] = (rows[Math.round(r(c).top)] || 0) + 1;
   const centers = sel => [...root.querySelectorAll(sel + ' .bargroup rect')].map(e => (r(e).left + r(e).right) / 2);
+  // how far the first and last bars stay inside the plot area (negative: cut)
+  const ends = sel => { const bars = [...root.querySelectorAll(sel + ' .bargroup rect')].map(r);
+    const area = r(root.querySelector(sel + ' .plotarea_background'));
+    return bars.length ? [bars[0].left - area.left, area.right - bars[bars.length - 1].right] : []; };
   const slider = root.querySelector('.lw-target-slider .slider-container');
-  return {within, clipped, overlaps, cardRows: Object.values(rows),
+  return {within, clipped, arrowShown, overlaps, notesAbove, cardRows: Object.values(rows),
           sens: centers('.lw-sensitivity-chart'), params: centers('.lw-params-chart'),
+          ends: [...ends('.lw-sensitivity-chart'), ...ends('.lw-params-chart')],
           slider: slider ? r(slider).width : 0, width: r(root).width,
           ticks: [...root.querySelectorAll('.lw-sensitivity-chart .tick text, .lw-params-chart .tick text')].map(e => e.textContent),
           axisFill: getComputedStyle(root.querySelector('.lw-sensitivity-chart text.axislabel')).fill,
@@ -237,25 +267,42 @@ LAYOUT_JS = """root => {
 @pytest.mark.parametrize("where", ["inline", "sidebar"])
 def test_layout_and_theme(page, lab, dark, where):
     page.set_viewport_size({"width": 1000, "height": 1400})
-    start(page, lab, f"layout-{where}-{dark}.ipynb", "w.show_sidebar()")
+    # inline: shown before its profiles (as a notebook usually does), so the bars arrive in drawn charts;
+    # the sidebar's view is made after them
+    notebook(lab["root"] / f"layout-{where}-{dark}.ipynb", EARLY,
+             "w.store.autostart(AUTO_PROFILES)\nw.wait()\nw.selected = 'Approximated'", "w.show_sidebar()")
+    open_notebook(page, lab, f"layout-{where}-{dark}.ipynb")
+    run_cell(page, 0)
+    page.wait_for_selector(".jp-OutputArea-output .lw-params-chart .plotarea_background", timeout=60_000)
+    time.sleep(0.5)
+    run_cell(page, 1)
+    wait_until(lambda: len(heights(page)) == 64, what="64 sensitivity bars")
     root = ".jp-OutputArea-output .losswidget"
     if where == "sidebar":
-        run_cell(page, 1)
+        run_cell(page, 2)
         root = "#jp-right-stack .losswidget"
         wait_until(lambda: page.locator(f"{root} .lw-sensitivity-chart .bargroup rect").count() == 64,
                    what="bars in the sidebar")
     try:
+        page.locator(f"{root} .lw-sort", has_text="Sens").first.click()     # sorted: an arrow in the header
+        wait_until(lambda: page.locator(f"{root} .lw-sort-arrow").count() == 1, what="the sort arrow")
+        page.locator(f"{root} .lw-sensitivity-chart .bargroup").nth(12).click(force=True)   # the curve
+        wait_until(lambda: page.locator(f"{root} .lw-layer-curve .plotarea_background").count() == 1,
+                   what="the layer curve")
         set_theme(page, dark)
         time.sleep(1)                                                      # let the charts lay out
         got = page.locator(root).first.evaluate(LAYOUT_JS)
         if where == "sidebar":
             assert 230 <= got["width"] <= 320                               # the sidebar's width
         assert not [w for w in got["within"] if w[1] > 1], got["within"]      # nothing sticks out on the right
-        assert not got["clipped"], got["clipped"]                           # no "% of to…"
+        assert not got["clipped"], got["clipped"]         # no "% of to…", "Sensi…", "0.000…" in the table
+        assert got["arrowShown"]                                            # not "Sensitivit…"
         assert not got["overlaps"], got["overlaps"]                         # axis titles clear of tick labels
+        assert len(got["notesAbove"]) == 2 and all(d <= 1 for _, d in got["notesAbove"]), got["notesAbove"]   # off the curve
         assert len(set(got["cardRows"])) == 1, got["cardRows"]              # no card alone on a row
         assert got["slider"] >= 60                                          # a usable slider, not a knob
         assert got["sens"] and all(abs(a - b) < 1 for a, b in zip(got["sens"], got["params"]))   # bars line up
+        assert len(got["ends"]) == 4 and all(e > -1 for e in got["ends"]), got["ends"]   # end bars whole
         bad = [t for t in got["ticks"] if re.search(r"\.\d*0(?!\d)|\.0[kMG]?$", t)]
         assert not bad, bad                                                 # no 0.0500, 0.00 or 20.0k
         assert got["axisFill"] == got["textColor"] and "255, 165, 0" not in got["titleColor"] + got["axisFill"]

@@ -3,7 +3,6 @@ import json
 import os
 import time
 
-import numpy as np
 import pytest
 from blake3 import blake3
 

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 from onnx import helper
 
-from ..errors import AnalysisCancelled, DataError, LossWidgetError, ModelChanged, SettingsError, first_line
+from ..errors import AnalysisCancelled, DataError, LossWidgetError, SettingsError, first_line
 from ..graph import Layer
 from ..onnxfile import ModelFile, constant_tensor
 from ..plan import InputNorms

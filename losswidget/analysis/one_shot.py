@@ -182,17 +182,6 @@ class OneShotSession:
         return self.comparison.recovery(self.model.run_with(env, swaps) if swaps else env for env in self.envs)
 
 
-def _check_class_labels(labels: list[np.ndarray], rule: Scoring, output: np.ndarray) -> None:
-    """DataError when integer labels are not class indices of the output (negative ones would wrap around)."""
-    flat = np.concatenate([np.ravel(l) for l in labels])
-    if not flat.size or not np.issubdtype(flat.dtype, np.integer) or not output.ndim:
-        return
-    classes = output.shape[rule.axis]
-    if flat.min() < 0 or flat.max() >= classes:
-        raise DataError(f"Labels hold class indices from {flat.min()} to {flat.max()}, but output '{rule.output}' "
-                        f"has {classes} classes (0 to {classes - 1}).")
-
-
 def _energy(values: np.ndarray) -> float:
     """Sum of squares, accumulated in float64 (einsum, not np.dot: BLAS threads would spin against the
     onnxruntime runs on the other cores)."""

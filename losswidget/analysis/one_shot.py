@@ -3,23 +3,9 @@
 For each layer and level s the round(s * n) smallest |w| (dequantized for quantized weights) are set to
 zero (to the zero point for quantized storage), the data runs through onnxruntime (see runner.py: only
 the part of the graph after the layer is recomputed) and the outputs are compared with the dense ones.
-Each float output (or the one `output=` names) is scored on its own scale, then the outputs' scores are
-averaged:
-- auto (default): an output that already holds probabilities (non-negative, summing to 1 along an axis)
-  gets KL on those probabilities; a classifier's logits ([N, C], or an output named like "logits", whose
-  columns share one scale) get KL over the class axis (the last); any other output gets MSE standardised
-  per output channel;
-- kl: KL(softmax(dense) || softmax(pruned)) over the class axis (probabilities are used as they are);
-- mse: mean squared difference, each channel divided by its variance in the dense outputs, so a head of
-  small values (class scores beside box coordinates) weighs as much as a head of large ones;
-- loss: the task loss (cross-entropy for integer class labels, squared error for float targets) with
-  pruning minus without, on the first scored output.
-`axis=` sets the class axis (kl) or channel axis (mse; auto: the axis whose per-index variances differ
-most). What each output was scored with is recorded in the profile. (The scoring and recovery live in
-recovery.py, shared with the other data methods.)
-Recovery is measured at several targets: the plan at each target (plan.py, from these curves) applied to
-all layers at once, then top-1 agreement with the dense model (kl outputs), 1 - standardised MSE (mse
-outputs), or pruned / dense accuracy (loss with class labels; dense / pruned loss for float targets).
+How the outputs are scored (metric auto / kl / mse / loss, `output=`, `axis=`) and how recovery is
+measured at several targets are in recovery.py, shared with the other data methods, so that their numbers
+mean the same thing; what each output was scored with is recorded in the profile.
 """
 from __future__ import annotations
 

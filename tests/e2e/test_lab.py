@@ -1,10 +1,9 @@
 """The widget in a real JupyterLab and Chromium: it draws, adds and cancels profiles, and opens in the sidebar."""
 import os
 import re
-import time
 from pathlib import Path
 
-from labtools import notebook, open_notebook, run_cell, widget_errors
+from labtools import notebook, open_notebook, run_cell, wait_until, widget_errors
 
 SETUP = ("from losswidget import LossProfileWidget, demo\n"
          "path, data = demo('mlp')\n"                  # the 4-layer demo: these tests check mechanics, not scale
@@ -18,15 +17,6 @@ def bars(page, chart=".lw-sensitivity-chart"):
 
 def options(page) -> list[str]:
     return [t.replace("\xa0", " ") for t in page.locator(".lw-profile-select select option").all_inner_texts()]
-
-
-def wait_until(predicate, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def test_widget_draws_cards_bars_and_tooltip(page, lab):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from labtools import drawing_errors, notebook, open_notebook, run_cell, set_theme, widget_errors
+from labtools import drawing_errors, notebook, open_notebook, run_cell, set_theme, wait_until, widget_errors
 
 TESTS = Path(__file__).resolve().parent.parent
 OUTLIER = ("import sys\n"
@@ -27,15 +27,6 @@ EARLY = ("import sys\n"
          "w")
 SENS = ".jp-OutputArea-output .lw-sensitivity-chart"
 RED = "rgb(214, 39, 40)"
-
-
-def wait_until(predicate, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def heights(page, chart=SENS) -> list[float]:

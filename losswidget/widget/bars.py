@@ -27,7 +27,7 @@ import numpy as np
 
 from ..profile import LossProfile
 from . import rules
-from .focus import Focus, by_index, describe, shown
+from .focus import Focus, by_index, describe, event_layer, shown
 
 PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#b279a2", "#72b7b2", "#9d755d", "#eeca3b", "#ff9da6"]
 BASE = PALETTE[0]
@@ -374,8 +374,7 @@ class SensitivityChart:
         return describe(profiles, index, normalised=len(profiles) > 1 and self.normalise.value, notes=tuple(notes))
 
     def _index(self, event) -> int:
-        position = int(event.get("data", {}).get("index", -1))
-        return int(self.frame.index[position]) if 0 <= position < len(self.frame.index) else -1
+        return event_layer(event, self.frame.index)
 
     def _hover(self, _mark, event) -> None:
         self.focus.hovered = self._index(event)
@@ -409,8 +408,7 @@ class ParamsChart:
         self.redraw()
 
     def _index(self, event) -> int:
-        position = int(event.get("data", {}).get("index", -1))
-        return int(self.index[position]) if 0 <= position < len(self.index) else -1
+        return event_layer(event, self.index)
 
     def redraw(self) -> None:
         profiles = shown(self.store)

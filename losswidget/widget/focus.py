@@ -61,6 +61,12 @@ def shown(store) -> list[LossProfile]:
     return [store.profiles[n] for n in names]
 
 
+def event_layer(event: dict, index) -> int:
+    """The layer index behind a bqplot hover / click event on a mark drawn over `index` (-1: none)."""
+    position = int(event.get("data", {}).get("index", -1))
+    return int(index[position]) if 0 <= position < len(index) else -1
+
+
 def layer_of(profile: LossProfile, index: int):
     """The profile's layer with this graph-order index, or None."""
     layers = profile.layers

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import rules
 from .bars import BASE, HIGHLIGHT, TINY_OPACITY
-from .focus import Focus, Later, describe, shown
+from .focus import Focus, Later, describe, event_layer, shown
 
 
 class ScatterChart:
@@ -60,8 +60,7 @@ class ScatterChart:
         self.redraw()
 
     def _index(self, event) -> int:
-        position = int(event.get("data", {}).get("index", -1))
-        return int(self.index[position]) if 0 <= position < len(self.index) else -1
+        return event_layer(event, self.index)
 
     def redraw(self) -> None:
         profiles = shown(self.store)

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 from common import SHARED, compile_ours, make_model, peer_python, run_json
+from magnitude_vs_sparseml import PEER
 
 MAGNITUDE = r"""
 import json, resource, sys, threading, time
@@ -143,18 +144,6 @@ t0 = time.perf_counter()
 h = model_hash(sys.argv[1])
 print(json.dumps({"hash": h, "seconds": time.perf_counter() - t0}))
 """
-
-PEER = r"""
-import json, logging, resource, sys, time
-logging.disable(logging.CRITICAL)
-from sparseml.onnx.optim.sensitivity_pruning import pruning_loss_sens_magnitude
-t0 = time.perf_counter()
-a = pruning_loss_sens_magnitude(sys.argv[1], show_progress=False)
-dt = time.perf_counter() - t0
-print(json.dumps({"seconds": dt, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "layers": {r.name: [v[0] for v in r.sparse_measurements.values()] for r in a.results}}))
-"""
-
 
 def model_files(model: Path) -> list[Path]:
     return [model] + sorted(model.parent.glob(model.name + ".data"))
@@ -303,11 +292,11 @@ def main() -> None:
                   f"{r['params'] / 1e9:.2f}B params; {split(r)} (load {os.getloadavg()[0]:.2f})", flush=True)
 
     if not a.skip_t12:
-        from magnitude_vs_sparseml import OURS, PEER as PEER_T12, agreement as agree
+        from magnitude_vs_sparseml import OURS, agreement as agree
         with tempfile.TemporaryDirectory() as tmp:
             t12 = make_model("transformer", Path(tmp) / "t12.onnx", "--layers", "12", "--hidden", "768")
             _, o = run_json(py, OURS, t12)
-            _, p = run_json(peer_python(), PEER_T12, t12)
+            _, p = run_json(peer_python(), PEER, t12)
             worst, n = agree(o, p)
             print(f"t12 (in process, after imports): ours {o['seconds']:.3f} s {o['peak_mb']:.0f} MB | SparseML "
                   f"{p['seconds']:.3f} s {p['peak_mb']:.0f} MB | {p['seconds'] / o['seconds']:.1f}x (goal >= 10x), "

@@ -164,7 +164,7 @@ class Weight:
     def _nbits_params(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray | float]:
         """(scales, zero points) of rows r0..r1 per block, [R, blocks] float32 (zero points may be a number)."""
         n, _, _, blocks = self._nbits_layout()
-        scale = self._param("scale").reshape(n, blocks)[r0:r1].astype(np.float32)
+        scale = np.asarray(self._param("scale").reshape(n, blocks)[r0:r1], np.float32)    # a view when float32
         zp = self._param("zero_point")
         if zp is None:
             return scale, float(1 << (self.ref.bits - 1))     # MatMulNBits' default: the middle code

@@ -294,6 +294,7 @@ CODE_CASES = [  # bits, rows, blocks, block size, codes in the last block, zero 
     (4, 24, 5, 32, 32, "int"), (4, 24, 5, 32, 32, None), (4, 7, 3, 16, 5, "int"), (4, 9, 4, 64, 64, "float"),
     (4, 5, 3, 128, 1, "one"), (2, 11, 6, 16, 16, "int"), (2, 6, 3, 32, 7, "float"), (2, 4, 2, 16, 16, None),
     (8, 5, 3, 16, 9, "int"), (8, 4, 2, 32, 32, "float"), (4, 300, 40, 32, 32, "int"),
+    (4, 6, 3, 256, 256, "int"), (4, 5, 4, 256, 100, None),       # 4-bit blocks of 128 bytes: counted code by code
 ]
 
 
@@ -330,6 +331,43 @@ def test_codes_in_slices_and_pieces_and_non_finite_scales(engine, monkeypatch):
         got = measure_codes(read, 4, LEVELS, engine)
         check(got, values, LEVELS)
     assert len(calls) <= 2 and got.flags == ("non_finite",)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_codes_with_subnormal_and_zero_scales(engine):
+    # magnitudes d x scale down among the subnormals share the bucket of 0.0 with the zero codes, so that
+    # bucket is split and pass 2 must count the zeros too
+    rng = np.random.default_rng(11)
+    (packed, scale, zp, last), codes, _ = _blocks(rng, 4, 30, 6, 32, 32, "int")
+    scale[::2] = (rng.random(scale[::2].shape) * 3e-42).astype(np.float32)
+    scale[1, :3] = 0.0
+    with np.errstate(under="ignore"):
+        values = _dequantized(codes, scale, zp, last)
+    assert np.count_nonzero((np.abs(values) > 0) & (np.abs(values) < 2.0 ** -136)) > 100   # in bucket 0
+    for levels in (LEVELS, [0.05, 0.1, 0.2]):
+        check(measure_codes(lambda: ((packed, scale, zp, last),), 4, levels, engine), values, levels)
+
+
+def test_scale_keys_mark_every_scale_whose_magnitudes_fall_in_the_buckets():
+    from losswidget.analysis.kernels import LOW
+    from losswidget.analysis.ranks import scale_keys
+
+    rng = np.random.default_rng(3)
+    scales = np.concatenate([rng.standard_normal(20000) * 0.05, rng.random(2000) * 1e-41,
+                             rng.standard_normal(2000) * 1e36]).astype(np.float32)
+    d = np.arange(1, 16, dtype=np.float32)
+    with np.errstate(over="ignore", under="ignore"):
+        mags = np.abs(scales[:, None] * d)                                  # as dequantizing rounds them
+    key_of = lambda x: (x.view(np.uint32) & 0x7FFFFFFF).astype(np.int64) >> LOW
+    buckets = np.unique(rng.choice(key_of(mags).ravel(), 60))
+    keys, masks = scale_keys(buckets)
+    assert np.all(np.diff(keys) > 0) and np.all(masks != 0) and not np.any(masks & 1)
+    table = np.zeros(1 << 19, np.int64)
+    table[keys] = masks
+    hit = np.isin(key_of(mags), buckets)                                      # [scale, d - 1]
+    marked = (table[key_of(np.abs(scales))][:, None] >> np.arange(1, 16)) & 1
+    assert hit.any() and np.all(marked[hit] == 1)
+    assert marked.mean() < 4 * hit.mean()                                   # a superset, not everything
 
 
 @pytest.mark.parametrize("engine", ENGINES)

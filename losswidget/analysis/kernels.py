@@ -39,6 +39,9 @@ _SIX = np.uint32(6)
 _U63 = np.uint32(63)
 _HALF_MASK = np.uint16(0x7FFF)
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
+_ZERO64 = np.uint64(0)
+_FF = np.uint64(0xFF)
+_EIGHT = np.uint64(8)
 
 
 # -- float32 values: ranks.py's two passes -----------------------------------------------------------------
@@ -146,8 +149,8 @@ def codes_first(packed, scale, zp, integral, bits, last, packed_t, used, cnt):
     word with a plain store (collect skips rows of count 0): branches and read-modify-writes per item cost
     more. `cnt`: scratch of 3 x 2**bits, the codes counted in its middle third so that zp ± d never
     leaves it. The last block of each row holds `last` codes (the rest is padding). 4-bit blocks with
-    integral zero points, the usual export, take a path with the sizes written in. Returns the values
-    counted (at most PIECE per call)."""
+    integral zero points, the usual export, go to nibbles_first instead. Returns the values counted (at
+    most PIECE per call)."""
     rows, blocks, nb = packed.shape
     per = 8 // bits
     mask = (1 << bits) - 1
@@ -160,21 +163,6 @@ def codes_first(packed, scale, zp, integral, bits, last, packed_t, used, cnt):
             total += valid
             s = scale[r, b]
             z = zp[r, b]
-            if bits == 4 and integral and valid == 2 * nb:
-                for c in range(16, 32):
-                    cnt[c] = 0
-                for i in range(nb):
-                    byte = packed[r, b, i]
-                    cnt[16 + (byte & 15)] += 1
-                    cnt[16 + (byte >> 4)] += 1
-                zi = int(z)
-                for d in range(max(zi, 15 - zi) + 1):
-                    k = np.int64(cnt[16 + zi + d] + (cnt[16 + zi - d] if d else 0))
-                    x = np.float32(abs(np.float32(d) * s)).view(np.uint32) & _U31
-                    key = x >> _ULOW
-                    used[key >> _SIX] = _ALL
-                    packed_t[key] += k * _IONE + k * np.int64(x & _UMASK)
-                continue
             for c in range(codes, 2 * codes):
                 cnt[c] = 0
             for v in range(valid):
@@ -229,14 +217,8 @@ def codes_second(packed, scale, zp, integral, bits, last, split, slot, sub, used
             for c in range(codes, 2 * codes):
                 cnt[c] = 0
             valid = last if b == blocks - 1 else nb * per
-            if bits == 4 and valid == 2 * nb:
-                for i in range(nb):
-                    byte = packed[r, b, i]
-                    cnt[16 + (byte & 15)] += 1
-                    cnt[16 + (byte >> 4)] += 1
-            else:
-                for v in range(valid):
-                    cnt[codes + ((packed[r, b, v // per] >> ((v % per) * bits)) & mask)] += 1
+            for v in range(valid):
+                cnt[codes + ((packed[r, b, v // per] >> ((v % per) * bits)) & mask)] += 1
             for d in range(items):
                 if integral:
                     k = cnt[codes + zi + d] + (cnt[codes + zi - d] if d else 0)
@@ -250,6 +232,146 @@ def codes_second(packed, scale, zp, integral, bits, last, split, slot, sub, used
                     if sub[row, low] == 0:
                         used[row, low >> _SIX] |= _ONE64 << np.uint64(low & _U63)
                     sub[row, low] += k
+
+
+# -- 4-bit codes with whole zero points (the usual export): counted by byte through a table -----------------
+def nibble_table() -> np.ndarray:
+    """NIBBLES[z, byte] and NIBBLES[z, 256 + byte]: a byte's two 4-bit codes c as counts of d = |c − z| in
+    8-bit lanes of a uint64 (lane d of the first word for d < 8, lane d − 8 of the second), so that a block's
+    distances are counted by adding one table entry per byte, with no store per code."""
+    byte = np.arange(256)
+    table = np.zeros((16, 512), np.uint64)
+    for z in range(16):
+        for c in (byte & 15, byte >> 4):
+            d = np.abs(c - z)
+            np.add.at(table[z], (d >> 3) * 256 + byte, np.left_shift(1, 8 * (d & 7)).astype(np.uint64))
+    table.setflags(write=False)
+    return table
+
+
+def nibbles_first(packed, scale, zp, last, table, packed_t, used, cnt):
+    """codes_first for 4-bit codes and whole zero points: a block's distances d = |code − zp| counted by one
+    table add per byte into 8-bit lanes (`table`: nibble_table(); blocks of 16, 32 or 64 bytes, at most 128
+    codes a lane; other blocks, and a row's partial last block, are counted code by code into `cnt`, scratch
+    of 16), then one item per distance d ≥ 1 with magnitude d x |scale| (float32, as dequantized). Codes at
+    the zero point are exact zeros, counted once per call, unless the scale is not finite (0 x inf is NaN).
+    Returns the values counted (at most PIECE per call)."""
+    rows, blocks, nb = packed.shape
+    lanes = nb % 16 == 0 and nb <= 64
+    total = 0
+    zeros = 0
+    for r in range(rows):
+        for b in range(blocks):
+            valid = last if b == blocks - 1 else 2 * nb
+            total += valid
+            s = scale[r, b]
+            zi = np.int64(zp[r, b])
+            row = table[zi]
+            blk = packed[r, b]
+            lo = _ZERO64
+            hi = _ZERO64
+            fast = lanes and valid == 2 * nb
+            if fast:
+                for c0 in range(0, nb, 16):
+                    for i in range(c0, c0 + 16):
+                        byte = blk[i]
+                        lo += row[byte]
+                        hi += row[256 + byte]
+                k0 = np.int64(lo & _FF)
+                lo >>= _EIGHT
+            else:
+                for d in range(16):
+                    cnt[d] = 0
+                for v in range(valid):
+                    cnt[abs(np.int64((blk[v >> 1] >> ((v & 1) * 4)) & 15) - zi)] += 1
+                k0 = cnt[0]
+            first_d = 1
+            if s - s == 0:                                  # finite: codes at the zero point are 0.0
+                zeros += k0
+            else:
+                first_d = 0
+            for d in range(first_d, max(zi, 15 - zi) + 1):
+                if not fast:
+                    k = cnt[d]
+                elif d == 0:
+                    k = k0
+                else:
+                    if d == 8:
+                        lo = hi
+                    k = np.int64(lo & _FF)
+                    lo >>= _EIGHT
+                x = np.float32(abs(np.float32(d) * s)).view(np.uint32) & _U31
+                key = x >> _ULOW
+                used[key >> _SIX] = _ALL
+                packed_t[key] += k * _IONE + k * np.int64(x & _UMASK)
+    if zeros:
+        used[0] = _ALL
+        packed_t[0] += zeros * _IONE
+    return total
+
+
+def nibbles_second(packed, scale, zp, last, table, split, scales, slot, start, out, m, cnt):
+    """codes_second for 4-bit codes and whole zero points, from block `start` (rows x blocks in row order).
+    `scales[key]` (ranks.scale_keys) has bit d set when a |scale| of that level-1 key may put d x |scale| in a
+    split bucket: a block whose key has none is passed by, and only the marked distances of the others are
+    looked at; a block's codes are counted (as in nibbles_first) only when one of them lies in a split
+    bucket. Zeros are looked at only when they could lie in one (the bucket of 0.0 split, or a scale that is
+    not finite: every distance then). Each exact value found is written to `out` as (slot x SUB + low bits)
+    x 2**16 + its count, from out[m] on, not added into a table: those adds missed the cache once or twice
+    each. Returns (the block to start from next, items in `out`): it stops early when `out` could overflow."""
+    rows, blocks, nb = packed.shape
+    lanes = nb % 16 == 0 and nb <= 64
+    zero_split = split[0] != 0
+    r0 = start // blocks
+    for r in range(r0, rows):
+        for b in range(start - r0 * blocks if r == r0 else 0, blocks):
+            if m > out.size - 16:
+                return r * blocks + b, m
+            s = scale[r, b]
+            zi = np.int64(zp[r, b])
+            top = max(zi, 15 - zi)
+            if zero_split or s - s != 0:
+                marked = (1 << (top + 1)) - 1
+            else:
+                marked = np.int64(scales[(np.float32(s).view(np.uint32) & _U31) >> _ULOW]) & ((2 << top) - 1)
+                if marked == 0:
+                    continue
+            hits = 0
+            for d in range(top + 1):
+                if (marked >> d) & 1:
+                    x = np.float32(abs(np.float32(d) * s)).view(np.uint32) & _U31
+                    if split[x >> _ULOW]:
+                        hits |= 1 << d
+            if hits == 0:
+                continue
+            valid = last if b == blocks - 1 else 2 * nb
+            row = table[zi]
+            blk = packed[r, b]
+            for d in range(16):
+                cnt[d] = 0
+            if lanes and valid == 2 * nb:
+                lo = _ZERO64
+                hi = _ZERO64
+                for c0 in range(0, nb, 16):
+                    for i in range(c0, c0 + 16):
+                        byte = blk[i]
+                        lo += row[byte]
+                        hi += row[256 + byte]
+                for d in range(8):
+                    cnt[d] = np.int64(lo & _FF)
+                    cnt[8 + d] = np.int64(hi & _FF)
+                    lo >>= _EIGHT
+                    hi >>= _EIGHT
+            else:
+                for v in range(valid):
+                    cnt[abs(np.int64((blk[v >> 1] >> ((v & 1) * 4)) & 15) - zi)] += 1
+            for d in range(top + 1):
+                k = cnt[d]
+                if k and (hits >> d) & 1:
+                    x = np.float32(abs(np.float32(d) * s)).view(np.uint32) & _U31
+                    out[m] = ((np.int64(slot[x >> _ULOW]) * SUB + np.int64(x & _UMASK)) << 16) + k
+                    m += 1
+    return rows * blocks, m
 
 
 # -- compiling ------------------------------------------------------------------------------------------------
@@ -268,6 +390,11 @@ def _signatures(t) -> dict:
         "half_count": t.void(ro(t.uint16, 1), t.int32[::1]),
         "codes_first": t.int64(ro(t.uint8, 3), ro(t.float32, 2), ro(t.float32, 2), t.boolean, t.int64, t.int64,
                                i64, u64, i64),
+        "nibbles_first": t.int64(ro(t.uint8, 3), ro(t.float32, 2), ro(t.float32, 2), t.int64, ro(t.uint64, 2),
+                                 i64, u64, i64),
+        "nibbles_second": t.UniTuple(t.int64, 2)(ro(t.uint8, 3), ro(t.float32, 2), ro(t.float32, 2), t.int64,
+                                                 ro(t.uint64, 2), t.uint8[::1], t.uint16[::1], t.int32[::1], t.int64,
+                                                 i64, t.int64, i64),
         "codes_second": t.void(ro(t.uint8, 3), ro(t.float32, 2), ro(t.float32, 2), t.boolean, t.int64, t.int64,
                                t.uint8[::1], t.int32[::1], t.int64[:, ::1], t.uint64[:, ::1], i64, t.uint32[::1]),
     }

@@ -18,7 +18,11 @@ counting, in one of three ways by how the weight is stored:
   |(code − zero point) × scale| takes at most 2**bits values, so a block's codes are counted from the packed
   bytes and each distinct magnitude enters the float32 passes once with its count (about 8 items per
   block of 32 4-bit codes); pass 2 counts a block's codes again only when one of its magnitudes lies in a
-  split bucket. Nothing is dequantized.
+  split bucket. Nothing is dequantized. 4-bit codes with whole zero points (the usual export) take a
+  faster path (kernels.nibbles_first/second): a block's distances |code − zp| are counted by one table
+  add per byte into 8-bit lanes, and pass 2 passes by every block whose scale's level-1 key cannot put a
+  magnitude in a split bucket (`scale_keys`), writing the few exact values it finds to a buffer that is
+  counted with np.bincount (adding them into the table one by one missed the cache).
 
 Nothing is sorted, and the tables are fixed-size whatever n is. Values may come in slices (a layer over a
 memory budget, external data read in large chunks): pass 1 accumulates over the slices and pass 2 asks for
@@ -46,7 +50,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .kernels import BUCKETS, HALF_PATTERNS, HALF_PIECE, HIGH, LOW, PIECE, SUB, compiled
+from .kernels import BUCKETS, HALF_PATTERNS, HALF_PIECE, HIGH, LOW, PIECE, SUB, compiled, nibble_table
 
 NON_FINITE = 0x7F800000 >> LOW         # first level-1 key of +Inf / NaN
 HALF_NON_FINITE = {False: 0x7C00, True: 0x7F80}   # first |x| pattern of +Inf / NaN: float16, bfloat16
@@ -536,6 +540,8 @@ class _NumbaPasses:
             _local.lows = np.zeros(BUCKETS, np.int64)
             _local.used = np.zeros(BUCKETS // 64, np.uint64)
             _local.split = np.zeros(BUCKETS, np.uint8)
+            _local.scales = np.zeros(BUCKETS, np.uint16)   # ranks.scale_keys' masks; kept zeroed
+            _local.items = np.zeros(1 << 16, np.int64)
             _local.slot = np.zeros(BUCKETS, np.int32)
             _local.cnt = np.zeros(3 * 256, np.int64)      # codes counted in the middle third
             _local.mags = np.zeros(256, np.uint32)
@@ -569,7 +575,10 @@ class _NumbaPasses:
         for packed, scale, zp, integral, last in blocks:
             for p, s, z, l, m in _pieces(packed, scale, zp, last, bits):
                 self._room(m)
-                self.n += self.k.codes_first(p, s, z, integral, bits, l, _local.packed, _local.used, _local.cnt)
+                if bits == 4 and integral:
+                    self.n += self.k.nibbles_first(p, s, z, l, _nibbles(), _local.packed, _local.used, _local.cnt)
+                else:
+                    self.n += self.k.codes_first(p, s, z, integral, bits, l, _local.packed, _local.used, _local.cnt)
         return self.n
 
     def buckets(self):
@@ -597,11 +606,38 @@ class _NumbaPasses:
     def second_codes(self, blocks, bits: int, buckets: np.ndarray):
         def run(sub, used):
             n = 0
-            for packed, scale, zp, integral, last in blocks:
-                for p, s, z, l, m in _pieces(packed, scale, zp, last, bits):
-                    self.k.codes_second(p, s, z, integral, bits, l, _local.split, _local.slot, sub, used,
-                                        _local.cnt, _local.mags)
-                    n += m
+            scales = None
+            found = None
+            held = 0
+            try:
+                for packed, scale, zp, integral, last in blocks:
+                    for p, s, z, l, m in _pieces(packed, scale, zp, last, bits):
+                        n += m
+                        if not (bits == 4 and integral):
+                            self.k.codes_second(p, s, z, integral, bits, l, _local.split, _local.slot, sub, used,
+                                                _local.cnt, _local.mags)
+                            continue
+                        if scales is None:
+                            scales, masks = scale_keys(buckets)
+                            _local.scales[scales] = masks
+                            found = np.zeros(sub.size, np.float64)
+                        start, stop = 0, p.shape[0] * p.shape[1]
+                        while start < stop:
+                            start, held = self.k.nibbles_second(p, s, z, l, _nibbles(), _local.split, _local.scales,
+                                                                _local.slot, start, _local.items, held, _local.cnt)
+                            if start < stop:
+                                found += _item_counts(_local.items[:held], sub.size)
+                                held = 0
+                if held:
+                    found += _item_counts(_local.items[:held], sub.size)
+            finally:
+                if scales is not None:
+                    _local.scales[scales] = 0
+            if found is not None:                      # the items' counts into the table, as codes_second adds
+                at = np.flatnonzero(found)
+                rows, cols = at // SUB, at % SUB
+                sub[rows, cols] += found[at].astype(np.int64)
+                np.bitwise_or.at(used, (rows, cols >> 6), np.left_shift(np.uint64(1), (cols & 63).astype(np.uint64)))
             return n
         return self._second(buckets, run)
 
@@ -622,6 +658,41 @@ class _NumbaPasses:
         rows, cols, counts = np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size, np.int64)
         m = self.k.collect_values(sub, used, rows, cols, counts)
         return n, (rows[:m], cols[:m], counts[:m])
+
+
+def _item_counts(items: np.ndarray, size: int) -> np.ndarray:
+    """nibbles_second's items ((slot x SUB + low bits) x 2**16 + count) as counts per table cell."""
+    return np.bincount(items >> 16, items & 0xFFFF, size)
+
+
+@functools.lru_cache(maxsize=1)
+def _nibbles() -> np.ndarray:
+    return nibble_table()
+
+
+def scale_keys(buckets: np.ndarray, codes: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Which distances to look at in pass 2 of the 4-bit codes, by the level-1 key of |scale|: (keys, masks),
+    bit d of a key's mask set when some |scale| of that key may put d x |scale| (float32; d in 1..codes-1)
+    in one of `buckets`. A superset, a few keys per bucket and distance: a block whose key is not among
+    them has no magnitude in a split bucket."""
+    buckets = np.asarray(buckets, np.int64)
+    lo = (buckets << LOW).astype(np.uint32).view(np.float32).astype(np.float64)
+    hi = ((buckets << LOW) | (SUB - 1)).astype(np.uint32).view(np.float32).astype(np.float64)
+    d = np.arange(1, codes, dtype=np.float64)[:, None]
+    with np.errstate(invalid="ignore", over="ignore"):
+        # fl(d x s) is within half an ulp (2**-24 relative, or 2**-150 below the normals) of d x s
+        s_lo = np.maximum(lo / d * (1 - 2.0 ** -20) - 2.0 ** -140, 0.0).astype(np.float32)
+        s_hi = (hi / d * (1 + 2.0 ** -20) + 2.0 ** -140).astype(np.float32)
+    k_lo = (s_lo.view(np.uint32) & 0x7FFFFFFF).astype(np.int64) >> LOW
+    k_hi = np.where(np.isfinite(s_hi), (s_hi.view(np.uint32) & 0x7FFFFFFF).astype(np.int64) >> LOW, BUCKETS - 1)
+    k_hi = np.minimum(np.maximum(k_hi, k_lo), BUCKETS - 1)
+    k_lo, width = k_lo.ravel(), (k_hi - k_lo + 1).ravel()
+    bit = np.broadcast_to(1 << np.arange(1, codes, dtype=np.int64)[:, None], s_lo.shape).ravel()
+    keys = np.repeat(k_lo - np.cumsum(width) + width, width) + np.arange(width.sum())
+    order = np.argsort(keys, kind="stable")
+    keys, bits = keys[order], np.repeat(bit, width)[order]
+    first = np.flatnonzero(np.diff(keys, prepend=-1))
+    return keys[first], np.bitwise_or.reduceat(bits, first) if first.size else bits[:0]
 
 
 def _pieces(packed, scale, zp, last: int, bits: int):

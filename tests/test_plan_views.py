@@ -1,6 +1,7 @@
 """The plan in the widget, driven from Python: planned marks, the table's Planned and In plan columns, the
 plan curve, exclusions, plan exports and "Save pruned model", read back from real widgets and real files."""
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -205,6 +206,22 @@ def test_save_pruned_model(widget, tmp_path):
     assert not panel.save_button.disabled
     with pytest.raises(SettingsError, match="over its source"):
         widget.save_pruned(tmp_path / "net.onnx").result(60)
+
+
+def test_the_bundled_demo_is_saved_in_the_working_folder_not_the_package(tmp_path, monkeypatch):
+    from losswidget.demo import demo
+
+    path, _ = demo()
+    monkeypatch.chdir(tmp_path)
+    w = LossProfileWidget(path, autostart=False)
+    try:
+        w.store.put(__import__("losswidget").analyze(path, "magnitude", name="m"), save=False)
+        expected = tmp_path / f"{Path(path).stem}-m-pruned85.onnx"
+        assert w.charts.plan_panel.path.placeholder == str(expected)
+        assert w.save_pruned().result(60) == str(expected) and expected.exists()
+        assert not list(Path(path).parent.glob("*pruned*"))
+    finally:
+        w.close()
 
 
 def test_in_memory_model_needs_a_typed_path(tmp_path):

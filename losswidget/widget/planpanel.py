@@ -10,6 +10,7 @@ the model, the profile and the target, so saves of different plans do not overwr
 from __future__ import annotations
 
 import html
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,11 +37,18 @@ def plan_stem(store, plan: Plan) -> str:
     return f"{model_stem(store)}-{slug(plan.profile)}-plan{round(100 * plan.target)}"
 
 
+PACKAGE = Path(__file__).resolve().parents[1]
+
+
 def default_output(store, plan: Plan | None) -> str:
-    """Beside the model: `<model>-<profile>-pruned<NN>.onnx`; "" for an in-memory model (no folder to use)."""
+    """Beside the model: `<model>-<profile>-pruned<NN>.onnx`, or in the working folder when the model is
+    the bundled demo (never written into the installed package) or its folder is not writable; "" for an
+    in-memory model (no folder to use)."""
     if plan is None or not store.model_path:
         return ""
-    folder = Path(store.model_path).parent
+    folder = Path(store.model_path).resolve().parent
+    if folder.is_relative_to(PACKAGE) or not os.access(folder, os.W_OK):
+        folder = Path.cwd()
     return str(folder / f"{model_stem(store)}-{slug(plan.profile)}-pruned{round(100 * plan.target)}.onnx")
 
 

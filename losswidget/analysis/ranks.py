@@ -213,7 +213,7 @@ def _code_slices(blocks: Iterable[tuple], bits: int):
         if np.ndim(zp) == 0:                         # one zero point for all (MatMulNBits' default)
             z = np.float32(zp)
             integral = bool(z == np.floor(z) and 0 <= z < 1 << bits)
-            zp = np.full((rows, nblocks), z, np.float32)
+            zp = _filled(rows, nblocks, float(z))
         else:
             zp = np.ascontiguousarray(np.broadcast_to(np.asarray(zp, np.float32), (rows, nblocks)))
             integral = bool(np.all((zp == np.floor(zp)) & (zp >= 0) & (zp < 1 << bits)))
@@ -541,7 +541,7 @@ class _NumbaPasses:
             _local.used = np.zeros(BUCKETS // 64, np.uint64)
             _local.split = np.zeros(BUCKETS, np.uint8)
             _local.scales = np.zeros(BUCKETS, np.uint16)   # ranks.scale_keys' masks; kept zeroed
-            _local.items = np.zeros(1 << 16, np.int64)
+            _local.items = np.zeros(1 << 20, np.int64)     # pass 2's exact values (a big layer's fit)
             _local.slot = np.zeros(BUCKETS, np.int32)
             _local.cnt = np.zeros(3 * 256, np.int64)      # codes counted in the middle third
             _local.mags = np.zeros(256, np.uint32)
@@ -600,7 +600,7 @@ class _NumbaPasses:
             for s in slices:
                 self.k.second(s.view(np.uint32), _local.split, _local.slot, sub, used)
                 n += s.size
-            return n
+            return n, None
         return self._second(buckets, run)
 
     def second_codes(self, blocks, bits: int, buckets: np.ndarray):
@@ -620,25 +620,19 @@ class _NumbaPasses:
                         if scales is None:
                             scales, masks = scale_keys(buckets)
                             _local.scales[scales] = masks
-                            found = np.zeros(sub.size, np.float64)
                         start, stop = 0, p.shape[0] * p.shape[1]
                         while start < stop:
                             start, held = self.k.nibbles_second(p, s, z, l, _nibbles(), _local.split, _local.scales,
                                                                 _local.slot, start, _local.items, held, _local.cnt)
-                            if start < stop:
-                                found += _item_counts(_local.items[:held], sub.size)
+                            if start < stop:                  # the buffer is full
+                                found = _item_counts(_local.items[:held], sub.size, found)
                                 held = 0
                 if held:
-                    found += _item_counts(_local.items[:held], sub.size)
+                    found = _item_counts(_local.items[:held], sub.size, found)
             finally:
                 if scales is not None:
                     _local.scales[scales] = 0
-            if found is not None:                      # the items' counts into the table, as codes_second adds
-                at = np.flatnonzero(found)
-                rows, cols = at // SUB, at % SUB
-                sub[rows, cols] += found[at].astype(np.int64)
-                np.bitwise_or.at(used, (rows, cols >> 6), np.left_shift(np.uint64(1), (cols & 63).astype(np.uint64)))
-            return n
+            return n, found
         return self._second(buckets, run)
 
     def _second(self, buckets: np.ndarray, run):
@@ -647,7 +641,7 @@ class _NumbaPasses:
         split[buckets] = 1
         slot[buckets] = np.arange(buckets.size)
         try:
-            n = run(sub, used)
+            n, found = run(sub, used)
         except BaseException:
             sub[:] = 0
             used[:] = 0
@@ -657,12 +651,28 @@ class _NumbaPasses:
         size = min(n, sub.size)
         rows, cols, counts = np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size, np.int64)
         m = self.k.collect_values(sub, used, rows, cols, counts)
-        return n, (rows[:m], cols[:m], counts[:m])
+        if found is None:
+            return n, (rows[:m], cols[:m], counts[:m])
+        found[rows[:m] * SUB + cols[:m]] += counts[:m]      # cells counted in the table too (mixed slices)
+        at = np.flatnonzero(found)
+        return n, (at >> LOW, at & (SUB - 1), found[at])
 
 
-def _item_counts(items: np.ndarray, size: int) -> np.ndarray:
-    """nibbles_second's items ((slot x SUB + low bits) x 2**16 + count) as counts per table cell."""
-    return np.bincount(items >> 16, items & 0xFFFF, size)
+def _item_counts(items: np.ndarray, size: int, found: np.ndarray | None) -> np.ndarray:
+    """nibbles_second's items ((slot x SUB + low bits) x 2**16 + count) as counts per table cell (int64),
+    added to `found` when there is one."""
+    counts = np.bincount(items >> 16, items & 0xFFFF, size).astype(np.int64)     # float64 sums of small ints
+    if found is not None:
+        counts += found
+    return counts
+
+
+@functools.lru_cache(maxsize=8)                        # a layer's slices share a shape and zero point
+def _filled(rows: int, nblocks: int, z: float) -> np.ndarray:
+    """One zero point for every block, as the kernels take them (read-only: shared by the threads)."""
+    zp = np.full((rows, nblocks), z, np.float32)
+    zp.setflags(write=False)
+    return zp
 
 
 @functools.lru_cache(maxsize=1)

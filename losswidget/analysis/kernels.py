@@ -99,17 +99,18 @@ def collect(packed, counts, lows, used, keys, c, s):
 
 def second(bits, split, slot, sub, used):
     """Pass 2: a count per exact value in the split buckets (`split[key]` is 1, `slot[key]` its row of
-    `sub`). The few hits are first gathered without a branch per value (a mispredicted branch per hit cost
-    more than the loop)."""
-    hits = np.empty(4096, np.int64)
+    `sub`). The few hits (|x|'s bits) are first gathered without a branch per value (a mispredicted branch
+    per hit cost more than the loop)."""
+    hits = np.empty(4096, np.uint32)
     n = bits.size
     for start in range(0, n, 4096):
         m = 0
         for i in range(start, min(n, start + 4096)):
-            hits[m] = i
-            m += split[(bits[i] & _U31) >> _ULOW]
+            b = bits[i] & _U31
+            hits[m] = b
+            m += split[b >> _ULOW]
         for j in range(m):
-            b = bits[hits[j]] & _U31
+            b = hits[j]
             r = slot[b >> _ULOW]
             c = b & _UMASK
             if sub[r, c] == 0:

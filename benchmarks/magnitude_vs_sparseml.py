@@ -1,7 +1,13 @@
 """Magnitude profiles side by side with SparseML 1.8: speed, peak memory and agreement.
 
-Each side runs in its own fresh process; the clock starts after imports (as a notebook user meets it) and
-peak memory is the process's ru_maxrss. SparseML comes from ../shared/bench/sparseml_peer.sh.
+Each side runs in its own fresh process and profiles the model twice, the clock started after imports:
+- cold: the first profile in the process (a notebook kernel's first): ours includes numba's import and
+  the load of its cached kernels (started while the model opens), SparseML its own first call;
+- warm: the same call again in the same process (a second profile in that kernel).
+Peak memory is the process's ru_maxrss after the first call. Before the timed runs, one untimed run of ours
+fills numba's on-disk cache of compiled kernels and the model's hash cache (as a user has them after their
+first profile ever); it is printed, not counted. The host's CPU model and load are printed with the figures.
+SparseML comes from ../shared/bench/sparseml_peer.sh.
 
   python benchmarks/magnitude_vs_sparseml.py                       # t12: 85.7M-param transformer
   python benchmarks/magnitude_vs_sparseml.py --model some.onnx     # any model SparseML can read
@@ -10,31 +16,48 @@ peak memory is the process's ru_maxrss. SparseML comes from ../shared/bench/spar
 from __future__ import annotations
 
 import argparse
+import os
+import platform
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from common import make_model, peer_python, run_json
 
+# argv: model [calls]; "seconds" is the first call's time, "warm_seconds" the later calls' (the same profile
+# again in the same process), "peak_mb" ru_maxrss after the first call, "warm_same" whether they gave equal values
 OURS = r"""
 import json, resource, sys, time
 import losswidget
-t0 = time.perf_counter()
-p = losswidget.analyze(sys.argv[1], method="magnitude")
-dt = time.perf_counter() - t0
-print(json.dumps({"seconds": dt, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "layers": {l.weight: list(l.values) for l in p.layers}, "levels": list(p.levels)}))
+times, values = [], None
+for call in range(int(sys.argv[2]) if len(sys.argv) > 2 else 1):
+    t0 = time.perf_counter()
+    p = losswidget.analyze(sys.argv[1], method="magnitude")
+    times.append(time.perf_counter() - t0)
+    got = {l.weight: list(l.values) for l in p.layers}
+    if values is None:
+        values, peak, same = got, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, True
+    same = same and got == values
+print(json.dumps({"seconds": times[0], "warm_seconds": times[1:], "peak_mb": peak, "warm_same": same,
+                  "numba": "numba" in sys.modules, "layers": values, "levels": list(p.levels)}))
 """
 
 PEER = r"""
 import json, logging, resource, sys, time
 logging.disable(logging.CRITICAL)
 from sparseml.onnx.optim.sensitivity_pruning import pruning_loss_sens_magnitude
-t0 = time.perf_counter()
-a = pruning_loss_sens_magnitude(sys.argv[1], show_progress=False)
-dt = time.perf_counter() - t0
-print(json.dumps({"seconds": dt, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "layers": {r.name: [v[0] for v in r.sparse_measurements.values()] for r in a.results},
+times, values = [], None
+for call in range(int(sys.argv[2]) if len(sys.argv) > 2 else 1):
+    t0 = time.perf_counter()
+    a = pruning_loss_sens_magnitude(sys.argv[1], show_progress=False)
+    times.append(time.perf_counter() - t0)
+    got = {r.name: [v[0] for v in r.sparse_measurements.values()] for r in a.results}
+    if values is None:
+        values, peak, same = got, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, True
+    same = same and got == values
+print(json.dumps({"seconds": times[0], "warm_seconds": times[1:], "peak_mb": peak, "warm_same": same,
+                  "layers": values,
                   "levels": [float(k) for k in a.results[0].sparse_measurements] if a.results else []}))
 """
 
@@ -70,19 +93,54 @@ def main() -> None:
                 print(f"{Path(m).name}: {n} layers, max relative difference {worst:.2e}")
             return
         model = a.model or make_model("transformer", tmp / "t12.onnx", "--layers", "12", "--hidden", "768")
+        print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load {load()}; python {platform.python_version()}")
+        first = run_json(sys.executable, OURS, model)[1]
+        print(f"untimed first run of ours (fills numba's and the hash's disk caches): {first['seconds']:.3f} s")
         rows = []
         for i in range(a.repeat):
-            o, p = run_json(sys.executable, OURS, model)[1], run_json(peer, PEER, model)[1]
+            o, p = run_json(sys.executable, OURS, model, "2")[1], run_json(peer, PEER, model, "2")[1]
             rows.append((o, p))
-            print(f"run {i + 1}: ours {o['seconds']:.3f} s {o['peak_mb']:.0f} MB | SparseML {p['seconds']:.3f} s "
-                  f"{p['peak_mb']:.0f} MB | speed-up {p['seconds'] / o['seconds']:.2f}x, "
-                  f"memory {o['peak_mb'] / p['peak_mb']:.2f} of SparseML's")
+            ow, pw = o["warm_seconds"][0], p["warm_seconds"][0]
+            print(f"run {i + 1}: cold: ours {o['seconds']:.3f} s | SparseML {p['seconds']:.3f} s | "
+                  f"{p['seconds'] / o['seconds']:.2f}x;  warm: ours {ow:.3f} s | SparseML {pw:.3f} s | "
+                  f"{pw / ow:.2f}x;  peak {o['peak_mb']:.0f} / {p['peak_mb']:.0f} MB "
+                  f"({o['peak_mb'] / p['peak_mb']:.2f}); load {load()}", flush=True)
+            if not (o["warm_same"] and p["warm_same"]):
+                raise SystemExit("a second call gave other values than the first")
         worst, n = agreement(*rows[-1])
-        speed = sorted(p["seconds"] / o["seconds"] for o, p in rows)[len(rows) // 2]
-        mem = sorted(o["peak_mb"] / p["peak_mb"] for o, p in rows)[len(rows) // 2]
-        print(f"median speed-up {speed:.2f}x, median peak memory {mem:.2f} of SparseML's; "
-              f"{n} layers, max relative difference {worst:.2e}")
 
+        def median(f):
+            return sorted(f(o, p) for o, p in rows)[len(rows) // 2]
+        print(f"median of {len(rows)}: cold (first profile in a fresh process, numba's import and cache load "
+              f"included: {'yes' if rows[0][0]['numba'] else 'numba not used'}) "
+              f"{median(lambda o, p: p['seconds'] / o['seconds']):.2f}x "
+              f"(ours {median(lambda o, p: o['seconds']):.3f} s, SparseML {median(lambda o, p: p['seconds']):.3f} s); "
+              f"warm (second call in the same process) {median(lambda o, p: p['warm_seconds'][0] / o['warm_seconds'][0]):.2f}x "
+              f"(ours {median(lambda o, p: o['warm_seconds'][0]):.3f} s, SparseML "
+              f"{median(lambda o, p: p['warm_seconds'][0]):.3f} s); peak memory "
+              f"{median(lambda o, p: o['peak_mb'] / p['peak_mb']):.2f} of SparseML's; "
+              f"{n} layers, max relative difference {worst:.2e}; load {load()}")
+
+
+def cpu_model() -> str:
+    """lscpu's model name, with the family / model numbers and widest AVX (a VM's name may be just "AMD
+    EPYC": family 25 model 1 is Milan) from /proc/cpuinfo where there is one."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        name = next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or "unknown CPU"
+    try:
+        info = dict(l.split(":", 1) for l in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines() if ":" in l)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        avx = "AVX-512" if "avx512f" in info.get("flags", "").split() else "AVX2" if "avx2" in info.get("flags", "").split() else "no AVX2"
+        return f"{name} (family {info.get('cpu family')} model {info.get('model')}, {avx})"
+    except OSError:
+        return name
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 if __name__ == "__main__":
     main()

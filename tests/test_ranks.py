@@ -174,6 +174,34 @@ def test_more_values_than_one_pass_piece(engine):
     check(measure_array(x, LEVELS, engine), x, LEVELS)
 
 
+@pytest.mark.skipif(not has_numba(), reason="numba not installed")
+def test_bitmap_walk_by_hand():
+    # collect and collect_values visit set bits lowest first: bits 0 and 63 of a word, whole words, the
+    # table's last row; counts come back in key order and the tables are left zeroed
+    from losswidget.analysis.kernels import BUCKETS, ONE, SUB, compiled
+    k = compiled()
+    rows = [0, 1, 63, 64, 127, 128 + 5, BUCKETS - 64, BUCKETS - 1]
+    packed, counts, lows = (np.zeros(BUCKETS, np.int64) for _ in range(3))
+    used = np.zeros(BUCKETS // 64, np.uint64)
+    for i, r in enumerate(rows):
+        packed[r] = (i + 1) * ONE + 10 * i
+        used[r // 64] |= np.uint64(1) << np.uint64(r % 64)
+    used[2] = np.uint64(0xFFFFFFFFFFFFFFFF)         # a whole word marked (as code items do), one row in use
+    keys, c, sums = (np.zeros(16, np.int64) for _ in range(3))
+    m = k.collect(packed, counts, lows, used, keys, c, sums)
+    assert keys[:m].tolist() == rows and c[:m].tolist() == list(range(1, 9)) and sums[:m].tolist() == [10 * i for i in range(8)]
+    assert not packed.any() and not used.any()
+    sub = np.zeros((3, SUB), np.int64)
+    sub_used = np.zeros((3, SUB // 64), np.uint64)
+    for r, col, n in [(0, 0, 2), (0, 63, 1), (0, SUB - 1, 4), (2, 64, 3)]:
+        sub[r, col] = n
+        sub_used[r, col // 64] |= np.uint64(1) << np.uint64(col % 64)
+    out = [np.zeros(8, np.int64) for _ in range(3)]
+    m = k.collect_values(sub, sub_used, *out)
+    assert [o[:m].tolist() for o in out] == [[0, 0, 0, 2], [0, 63, SUB - 1, 64], [2, 1, 4, 3]]
+    assert not sub.any() and not sub_used.any()
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_bad_input(engine):
     with pytest.raises(TypeError, match="float32"):

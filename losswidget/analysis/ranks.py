@@ -57,6 +57,8 @@ HALF_NON_FINITE = {False: 0x7C00, True: 0x7F80}   # first |x| pattern of +Inf / 
 NUMPY_CHUNK = 1 << 16                  # the numpy engine's slice
 NUMBA_FROM = 1 << 25                   # values from which numba's one-off load pays off over numpy's engine
 
+_POW2 = np.ldexp(1.0, np.arange(256) - 150)     # 2**(exponent − 150): all normal float64, so × is exact
+
 _local = threading.local()
 
 
@@ -247,9 +249,13 @@ def _select(levels: np.ndarray, passes, first: Callable[[], int], second: Callab
         seen, (r2, c2, k2) = second(keys[split[~one_value]])
         if seen != n:
             raise ValueError(f"the slices yielded {n} values, then {seen}: the slices must not change")
-        order = np.lexsort((np.concatenate([cols, c2]), np.concatenate([rows, np.flatnonzero(~one_value)[r2]])))
-        rows = np.concatenate([rows, np.flatnonzero(~one_value)[r2]])[order]
-        cols, k = np.concatenate([cols, c2])[order], np.concatenate([k, k2])[order]
+        r2 = np.flatnonzero(~one_value)[r2]
+        if rows.size:
+            # two runs in (row, col) order over disjoint rows: a stable sort by row merges them in one pass
+            order = np.argsort(np.concatenate([rows, r2]), kind="stable")
+            rows, cols, k = np.concatenate([rows, r2])[order], np.concatenate([cols, c2])[order], np.concatenate([k, k2])[order]
+        else:
+            rows, cols, k = r2, c2, k2
     return _resolve(n, levels, ranges, pruned, cuts, keys, sums, squares, starts, split, (rows, cols, k))
 
 
@@ -357,7 +363,7 @@ def _sums_from_low_bits(keys: np.ndarray, counts: np.ndarray, lows: np.ndarray) 
     exponent = keys >> (HIGH - 8)
     base = (keys & ((1 << (HIGH - 8)) - 1)) << LOW
     base = np.where(exponent > 0, base + (1 << 23), base)                 # the implicit bit of normal floats
-    sums = np.ldexp(counts * base.astype(np.float64) + lows, np.maximum(exponent, 1) - 150)
+    sums = (counts * base.astype(np.float64) + lows) * _POW2[np.maximum(exponent, 1)]      # exact, as ldexp
     top = exponent == 255                                                 # +Inf (low bits 0) or NaN
     if top.any():
         sums[top] = np.where((base[top] == 1 << 23) & (lows[top] == 0), np.inf, np.nan)

@@ -376,6 +376,23 @@ def test_codes_with_subnormal_and_zero_scales(engine):
         check(measure_codes(lambda: ((packed, scale, zp, last),), 4, levels, engine), values, levels)
 
 
+@pytest.mark.skipif(not has_numba(), reason="the compiled engine's buffer")
+def test_codes_pass_two_buffer_filled_many_times():
+    import losswidget.analysis.ranks as ranks
+
+    rng = np.random.default_rng(8)
+    (packed, scale, zp, last), codes, values = _blocks(rng, 4, 200, 8, 32, 32, "int")
+    whole = measure_codes(lambda: ((packed, scale, zp, last),), 4, LEVELS, "numba")
+    kept = ranks._local.items
+    ranks._local.items = np.zeros(40, np.int64)          # room for 24 exact values at a time
+    try:
+        small = measure_codes(lambda: ((packed, scale, zp, last),), 4, LEVELS, "numba")
+    finally:
+        ranks._local.items = kept
+    check(small, values, LEVELS)
+    assert np.array_equal(small.values, whole.values) and np.array_equal(small.energy_kept, whole.energy_kept)
+
+
 def test_scale_keys_mark_every_scale_whose_magnitudes_fall_in_the_buckets():
     from losswidget.analysis.kernels import LOW
     from losswidget.analysis.ranks import scale_keys

@@ -378,6 +378,25 @@ def nibbles_second(packed, scale, zp, last, table, split, scales, slot, start, o
     return rows * blocks, m
 
 
+def tally(items, m, slots, scratch, found):
+    """Add nibbles_second's first m items ((slot x SUB + low bits) x 2**16 + count) into `found`, the counts
+    of `slots` rows of SUB cells: the items are first grouped by slot (a counting sort into `scratch`), so
+    each row's adds stay within its 32 KB (adding them in the order found missed the cache each time)."""
+    starts = np.zeros(slots + 1, np.int64)
+    for i in range(m):
+        starts[(items[i] >> (16 + LOW)) + 1] += 1
+    for r in range(slots):
+        starts[r + 1] += starts[r]
+    place = starts[:slots].copy()
+    for i in range(m):
+        r = items[i] >> (16 + LOW)
+        scratch[place[r]] = items[i]
+        place[r] += 1
+    for i in range(m):
+        v = scratch[i]
+        found[v >> 16] += v & 0xFFFF
+
+
 # -- compiling ------------------------------------------------------------------------------------------------
 def _signatures(t) -> dict:
     """Each loop's one signature (numba.types `t`): inputs read-only (views of a read-only file map or
@@ -399,6 +418,7 @@ def _signatures(t) -> dict:
         "nibbles_second": t.UniTuple(t.int64, 2)(ro(t.uint8, 3), ro(t.float32, 2), ro(t.float32, 2), t.int64,
                                                  ro(t.uint64, 2), t.uint8[::1], t.uint16[::1], t.int32[::1], t.int64,
                                                  i64, t.int64, i64),
+        "tally": t.void(i64, t.int64, t.int64, i64, i64),
         "codes_second": t.void(ro(t.uint8, 3), ro(t.float32, 2), ro(t.float32, 2), t.boolean, t.int64, t.int64,
                                t.uint8[::1], t.int32[::1], t.int64[:, ::1], t.uint64[:, ::1], i64, t.uint32[::1]),
     }

@@ -22,7 +22,7 @@ counting, in one of three ways by how the weight is stored:
   faster path (kernels.nibbles_first/second): a block's distances |code − zp| are counted by one table
   add per byte into 8-bit lanes, and pass 2 passes by every block whose scale's level-1 key cannot put a
   magnitude in a split bucket (`scale_keys`), writing the few exact values it finds to a buffer that is
-  counted with np.bincount (adding them into the table one by one missed the cache).
+  grouped by bucket before it is counted (kernels.tally: adding them in the order found missed the cache).
 
 Nothing is sorted, and the tables are fixed-size whatever n is. Values may come in slices (a layer over a
 memory budget, external data read in large chunks): pass 1 accumulates over the slices and pass 2 asks for
@@ -548,6 +548,7 @@ class _NumbaPasses:
             _local.split = np.zeros(BUCKETS, np.uint8)
             _local.scales = np.zeros(BUCKETS, np.uint16)   # ranks.scale_keys' masks; kept zeroed
             _local.items = np.zeros(1 << 20, np.int64)     # pass 2's exact values (a big layer's fit)
+            _local.scratch = np.zeros(1 << 20, np.int64)
             _local.slot = np.zeros(BUCKETS, np.int32)
             _local.cnt = np.zeros(3 * 256, np.int64)      # codes counted in the middle third
             _local.mags = np.zeros(256, np.uint32)
@@ -626,15 +627,16 @@ class _NumbaPasses:
                         if scales is None:
                             scales, masks = scale_keys(buckets)
                             _local.scales[scales] = masks
+                            found = np.zeros(sub.size, np.int64)
                         start, stop = 0, p.shape[0] * p.shape[1]
                         while start < stop:
                             start, held = self.k.nibbles_second(p, s, z, l, _nibbles(), _local.split, _local.scales,
                                                                 _local.slot, start, _local.items, held, _local.cnt)
                             if start < stop:                  # the buffer is full
-                                found = _item_counts(_local.items[:held], sub.size, found)
+                                self.k.tally(_local.items, held, buckets.size, _local.scratch, found)
                                 held = 0
                 if held:
-                    found = _item_counts(_local.items[:held], sub.size, found)
+                    self.k.tally(_local.items, held, buckets.size, _local.scratch, found)
             finally:
                 if scales is not None:
                     _local.scales[scales] = 0
@@ -662,15 +664,6 @@ class _NumbaPasses:
         found[rows[:m] * SUB + cols[:m]] += counts[:m]      # cells counted in the table too (mixed slices)
         at = np.flatnonzero(found)
         return n, (at >> LOW, at & (SUB - 1), found[at])
-
-
-def _item_counts(items: np.ndarray, size: int, found: np.ndarray | None) -> np.ndarray:
-    """nibbles_second's items ((slot x SUB + low bits) x 2**16 + count) as counts per table cell (int64),
-    added to `found` when there is one."""
-    counts = np.bincount(items >> 16, items & 0xFFFF, size).astype(np.int64)     # float64 sums of small ints
-    if found is not None:
-        counts += found
-    return counts
 
 
 @functools.lru_cache(maxsize=8)                        # a layer's slices share a shape and zero point

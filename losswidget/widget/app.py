@@ -13,6 +13,7 @@ from ..plan import Plan
 from ..profile import LossProfile, profiles_to_csv, profiles_to_json
 from .cards import JS_DIR, SummaryCards, card_values
 from .charts import Charts
+from .focus import after_ready
 from .controls import CompareChooser, Header
 from .downloads import Downloads, slug
 from .planpanel import model_stem
@@ -115,7 +116,8 @@ class LossProfileWidget(w.VBox):
         self.cards = SummaryCards()
         self.cards.add_class("lw-summary")
         self.charts = Charts(self.store)
-        self.panel = AddProfilePanel(self.store)
+        self._panel: AddProfilePanel | None = None           # made with the views under the bars (_complete)
+        self._closed = False
         self.exporter = Exporter(self.store)
         self.header = Header()
         self.select = w.Dropdown(description="Profile:", options=[], style={"description_width": "initial"},
@@ -138,7 +140,7 @@ class LossProfileWidget(w.VBox):
         controls = w.HBox([self.select, self.target, self.job_status], layout=w.Layout(flex_flow="row wrap"))
         controls.add_class("lw-controls")
         super().__init__([self.header, controls, self.compare, self.cards, self.charts.box, self.exporter,
-                          self.panel, self.message, self.host])
+                          self.message, self.host])
         self.add_class("losswidget")
         self.select.observe(self._select_changed, "value")
         self.compare.observe(self._compare_changed, "value")
@@ -157,6 +159,24 @@ class LossProfileWidget(w.VBox):
         if autostart:
             # once the hash is known, unless saved ones are found
             self.store.autostart(AUTO_PROFILES + (DATA_AUTO_PROFILES if data is not None else ()))
+        after_ready(self.store, self._complete)          # the views under the bars, once the bars are drawn
+
+    def _complete(self) -> None:
+        """Make the views under the bars: the scatter, drill-down, plan row and table, and the add-profile
+        panel (at once without a kernel; on the kernel's loop once the saved profiles are drawn otherwise)."""
+        if not self._closed:
+            self.charts.build_below()
+            _ = self.panel
+
+    @property
+    def panel(self) -> AddProfilePanel:
+        """The add-profile panel (made on first use, or with the views under the bars)."""
+        if self._panel is None:
+            self._panel = AddProfilePanel(self.store)
+            children = list(self.children)
+            children.insert(children.index(self.message), self._panel)
+            self.children = children
+        return self._panel
 
     # -- public surface --------------------------------------------------------------------------------
     @property
@@ -255,11 +275,12 @@ class LossProfileWidget(w.VBox):
             self._stay_inline(change["new"])
 
     def close(self) -> None:
+        self._closed = True
         store = getattr(self, "store", None)          # None when the constructor failed (then __del__ closes)
         if store is not None:
             store.close()
         charts = getattr(self, "charts", None)
-        if charts is not None:
+        if charts is not None and charts.built:
             charts.plan_panel.close()
         super().close()
 

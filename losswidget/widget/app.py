@@ -113,35 +113,30 @@ class LossProfileWidget(w.VBox):
                  autostart: bool = True):
         self.store = ProfileStore(model, data=data, labels=labels, profiles_dir=profiles_dir,
                                   target_sparsity=target_sparsity)
-        self.cards = SummaryCards()
-        self.cards.add_class("lw-summary")
+        self.cards = SummaryCards(_dom_classes=["lw-summary"])
         self.charts = Charts(self.store)
         self._panel: AddProfilePanel | None = None           # made with the views under the bars (_complete)
         self._closed = False
         self.exporter = Exporter(self.store)
         self.header = Header()
         self.select = w.Dropdown(description="Profile:", options=[], style={"description_width": "initial"},
-                                 layout=w.Layout(width="auto", max_width="100%"))
-        self.select.add_class("lw-profile-select")
-        self.compare = CompareChooser()
-        self.compare.add_class("lw-compare-select")
+                                 layout=w.Layout(width="auto", max_width="100%"), _dom_classes=["lw-profile-select"])
+        self.compare = CompareChooser(_dom_classes=["lw-compare-select"])
         self.target = w.FloatSlider(value=self.store.target, min=0.05, max=0.95, step=0.01, description="Target:",
                                     readout_format=".0%", continuous_update=True,
-                                    style={"description_width": "initial"}, layout=w.Layout(width="auto"))
-        self.target.add_class("lw-target-slider")
+                                    style={"description_width": "initial"}, layout=w.Layout(width="auto"),
+                                    _dom_classes=["lw-target-slider"])
         self.sidecar = None
         self._syncing = False
-        self.message = w.HTML()
-        self.message.add_class("lw-message")
+        self.message = w.HTML(_dom_classes=["lw-message"])
         self.host = HostProbe()
         self.host.observe(self._host_known, "host")
-        self.job_status = w.HTML(layout=w.Layout(display="none"))     # "Baseline: computing… 40%"
-        self.job_status.add_class("lw-job-status")
-        controls = w.HBox([self.select, self.target, self.job_status], layout=w.Layout(flex_flow="row wrap"))
-        controls.add_class("lw-controls")
+        # "Baseline: computing… 40%"
+        self.job_status = w.HTML(layout=w.Layout(display="none"), _dom_classes=["lw-job-status"])
+        controls = w.HBox([self.select, self.target, self.job_status], layout=w.Layout(flex_flow="row wrap"),
+                          _dom_classes=["lw-controls"])
         super().__init__([self.header, controls, self.compare, self.cards, self.charts.box, self.exporter,
-                          self.message, self.host])
-        self.add_class("losswidget")
+                          self.message, self.host], _dom_classes=["losswidget"])
         self.select.observe(self._select_changed, "value")
         self.compare.observe(self._compare_changed, "value")
         self.store.observe(lambda _: self.header.show(self.store), names=["profiles"])

@@ -38,11 +38,9 @@ class Charts:
         self.params = ParamsChart(store, self.focus, self.xs)
         self.window = w.IntRangeSlider(value=(0, 0), min=0, max=0, description="Layers:", continuous_update=True,
                                        style={"description_width": "initial"},
-                                       layout=w.Layout(width="100%", display="none"))
-        self.window.add_class("lw-window")
+                                       layout=w.Layout(width="100%", display="none"), _dom_classes=["lw-window"])
         self._below: dict | None = None           # the views under the window, once made (build_below)
-        self.box = w.VBox([self.sensitivity.box, self.params.box, self.window])
-        self.box.add_class("lw-charts")
+        self.box = w.VBox([self.sensitivity.box, self.params.box, self.window], _dom_classes=["lw-charts"])
         self.window.observe(lambda _: self._zoom(), "value")
         self.focus.observe(self._follow, "layer")
         store.observe(lambda _: self._reset_window(), names=["profiles", "selected", "compare"])
@@ -59,16 +57,12 @@ class Charts:
                            "curve": CurveChart(store, self.focus, self.sensitivity.normalise),
                            "table": LayerTable(store, self.focus), "plan_curve": PlanCurve(store),
                            "plan_panel": PlanPanel(store)}
-        v["table_title"] = w.HTML("<span class='lw-h'>Layers</span>")
-        v["table_title"].add_class("lw-chart-title")
-        lower = w.HBox([v["scatter"].box, v["curve"].box], layout=w.Layout(flex_flow="row wrap"))
-        lower.add_class("lw-lower")
-        v["plan_panel"].box.add_class("lw-chart-block")
-        plan_row = w.HBox([v["plan_curve"].box, v["plan_panel"].box], layout=w.Layout(flex_flow="row wrap"))
-        plan_row.add_class("lw-lower")
-        plan_row.add_class("lw-plan-row")
-        table_box = w.VBox([v["table_title"], v["table"]])
-        table_box.add_class("lw-chart-block")
+        v["table_title"] = w.HTML("<span class='lw-h'>Layers</span>", _dom_classes=["lw-chart-title"])
+        lower = w.HBox([v["scatter"].box, v["curve"].box], layout=w.Layout(flex_flow="row wrap"),
+                       _dom_classes=["lw-lower"])
+        plan_row = w.HBox([v["plan_curve"].box, v["plan_panel"].box], layout=w.Layout(flex_flow="row wrap"),
+                          _dom_classes=["lw-lower", "lw-plan-row"])
+        table_box = w.VBox([v["table_title"], v["table"]], _dom_classes=["lw-chart-block"])
         self.box.children = self.box.children + (lower, plan_row, table_box)
 
     @property

@@ -22,12 +22,9 @@ from .focus import Focus, Later, describe, event_layer, shown
 class ScatterChart:
     def __init__(self, store, focus: Focus):
         self.store, self.focus = store, focus
-        self.title = w.HTML("<span class='lw-h'>Params × sensitivity</span>")
-        self.title.add_class("lw-chart-title")
-        self.caption = w.HTML()
-        self.caption.add_class("lw-key")
-        self.readout = w.HTML()
-        self.readout.add_class("lw-readout")
+        self.title = w.HTML("<span class='lw-h'>Params × sensitivity</span>", _dom_classes=["lw-chart-title"])
+        self.caption = w.HTML(_dom_classes=["lw-key"])
+        self.readout = w.HTML(_dom_classes=["lw-readout"])
         self.index = np.zeros(0, dtype=int)
         self.xs, self.ys = bq.LogScale(min=1.0, max=10.0), bq.LogScale(min=0.1, max=1.0)
         scales = {"x": self.xs, "y": self.ys}
@@ -51,10 +48,9 @@ class ScatterChart:
         self.fig = bq.Figure(marks=[self.median_x, self.median_y, self.trend, self.points, self.corner_label],
                              axes=[self.x_axis, self.y_axis],
                              fig_margin={"top": 12, "bottom": 44, "left": 64, "right": 16}, display_toolbar=False,
-                             padding_x=0.0, padding_y=0.0, layout=w.Layout(width="100%", height="300px"))
-        self.fig.add_class("lw-scatter-chart")
-        self.box = w.VBox([self.title, self.caption, self.readout, self.fig])
-        self.box.add_class("lw-chart-block")
+                             padding_x=0.0, padding_y=0.0, layout=w.Layout(width="100%", height="300px"),
+                             _dom_classes=["lw-scatter-chart"])
+        self.box = w.VBox([self.title, self.caption, self.readout, self.fig], _dom_classes=["lw-chart-block"])
         store.observe(Later(self.redraw), names=["profiles", "selected", "compare"])
         focus.observe(lambda _: self.point(), names=["layer", "hovered"])
         self.redraw()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from decimal import Decimal
 
 import bqplot as bq
 import ipywidgets as w
@@ -43,9 +44,19 @@ Y_LABEL = {"values": "sensitivity", "log": "sensitivity (log)", "percent": "shar
 
 
 def js_number(x: float) -> str:
-    """A tick value as JavaScript prints it (tick_labels keys are matched against it): -2, 0.30103."""
+    """A tick value as JavaScript's String(x) prints it (tick_labels keys are matched against it): -2, 0.30103,
+    0.00002, 1e-7, 1e+21. Both print the shortest digits that read back as x; they differ only in when they
+    switch to an exponent (JavaScript: below 1e-6 and from 1e21)."""
     x = float(x)
-    return str(int(x)) if x.is_integer() else repr(x)
+    if x.is_integer() and abs(x) < 1e21:
+        return str(int(x))
+    text = repr(x)
+    if "e" not in text:
+        return text
+    if 1e-6 <= abs(x) < 1e21:
+        return format(Decimal(text), "f")
+    mantissa, exponent = text.split("e")
+    return f"{mantissa}e{'+' if int(exponent) > 0 else '-'}{abs(int(exponent))}"
 
 
 def set_ticks(axis: bq.Axis, values, labels: dict | None = None, fmt: str | None = None) -> None:

@@ -15,7 +15,7 @@ import ipywidgets as w
 import numpy as np
 
 from . import rules
-from .bars import BASE, HIGHLIGHT, TINY_OPACITY
+from .bars import BASE, HIGHLIGHT, TINY_OPACITY, js_number, set_ticks
 from .focus import Focus, Later, describe, event_layer, shown
 
 
@@ -43,7 +43,7 @@ class ScatterChart:
         self.points.on_element_click(lambda _m, e: setattr(self.focus, "layer", self._index(e)))
         self.x_axis = bq.Axis(scale=self.xs, label="params", tick_format="~s", grid_lines="none",
                               label_offset="34px")
-        self.y_axis = bq.Axis(scale=self.ys, side="left", label="sensitivity", tick_format="~g", label_offset="48px",
+        self.y_axis = bq.Axis(scale=self.ys, side="left", label="sensitivity", tick_values=[], label_offset="48px",
                               grid_lines="none")
         self.fig = bq.Figure(marks=[self.median_x, self.median_y, self.trend, self.points, self.corner_label],
                              axes=[self.x_axis, self.y_axis],
@@ -81,7 +81,11 @@ class ScatterChart:
                 with scale.hold_sync():
                     scale.min, scale.max = lo, hi
                 ticks, _ = rules.log_ticks(np.log10(lo), np.log10(hi), most=6)
-                axis.tick_values = [10 ** t for t in ticks]
+                values = [float(f"{10 ** t:.12g}") for t in ticks]        # 0.5, not 0.49999999999999994
+                if axis is self.x_axis:
+                    axis.tick_values = values
+                else:                   # sensitivities as the bars, readouts and table write them (rules.short)
+                    set_ticks(axis, values, {js_number(v): rules.short(v) for v in values})
             colors, opacities = np.where(flagged, HIGHLIGHT, BASE).tolist(), np.where(tiny, TINY_OPACITY, 0.85).tolist()
             with self.points.hold_sync():
                 self.points.x, self.points.y = params, y

@@ -52,6 +52,10 @@ def start(page, lab, name, *cells):
     open_notebook(page, lab, name)
     run_cell(page, 0)
     wait_until(lambda: len(heights(page)) == 64, what="64 sensitivity bars")
+    # the views under the bars are made once the bars have their profiles: wait for them too
+    wait_until(lambda: page.locator(".jp-OutputArea-output .lw-layer-table tbody tr.lw-row").count() > 0
+               and page.locator(".jp-OutputArea-output .lw-scatter-chart .dot").count() == 64,
+               what="the table and the scatter")
 
 
 def scale(page, label):

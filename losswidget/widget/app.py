@@ -13,9 +13,9 @@ from ..plan import Plan
 from ..profile import LossProfile, profiles_to_csv, profiles_to_json
 from .cards import JS_DIR, SummaryCards, card_values
 from .charts import Charts
-from .focus import after_ready
 from .controls import CompareChooser, Header
 from .downloads import Downloads, slug
+from .focus import after_ready
 from .planpanel import model_stem
 from .panel import AddProfilePanel
 from .store import Job, ProfileStore
@@ -113,6 +113,8 @@ class LossProfileWidget(w.VBox):
                  autostart: bool = True):
         self.store = ProfileStore(model, data=data, labels=labels, profiles_dir=profiles_dir,
                                   target_sparsity=target_sparsity)
+        # CSS classes are given at construction (`_dom_classes`, the trait add_class sets) in every view: each
+        # add_class afterwards is one more message the page handles before it draws
         self.cards = SummaryCards(_dom_classes=["lw-summary"])
         self.charts = Charts(self.store)
         self._panel: AddProfilePanel | None = None           # made with the views under the bars (_complete)
@@ -131,7 +133,7 @@ class LossProfileWidget(w.VBox):
         self.message = w.HTML(_dom_classes=["lw-message"])
         self.host = HostProbe()
         self.host.observe(self._host_known, "host")
-        # "Baseline: computing… 40%"
+        # the status line beside the selector: "Baseline: computing… 40%"
         self.job_status = w.HTML(layout=w.Layout(display="none"), _dom_classes=["lw-job-status"])
         controls = w.HBox([self.select, self.target, self.job_status], layout=w.Layout(flex_flow="row wrap"),
                           _dom_classes=["lw-controls"])
@@ -154,7 +156,7 @@ class LossProfileWidget(w.VBox):
         if autostart:
             # once the hash is known, unless saved ones are found
             self.store.autostart(AUTO_PROFILES + (DATA_AUTO_PROFILES if data is not None else ()))
-        after_ready(self.store, self._complete)          # the views under the bars, once the bars are drawn
+        after_ready(self.store, self._complete)          # the views under the bars, once the bars have profiles
 
     def _complete(self) -> None:
         """Make the views under the bars: the scatter, drill-down, plan row and table, and the add-profile

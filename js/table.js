@@ -362,7 +362,15 @@ function render({ model, el: root }) {
   const top = () => { scroller.scrollTop = 0; draw(); }; // a new order or filter: show its beginning
   const events = ["change:rows", "change:planned", "change:excluded", "change:sens_label"];
   const reorders = ["change:sort", "change:descending", "change:query", "change:group"];
-  for (const e of events) model.on(e, draw);
+  // one draw for all the changes of one message: a new profile's rows, plan and label arrive together, and
+  // each change event drew (sorted and painted) the whole table again
+  let queued = false;
+  const drawOnce = () => {
+    if (queued) return;
+    queued = true;
+    queueMicrotask(() => { queued = false; draw(); });
+  };
+  for (const e of events) model.on(e, drawOnce);
   for (const e of reorders) model.on(e, top);
   model.on("change:hovered", markHovered);
   model.on("change:selected", markSelected);
@@ -383,7 +391,7 @@ function render({ model, el: root }) {
     cancelAnimationFrame(late);
     resize.disconnect();
     if (frame !== null) cancelAnimationFrame(frame);
-    for (const e of events) model.off(e, draw);
+    for (const e of events) model.off(e, drawOnce);
     for (const e of reorders) model.off(e, top);
     model.off("change:hovered", markHovered);
     model.off("change:selected", markSelected);

@@ -17,7 +17,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -99,20 +99,36 @@ class LayerResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> LayerResult:
-        meas = {_level(k): (math.nan if v is None else float(v)) for k, v in d["measurements"].items()}
-        levels = tuple(sorted(meas))
-        kept = {_level(k): (math.nan if v is None else float(v)) for k, v in (d.get("energy_kept") or {}).items()}
+        levels, values = _by_level(d["measurements"])
+        kept = dict(zip(*_by_level(d.get("energy_kept") or {})))
         flags = d.get("flags", [])
         if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
             raise ValueError(f"layer flags must be a list of strings, got {flags!r}")
         return cls(index=int(d["index"]), id=str(d["id"]), name=str(d.get("name", d["id"])),
                    op_type=str(d.get("op_type", "")), weight=str(d.get("weight", "")),
                    shape=tuple(int(x) for x in d.get("shape", ())), params=int(d.get("params", 0)),
-                   levels=levels, values=tuple(meas[l] for l in levels),
+                   levels=levels, values=values,
                    energy_kept=tuple(kept[l] for l in levels) if set(kept) >= set(levels) else (),
                    energy=float(d.get("energy") or 0.0), flags=tuple(flags),
                    error=None if d.get("error") is None else str(d["error"]),
                    input_norms=InputNorms.from_dict(d["input_norms"]) if d.get("input_norms") else None)
+
+
+def _by_level(values: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """A {level key: value or None} dict as (levels ascending, values; None as NaN); a level written twice
+    ("0.5", "0.50") keeps its last value."""
+    levels, order = _level_order(tuple(values))
+    raw = list(values.values())
+    return levels, tuple(math.nan if raw[i] is None else float(raw[i]) for i in order)
+
+
+@lru_cache(maxsize=64)
+def _level_order(keys: tuple) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """The distinct levels of these keys ascending, and the position of each one's last key; cached, since
+    every layer of a profile has the same keys."""
+    last = {_level(k): i for i, k in enumerate(keys)}
+    levels = tuple(sorted(last))
+    return levels, tuple(last[l] for l in levels)
 
 
 def _level(key) -> float:

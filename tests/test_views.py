@@ -216,6 +216,17 @@ def test_scatter_trend_corner_and_selection(outlier):
     decades = np.log10(scatter.ys.max / scatter.ys.min)              # a free band under the points for the label
     assert np.log10(min(scatter.points.y) / scatter.ys.min) >= 0.1 * decades
     assert list(scatter.corner_label.y) == [scatter.ys.min]
+    # sensitivity ticks written as everywhere else in the widget (rules.short), not by a d3 format
+    labels = [scatter.y_axis.tick_labels[js_number(t)] for t in scatter.y_axis.tick_values]
+    assert labels == [rules.short(t) for t in scatter.y_axis.tick_values] and len(labels) >= 2
+    assert scatter.y_axis.tick_format is None
+
+
+def test_js_number_prints_as_javascript():
+    # String(x) in JavaScript for each (checked in node): bqplot looks tick labels up by it
+    cases = {-2.0: "-2", 0.30103: "0.30103", 2e-05: "0.00002", 1e-06: "0.000001", 1.5e-07: "1.5e-7",
+             1e16: "10000000000000000", 1e21: "1e+21", 0.5000000000000001: "0.5000000000000001", -3.5e-05: "-0.000035"}
+    assert {x: js_number(x) for x in cases} == cases
 
 
 def test_layer_table_rows_focus_and_planned(outlier):

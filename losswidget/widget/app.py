@@ -15,6 +15,7 @@ from .cards import JS_DIR, SummaryCards, card_values
 from .charts import Charts
 from .controls import CompareChooser, Header
 from .downloads import Downloads, slug
+from .focus import after_ready
 from .planpanel import model_stem
 from .panel import AddProfilePanel
 from .store import Job, ProfileStore
@@ -112,34 +113,32 @@ class LossProfileWidget(w.VBox):
                  autostart: bool = True):
         self.store = ProfileStore(model, data=data, labels=labels, profiles_dir=profiles_dir,
                                   target_sparsity=target_sparsity)
-        self.cards = SummaryCards()
-        self.cards.add_class("lw-summary")
+        # CSS classes are given at construction (`_dom_classes`, the trait add_class sets) in every view: each
+        # add_class afterwards is one more message the page handles before it draws
+        self.cards = SummaryCards(_dom_classes=["lw-summary"])
         self.charts = Charts(self.store)
-        self.panel = AddProfilePanel(self.store)
+        self._panel: AddProfilePanel | None = None           # made with the views under the bars (_complete)
+        self._closed = False
         self.exporter = Exporter(self.store)
         self.header = Header()
         self.select = w.Dropdown(description="Profile:", options=[], style={"description_width": "initial"},
-                                 layout=w.Layout(width="auto", max_width="100%"))
-        self.select.add_class("lw-profile-select")
-        self.compare = CompareChooser()
-        self.compare.add_class("lw-compare-select")
+                                 layout=w.Layout(width="auto", max_width="100%"), _dom_classes=["lw-profile-select"])
+        self.compare = CompareChooser(_dom_classes=["lw-compare-select"])
         self.target = w.FloatSlider(value=self.store.target, min=0.05, max=0.95, step=0.01, description="Target:",
                                     readout_format=".0%", continuous_update=True,
-                                    style={"description_width": "initial"}, layout=w.Layout(width="auto"))
-        self.target.add_class("lw-target-slider")
+                                    style={"description_width": "initial"}, layout=w.Layout(width="auto"),
+                                    _dom_classes=["lw-target-slider"])
         self.sidecar = None
         self._syncing = False
-        self.message = w.HTML()
-        self.message.add_class("lw-message")
+        self.message = w.HTML(_dom_classes=["lw-message"])
         self.host = HostProbe()
         self.host.observe(self._host_known, "host")
-        self.job_status = w.HTML(layout=w.Layout(display="none"))     # "Baseline: computing… 40%"
-        self.job_status.add_class("lw-job-status")
-        controls = w.HBox([self.select, self.target, self.job_status], layout=w.Layout(flex_flow="row wrap"))
-        controls.add_class("lw-controls")
+        # the status line beside the selector: "Baseline: computing… 40%"
+        self.job_status = w.HTML(layout=w.Layout(display="none"), _dom_classes=["lw-job-status"])
+        controls = w.HBox([self.select, self.target, self.job_status], layout=w.Layout(flex_flow="row wrap"),
+                          _dom_classes=["lw-controls"])
         super().__init__([self.header, controls, self.compare, self.cards, self.charts.box, self.exporter,
-                          self.panel, self.message, self.host])
-        self.add_class("losswidget")
+                          self.message, self.host], _dom_classes=["losswidget"])
         self.select.observe(self._select_changed, "value")
         self.compare.observe(self._compare_changed, "value")
         self.store.observe(lambda _: self.header.show(self.store), names=["profiles"])
@@ -157,6 +156,24 @@ class LossProfileWidget(w.VBox):
         if autostart:
             # once the hash is known, unless saved ones are found
             self.store.autostart(AUTO_PROFILES + (DATA_AUTO_PROFILES if data is not None else ()))
+        after_ready(self.store, self._complete)          # the views under the bars, once the bars have profiles
+
+    def _complete(self) -> None:
+        """Make the views under the bars: the scatter, drill-down, plan row and table, and the add-profile
+        panel (at once without a kernel; on the kernel's loop once the saved profiles are drawn otherwise)."""
+        if not self._closed:
+            self.charts.build_below()
+            _ = self.panel
+
+    @property
+    def panel(self) -> AddProfilePanel:
+        """The add-profile panel (made on first use, or with the views under the bars)."""
+        if self._panel is None:
+            self._panel = AddProfilePanel(self.store)
+            children = list(self.children)
+            children.insert(children.index(self.message), self._panel)
+            self.children = children
+        return self._panel
 
     # -- public surface --------------------------------------------------------------------------------
     @property
@@ -255,11 +272,12 @@ class LossProfileWidget(w.VBox):
             self._stay_inline(change["new"])
 
     def close(self) -> None:
+        self._closed = True
         store = getattr(self, "store", None)          # None when the constructor failed (then __del__ closes)
         if store is not None:
             store.close()
         charts = getattr(self, "charts", None)
-        if charts is not None:
+        if charts is not None and charts.built:
             charts.plan_panel.close()
         super().close()
 

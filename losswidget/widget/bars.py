@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from decimal import Decimal
 
 import bqplot as bq
 import ipywidgets as w
@@ -43,9 +44,19 @@ Y_LABEL = {"values": "sensitivity", "log": "sensitivity (log)", "percent": "shar
 
 
 def js_number(x: float) -> str:
-    """A tick value as JavaScript prints it (tick_labels keys are matched against it): -2, 0.30103."""
+    """A tick value as JavaScript's String(x) prints it (tick_labels keys are matched against it): -2, 0.30103,
+    0.00002, 1e-7, 1e+21. Both print the shortest digits that read back as x; they differ only in when they
+    switch to an exponent (JavaScript: below 1e-6 and from 1e21)."""
     x = float(x)
-    return str(int(x)) if x.is_integer() else repr(x)
+    if x.is_integer() and abs(x) < 1e21:
+        return str(int(x))
+    text = repr(x)
+    if "e" not in text:
+        return text
+    if 1e-6 <= abs(x) < 1e21:
+        return format(Decimal(text), "f")
+    mantissa, exponent = text.split("e")
+    return f"{mantissa}e{'+' if int(exponent) > 0 else '-'}{abs(int(exponent))}"
 
 
 def set_ticks(axis: bq.Axis, values, labels: dict | None = None, fmt: str | None = None) -> None:
@@ -152,20 +163,15 @@ class SensitivityChart:
         self.store, self.focus, self.xs = store, focus, xs
         self.mode = w.ToggleButtons(options=list(MODES), value="values", description="Scale:",
                                     style={"button_width": "auto", "description_width": "initial"},
-                                    layout=w.Layout(width="auto"))
-        self.mode.add_class("lw-scale-toggle")
+                                    layout=w.Layout(width="auto"), _dom_classes=["lw-scale-toggle"])
         self.cut = w.Checkbox(value=True, description="Cut the axis above outliers", indent=False,
-                              layout=w.Layout(width="auto"))
-        self.cut.add_class("lw-cut")
+                              layout=w.Layout(width="auto"), _dom_classes=["lw-cut"])
         self.normalise = w.Checkbox(value=True, description="Normalise each profile", indent=False,
-                                    layout=w.Layout(width="auto", display="none"))   # shown when comparing
-        self.normalise.add_class("lw-normalise")
-        self.title = w.HTML()
-        self.title.add_class("lw-chart-title")
-        self.key = w.HTML()                                      # legend and colour key, above the bars
-        self.key.add_class("lw-key")
-        self.readout = w.HTML()                                  # the hovered layer, above the bars
-        self.readout.add_class("lw-readout")
+                                    layout=w.Layout(width="auto", display="none"),      # shown when comparing
+                                    _dom_classes=["lw-normalise"])
+        self.title = w.HTML(_dom_classes=["lw-chart-title"])
+        self.key = w.HTML(_dom_classes=["lw-key"])               # legend and colour key, above the bars
+        self.readout = w.HTML(_dom_classes=["lw-readout"])       # the hovered layer, above the bars
         self.frame = sensitivity_frame([])
 
         self.ys = bq.LinearScale(min=0.0, max=1.0)
@@ -200,12 +206,11 @@ class SensitivityChart:
         self.fig = bq.Figure(marks=[self.marks[0], self.planned, self.excluded, self.cut_line, self.overflow,
                                     self.pointer],
                              axes=[self.x_axis, self.y_axis, self.p_axis], fig_margin=dict(MARGIN),
-                             display_toolbar=False, padding_y=0.0, layout=w.Layout(width="100%", height="300px"))
-        self.fig.add_class("lw-sensitivity-chart")
-        toolbar = w.HBox([self.mode, self.cut, self.normalise], layout=w.Layout(flex_flow="row wrap"))
-        toolbar.add_class("lw-toolbar")
-        self.box = w.VBox([self.title, toolbar, self.key, self.readout, self.fig])
-        self.box.add_class("lw-chart-block")
+                             display_toolbar=False, padding_y=0.0, layout=w.Layout(width="100%", height="300px"),
+                             _dom_classes=["lw-sensitivity-chart"])
+        toolbar = w.HBox([self.mode, self.cut, self.normalise], layout=w.Layout(flex_flow="row wrap"),
+                         _dom_classes=["lw-toolbar"])
+        self.box = w.VBox([self.title, toolbar, self.key, self.readout, self.fig], _dom_classes=["lw-chart-block"])
 
         self.mode.observe(lambda _: self.redraw(), "value")
         self.cut.observe(lambda _: self.redraw(), "value")
@@ -388,8 +393,7 @@ class ParamsChart:
 
     def __init__(self, store, focus: Focus, xs: bq.LinearScale):
         self.store, self.focus, self.xs = store, focus, xs
-        self.title = w.HTML("<span class='lw-h'>Layer Params Counts</span>")
-        self.title.add_class("lw-chart-title")
+        self.title = w.HTML("<span class='lw-h'>Layer Params Counts</span>", _dom_classes=["lw-chart-title"])
         self.ys = bq.LinearScale(min=0.0)
         self.index = np.zeros(0, dtype=int)
         self.bars = bq.Bars(x=[], y=[], scales={"x": xs, "y": self.ys}, colors=[BASE], padding=0.2, stroke_width=0,
@@ -400,10 +404,9 @@ class ParamsChart:
                               grid_lines="none", label_offset="34px")
         self.y_axis = bq.Axis(scale=self.ys, side="left", label="params", tick_format=".3~s", label_offset="48px")
         self.fig = bq.Figure(marks=[self.bars], axes=[self.x_axis, self.y_axis], fig_margin=dict(MARGIN),
-                             display_toolbar=False, padding_y=0.0, layout=w.Layout(width="100%", height="190px"))
-        self.fig.add_class("lw-params-chart")
-        self.box = w.VBox([self.title, self.fig])
-        self.box.add_class("lw-chart-block")
+                             display_toolbar=False, padding_y=0.0, layout=w.Layout(width="100%", height="190px"),
+                             _dom_classes=["lw-params-chart"])
+        self.box = w.VBox([self.title, self.fig], _dom_classes=["lw-chart-block"])
         store.observe(lambda _: self.redraw(), names=["profiles", "selected"])
         self.redraw()
 

@@ -5,6 +5,10 @@ this module only wires them together: the two bar charts share the x scale (so t
 "Layers" range slider that zooms and pans it (bqplot's own pan/zoom also zooms y, which drops every bar out
 of view), and the curve follows the sensitivity chart's "Normalise" box. The plan row (plancurve.py,
 planpanel.py) shows the plan the bars' planned marks and the table's Planned column show (ProfileStore.plan).
+
+The two bar charts are made with the widget; the views under them once the bars have their profiles
+(`build_below`, called by the widget through focus.after_ready), so the page draws the bars before it builds
+the rest. Each is made once; reading any of them (`charts.table`, ...) makes them at once.
 """
 from __future__ import annotations
 
@@ -32,31 +36,50 @@ class Charts:
         self.xs = bq.LinearScale(min=-0.5, max=0.5, allow_padding=False)
         self.sensitivity = SensitivityChart(store, self.focus, self.xs)
         self.params = ParamsChart(store, self.focus, self.xs)
-        self.scatter = ScatterChart(store, self.focus)
-        self.curve = CurveChart(store, self.focus, self.sensitivity.normalise)
-        self.table = LayerTable(store, self.focus)
-        self.plan_curve = PlanCurve(store)
-        self.plan_panel = PlanPanel(store)
         self.window = w.IntRangeSlider(value=(0, 0), min=0, max=0, description="Layers:", continuous_update=True,
                                        style={"description_width": "initial"},
-                                       layout=w.Layout(width="100%", display="none"))
-        self.window.add_class("lw-window")
-        self.table_title = w.HTML("<span class='lw-h'>Layers</span>")
-        self.table_title.add_class("lw-chart-title")
-        lower = w.HBox([self.scatter.box, self.curve.box], layout=w.Layout(flex_flow="row wrap"))
-        lower.add_class("lw-lower")
-        self.plan_panel.box.add_class("lw-chart-block")
-        plan_row = w.HBox([self.plan_curve.box, self.plan_panel.box], layout=w.Layout(flex_flow="row wrap"))
-        plan_row.add_class("lw-lower")
-        plan_row.add_class("lw-plan-row")
-        table_box = w.VBox([self.table_title, self.table])
-        table_box.add_class("lw-chart-block")
-        self.box = w.VBox([self.sensitivity.box, self.params.box, self.window, lower, plan_row, table_box])
-        self.box.add_class("lw-charts")
+                                       layout=w.Layout(width="100%", display="none"), _dom_classes=["lw-window"])
+        self._below: dict | None = None           # the views under the window, once made (build_below)
+        self.box = w.VBox([self.sensitivity.box, self.params.box, self.window], _dom_classes=["lw-charts"])
         self.window.observe(lambda _: self._zoom(), "value")
         self.focus.observe(self._follow, "layer")
         store.observe(lambda _: self._reset_window(), names=["profiles", "selected", "compare"])
         self._reset_window()
+
+    def build_below(self) -> None:
+        """Make the views under the bars (scatter, drill-down, plan curve and panel, layer table) and add them
+        to the box, once. The widget calls it after the bars have their profiles (focus.after_ready); reading
+        one of them makes them all at once."""
+        if self._below is not None:
+            return
+        store = self.store
+        v = self._below = {"scatter": ScatterChart(store, self.focus),
+                           "curve": CurveChart(store, self.focus, self.sensitivity.normalise),
+                           "table": LayerTable(store, self.focus), "plan_curve": PlanCurve(store),
+                           "plan_panel": PlanPanel(store)}
+        v["table_title"] = w.HTML("<span class='lw-h'>Layers</span>", _dom_classes=["lw-chart-title"])
+        lower = w.HBox([v["scatter"].box, v["curve"].box], layout=w.Layout(flex_flow="row wrap"),
+                       _dom_classes=["lw-lower"])
+        plan_row = w.HBox([v["plan_curve"].box, v["plan_panel"].box], layout=w.Layout(flex_flow="row wrap"),
+                          _dom_classes=["lw-lower", "lw-plan-row"])
+        table_box = w.VBox([v["table_title"], v["table"]], _dom_classes=["lw-chart-block"])
+        self.box.children = self.box.children + (lower, plan_row, table_box)
+
+    @property
+    def built(self) -> bool:
+        """Whether the views under the bars are made."""
+        return self._below is not None
+
+    def _view(self, name: str):
+        self.build_below()
+        return self._below[name]
+
+    scatter = property(lambda self: self._view("scatter"))
+    curve = property(lambda self: self._view("curve"))
+    table = property(lambda self: self._view("table"))
+    table_title = property(lambda self: self._view("table_title"))
+    plan_curve = property(lambda self: self._view("plan_curve"))
+    plan_panel = property(lambda self: self._view("plan_panel"))
 
     # the names the widget and its tests use
     @property

@@ -26,12 +26,10 @@ TARGET_COLOR = "#54a24b"
 class CurveChart:
     def __init__(self, store, focus: Focus, normalise: w.Checkbox):
         self.store, self.focus, self.normalise = store, focus, normalise   # the sensitivity chart's checkbox
-        self.title = w.HTML()
-        self.title.add_class("lw-chart-title")
+        self.title = w.HTML(_dom_classes=["lw-chart-title"])
         self.hint = w.HTML("<span class='lw-hint'>Click a bar, a point or a table row to see that layer's "
                            "curve L(s).</span>")
-        self.key = w.HTML()
-        self.key.add_class("lw-key")
+        self.key = w.HTML(_dom_classes=["lw-key"])
         self.xs, self.ys = bq.LinearScale(min=0.0, max=1.0), bq.LinearScale(min=0.0, max=1.0)
         scales = {"x": self.xs, "y": self.ys}
         self.lines: list[bq.Lines] = []                            # one per shown profile, reused
@@ -54,16 +52,15 @@ class CurveChart:
                                              bq.Axis(scale=self.ys, side="left", label="L(s)", tick_format=".3~g",
                                                      label_offset="48px")],
                              fig_margin={"top": 26, "bottom": 44, "left": 64, "right": 30}, display_toolbar=False,
-                             padding_y=0.0, layout=w.Layout(width="100%", height="280px"))
-        self.fig.add_class("lw-layer-curve")
+                             padding_y=0.0, layout=w.Layout(width="100%", height="280px"),
+                             _dom_classes=["lw-layer-curve"])
         self.y_axis = self.fig.axes[1]
         self.exclude = w.Checkbox(value=False, description="Exclude from the plan (keep this layer dense)",
-                                  indent=False, layout=w.Layout(width="auto"))
-        self.exclude.add_class("lw-exclude-layer")
+                                  indent=False, layout=w.Layout(width="auto"), _dom_classes=["lw-exclude-layer"])
         self._showing = False
         self.exclude.observe(self._exclude_changed, "value")
-        self.box = w.VBox([self.title, self.hint])          # the figure joins on the first click
-        self.box.add_class("lw-chart-block")
+        # the figure joins on the first click
+        self.box = w.VBox([self.title, self.hint], _dom_classes=["lw-chart-block"])
         store.observe(Later(self.redraw), names=["profiles", "selected", "compare", "target", "excluded"])
         focus.observe(lambda _: self.redraw(), names=["layer"])
         normalise.observe(lambda _: self.redraw(), "value")

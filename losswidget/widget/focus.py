@@ -37,11 +37,7 @@ class Later:
         self.redraw, self.pending = redraw, False
 
     def __call__(self, _change=None) -> None:
-        try:
-            from IPython import get_ipython
-            loop = getattr(getattr(get_ipython(), "kernel", None), "io_loop", None)
-        except ImportError:
-            loop = None
+        loop = kernel_loop()
         if loop is None:
             self.redraw()
         elif not self.pending:
@@ -51,6 +47,33 @@ class Later:
     def _run(self) -> None:
         self.pending = False
         self.redraw()
+
+
+def kernel_loop():
+    """The running kernel's event loop; None without a kernel (scripts, tests)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    return getattr(getattr(get_ipython(), "kernel", None), "io_loop", None)
+
+
+def after_ready(store, build) -> None:
+    """Call `build` once, a moment after the store's saved profiles are read and drawn (`ready`), on the
+    kernel's loop. The views below the bars are made then: the first display carries only the widget models
+    the bars need (each model is a message the page must handle before it draws), and the bars' data leaves
+    before the rest. Without a kernel (scripts, tests) `build` runs at once."""
+    loop = kernel_loop()
+    if loop is None:
+        build()
+        return
+
+    def soon(_change=None) -> None:
+        if store.ready:
+            store.unobserve(soon, "ready")
+            loop.add_callback(loop.call_later, FOLLOW_S, build)
+    store.observe(soon, "ready")
+    soon()
 
 
 def shown(store) -> list[LossProfile]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import os
+import threading
 from pathlib import Path
 
 import ipywidgets as w
@@ -58,26 +59,26 @@ class _Field:
         label = setting.name.replace("_", " ").capitalize() + ":"
         kind = setting.kind
         self.extra = None
+        # the class and tooltip given at construction: each one set afterwards is one more message to the page
+        tag = dict(tooltip=setting.help, _dom_classes=[f"lw-setting-{setting.name.replace('_', '-')}"])
         if kind == "levels":
-            self.input = w.Dropdown(options=[DEFAULT, *LEVEL_PRESETS, CUSTOM], value=DEFAULT, description="Levels:")
+            self.input = w.Dropdown(options=[DEFAULT, *LEVEL_PRESETS, CUSTOM], value=DEFAULT, description="Levels:",
+                                    **tag)
             self.extra = w.Text(placeholder="e.g. 0, 0.5, 0.8, 0.9, 0.95", description="Custom:")
         elif kind == "choice":
-            self.input = w.Dropdown(options=list(setting.choices), value=setting.default, description=label)
+            self.input = w.Dropdown(options=list(setting.choices), value=setting.default, description=label, **tag)
         elif kind == "data":
-            self.input = w.Dropdown(options=[WIDGET_DATA, NPZ, RANDOM], value=WIDGET_DATA, description="Data:")
+            self.input = w.Dropdown(options=[WIDGET_DATA, NPZ, RANDOM], value=WIDGET_DATA, description="Data:", **tag)
             self.extra = w.Text(placeholder="path/to/data.npz", description="File:")
         elif kind == "labels":
             self.input = w.Combobox(options=[], placeholder="key of the labels in the data", description=label,
-                                    ensure_option=False)
+                                    ensure_option=False, **tag)
         else:                                     # int, float, axis, dims, text: typed as text, parsed here
             self.input = w.Text(placeholder=f"default{'' if setting.default is None else ': ' + str(setting.default)}",
-                                description=label)
-        self.input.tooltip = setting.help
-        self.message = w.HTML()
-        self.message.add_class("lw-field-message")
-        self.box = w.HBox([self.input, self.message], layout=w.Layout(flex_flow="row wrap", align_items="center"))
-        self.box.add_class(f"lw-setting-{setting.name.replace('_', '-')}")
-        self.input.add_class(f"lw-setting-{setting.name.replace('_', '-')}")   # (as before: tests select by it)
+                                description=label, **tag)
+        self.message = w.HTML(_dom_classes=["lw-field-message"])
+        self.box = w.HBox([self.input, self.message], layout=w.Layout(flex_flow="row wrap", align_items="center"),
+                          _dom_classes=tag["_dom_classes"])
         if self.extra is not None:
             self.extra.layout.display = "none"
             self.box.children = (self.input, self.extra, self.message)
@@ -121,45 +122,46 @@ class AddProfilePanel(w.VBox):
         self._queued_name = ""
         self._suggested = ""                  # the labels key filled in for the user (replaced when data changes)
         self._confirm_remove = False
-        self.name = w.Text(placeholder="profile name", description="Name:")
-        self.name_message = w.HTML()
+        # one check at a time: without a kernel a worker's job update checks the form too, and a check that
+        # read the state before it must not write its stale result after it (Run left disabled)
+        self._validating = threading.RLock()
+        self.name = w.Text(placeholder="profile name", description="Name:", _dom_classes=["lw-name"])
+        self.name_message = w.HTML(_dom_classes=["lw-name-message"])
         # preselect the most informative method that needs no data
         free = [m for m in self.methods.values() if not m.needs_data] or list(self.methods.values())
         self.method = w.Dropdown(options=[(m.label, n) for n, m in self.methods.items()],
-                                 value=max(free, key=lambda m: m.rank).name, description="Method:")
+                                 value=max(free, key=lambda m: m.rank).name, description="Method:",
+                                 _dom_classes=["lw-method"])
         self.method_help = w.HTML()
         self.fields: dict[str, _Field] = {}
         for m in self.methods.values():
             for s in m.settings:
                 if s.form and s.name not in self.fields:
                     self.fields[s.name] = _Field(s, store)
-        self.run = w.Button(description="Run", button_style="primary", icon="play", tooltip="Start the analysis")
-        self.job_choice = w.Dropdown(options=[], description="Job:", layout=w.Layout(display="none"))
-        self.cancel = w.Button(description="Cancel", icon="stop", disabled=True, tooltip="Cancel the chosen analysis")
-        self.progress = w.FloatProgress(min=0.0, max=1.0, value=0.0, layout=w.Layout(width="auto"))
-        self.status = w.HTML()
-        self.error = w.HTML()
-        self.queue = w.HTML()
-        self.notices = w.HTML()
+        self.run = w.Button(description="Run", button_style="primary", icon="play", tooltip="Start the analysis",
+                            _dom_classes=["lw-run"])
+        self.job_choice = w.Dropdown(options=[], description="Job:", layout=w.Layout(display="none"),
+                                     _dom_classes=["lw-job-choice"])
+        self.cancel = w.Button(description="Cancel", icon="stop", disabled=True, tooltip="Cancel the chosen analysis",
+                               _dom_classes=["lw-cancel"])
+        self.progress = w.FloatProgress(min=0.0, max=1.0, value=0.0, layout=w.Layout(width="auto", visibility="hidden"),
+                                       _dom_classes=["lw-progress"])
+        self.status = w.HTML(_dom_classes=["lw-status"])
+        self.error = w.HTML(_dom_classes=["lw-panel-error"])
+        self.queue = w.HTML(_dom_classes=["lw-queue"])
+        self.notices = w.HTML(_dom_classes=["lw-notices"])
         self.dismiss = w.Button(description="Dismiss", icon="times", layout=w.Layout(display="none"),
-                                tooltip="Hide these messages")
+                                tooltip="Hide these messages", _dom_classes=["lw-dismiss"])
         # the selected profile: rename / rerun / remove
-        self.chosen = w.HTML()
-        self.new_name = w.Text(placeholder="new name", description="Rename to:")
-        self.rename = w.Button(description="Rename", icon="pencil", tooltip="Give the selected profile this name")
+        self.chosen = w.HTML(_dom_classes=["lw-chosen"])
+        self.new_name = w.Text(placeholder="new name", description="Rename to:", _dom_classes=["lw-new-name"])
+        self.rename = w.Button(description="Rename", icon="pencil", tooltip="Give the selected profile this name",
+                               _dom_classes=["lw-rename"])
         self.rerun = w.Button(description="Rerun", icon="refresh", tooltip="Compute the selected profile again with "
-                              "its settings; the new one replaces it when done")
-        self.remove = w.Button(description="Remove", icon="trash", tooltip="Remove the selected profile and its file")
-        self.manage_message = w.HTML()
-        for widget, cls in [(self.name, "lw-name"), (self.name_message, "lw-name-message"),
-                            (self.method, "lw-method"), (self.run, "lw-run"), (self.cancel, "lw-cancel"),
-                            (self.job_choice, "lw-job-choice"), (self.progress, "lw-progress"),
-                            (self.status, "lw-status"), (self.error, "lw-panel-error"), (self.queue, "lw-queue"),
-                            (self.notices, "lw-notices"), (self.dismiss, "lw-dismiss"), (self.chosen, "lw-chosen"),
-                            (self.new_name, "lw-new-name"), (self.rename, "lw-rename"), (self.rerun, "lw-rerun"),
-                            (self.remove, "lw-remove"), (self.manage_message, "lw-manage-message")]:
-            widget.add_class(cls)
-        self.progress.layout.visibility = "hidden"
+                              "its settings; the new one replaces it when done", _dom_classes=["lw-rerun"])
+        self.remove = w.Button(description="Remove", icon="trash", tooltip="Remove the selected profile and its file",
+                               _dom_classes=["lw-remove"])
+        self.manage_message = w.HTML(_dom_classes=["lw-manage-message"])
         wrap = w.Layout(flex_flow="row wrap", align_items="center")
         super().__init__([
             w.HTML("<b>Add profile</b>"), w.HBox([self.name, self.name_message], layout=wrap),
@@ -167,8 +169,8 @@ class AddProfilePanel(w.VBox):
             w.HBox([self.run, self.job_choice, self.cancel], layout=wrap), self.progress, self.status, self.error,
             self.queue, w.HBox([self.notices, self.dismiss], layout=wrap),
             w.HTML("<b>Selected profile</b>"), self.chosen,
-            w.HBox([self.new_name, self.rename, self.rerun, self.remove], layout=wrap), self.manage_message])
-        self.add_class("lw-panel")
+            w.HBox([self.new_name, self.rename, self.rerun, self.remove], layout=wrap), self.manage_message],
+            _dom_classes=["lw-panel"])
         self.name.observe(lambda _: self.validate(), "value")
         self.method.observe(lambda _: self._method_changed(), "value")
         for field in self.fields.values():
@@ -308,6 +310,10 @@ class AddProfilePanel(w.VBox):
 
     def validate(self) -> bool:
         """Show each problem beside its field; Run is enabled only when there is none."""
+        with self._validating:
+            return self._validate()
+
+    def _validate(self) -> bool:
         found = self.problems()
         typed = self.name.value.strip()
         if "name" in found and typed and typed == self._queued_name:

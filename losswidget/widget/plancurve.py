@@ -30,10 +30,8 @@ TARGET_COLOR = "#54a24b"
 class PlanCurve:
     def __init__(self, store):
         self.store = store
-        self.title = w.HTML()
-        self.title.add_class("lw-chart-title")
-        self.key = w.HTML()
-        self.key.add_class("lw-key")
+        self.title = w.HTML(_dom_classes=["lw-chart-title"])
+        self.key = w.HTML(_dom_classes=["lw-key"])
         self.xs, self.ys = bq.LinearScale(min=0.0, max=1.0), bq.LinearScale(min=0.0, max=1.0)
         scales = {"x": self.xs, "y": self.ys}
         self.line = bq.Lines(x=[], y=[], scales=scales, colors=[BASE], stroke_width=2, enable_hover=False)
@@ -52,10 +50,9 @@ class PlanCurve:
         self.fig = bq.Figure(marks=[self.line, self.measured, self.rule, self.now, self.note],
                              axes=[self.x_axis, self.y_axis],
                              fig_margin={"top": 16, "bottom": 44, "left": 64, "right": 16}, display_toolbar=False,
-                             padding_y=0.0, layout=w.Layout(width="100%", height="260px"))
-        self.fig.add_class("lw-plan-curve")
-        self.box = w.VBox([self.title, self.key, self.fig])
-        self.box.add_class("lw-chart-block")
+                             padding_y=0.0, layout=w.Layout(width="100%", height="260px"),
+                             _dom_classes=["lw-plan-curve"])
+        self.box = w.VBox([self.title, self.key, self.fig], _dom_classes=["lw-chart-block"])
         self.points = (np.zeros(0), np.zeros(0))          # the curve drawn now: sparsity reached, value
         self.kind = ""                                    # what y is: a recovery kind or "weight energy kept"
         self._drawn_for = None

@@ -82,28 +82,25 @@ class PlanPanel:
 
     def __init__(self, store):
         self.store = store
-        self.summary = w.HTML()
-        self.summary.add_class("lw-plan-summary")
+        self.summary = w.HTML(_dom_classes=["lw-plan-summary"])
         self.clear = w.Button(description="Clear exclusions", layout=w.Layout(width="auto"),
-                              tooltip="Put every excluded layer back into the plan")
-        self.clear.add_class("lw-clear-exclusions")
+                              tooltip="Put every excluded layer back into the plan",
+                              _dom_classes=["lw-clear-exclusions"])
         self.exporter = PlanExporter(store)
         self.path = w.Text(description="Save to:", style={"description_width": "initial"},
-                           layout=w.Layout(flex="1 1 200px", min_width="0"))
-        self.path.add_class("lw-prune-path")
+                           layout=w.Layout(flex="1 1 200px", min_width="0"), _dom_classes=["lw-prune-path"])
         self.save_button = w.Button(description="Save pruned model", layout=w.Layout(width="auto"),
-                                    tooltip="Write the model with this plan applied (losswidget.prune)")
-        self.save_button.add_class("lw-save-pruned")
-        self.status = w.HTML()
-        self.status.add_class("lw-prune-status")
+                                    tooltip="Write the model with this plan applied (losswidget.prune)",
+                                    _dom_classes=["lw-save-pruned"])
+        self.status = w.HTML(_dom_classes=["lw-prune-status"])
         self._pool: ThreadPoolExecutor | None = None
         self.saving: Future | None = None
-        save_row = w.HBox([self.path, self.save_button], layout=w.Layout(flex_flow="row wrap", align_items="center"))
-        save_row.add_class("lw-prune-row")
-        actions = w.HBox([self.clear, self.exporter], layout=w.Layout(flex_flow="row wrap", align_items="center"))
-        actions.add_class("lw-plan-actions")
-        self.box = w.VBox([self.summary, actions, save_row, self.status])
-        self.box.add_class("lw-plan-panel")
+        save_row = w.HBox([self.path, self.save_button], layout=w.Layout(flex_flow="row wrap", align_items="center"),
+                          _dom_classes=["lw-prune-row"])
+        actions = w.HBox([self.clear, self.exporter], layout=w.Layout(flex_flow="row wrap", align_items="center"),
+                         _dom_classes=["lw-plan-actions"])
+        self.box = w.VBox([self.summary, actions, save_row, self.status],
+                          _dom_classes=["lw-plan-panel", "lw-chart-block"])
         self.clear.on_click(lambda _: store.clear_excluded())
         self.save_button.on_click(lambda _: self._clicked())
         store.observe(lambda _: self.redraw(), names=["profiles", "selected", "target", "excluded"])

@@ -15,19 +15,16 @@ import ipywidgets as w
 import numpy as np
 
 from . import rules
-from .bars import BASE, HIGHLIGHT, TINY_OPACITY
+from .bars import BASE, HIGHLIGHT, TINY_OPACITY, js_number, set_ticks
 from .focus import Focus, Later, describe, event_layer, shown
 
 
 class ScatterChart:
     def __init__(self, store, focus: Focus):
         self.store, self.focus = store, focus
-        self.title = w.HTML("<span class='lw-h'>Params × sensitivity</span>")
-        self.title.add_class("lw-chart-title")
-        self.caption = w.HTML()
-        self.caption.add_class("lw-key")
-        self.readout = w.HTML()
-        self.readout.add_class("lw-readout")
+        self.title = w.HTML("<span class='lw-h'>Params × sensitivity</span>", _dom_classes=["lw-chart-title"])
+        self.caption = w.HTML(_dom_classes=["lw-key"])
+        self.readout = w.HTML(_dom_classes=["lw-readout"])
         self.index = np.zeros(0, dtype=int)
         self.xs, self.ys = bq.LogScale(min=1.0, max=10.0), bq.LogScale(min=0.1, max=1.0)
         scales = {"x": self.xs, "y": self.ys}
@@ -46,15 +43,14 @@ class ScatterChart:
         self.points.on_element_click(lambda _m, e: setattr(self.focus, "layer", self._index(e)))
         self.x_axis = bq.Axis(scale=self.xs, label="params", tick_format="~s", grid_lines="none",
                               label_offset="34px")
-        self.y_axis = bq.Axis(scale=self.ys, side="left", label="sensitivity", tick_format="~g", label_offset="48px",
+        self.y_axis = bq.Axis(scale=self.ys, side="left", label="sensitivity", tick_values=[], label_offset="48px",
                               grid_lines="none")
         self.fig = bq.Figure(marks=[self.median_x, self.median_y, self.trend, self.points, self.corner_label],
                              axes=[self.x_axis, self.y_axis],
                              fig_margin={"top": 12, "bottom": 44, "left": 64, "right": 16}, display_toolbar=False,
-                             padding_x=0.0, padding_y=0.0, layout=w.Layout(width="100%", height="300px"))
-        self.fig.add_class("lw-scatter-chart")
-        self.box = w.VBox([self.title, self.caption, self.readout, self.fig])
-        self.box.add_class("lw-chart-block")
+                             padding_x=0.0, padding_y=0.0, layout=w.Layout(width="100%", height="300px"),
+                             _dom_classes=["lw-scatter-chart"])
+        self.box = w.VBox([self.title, self.caption, self.readout, self.fig], _dom_classes=["lw-chart-block"])
         store.observe(Later(self.redraw), names=["profiles", "selected", "compare"])
         focus.observe(lambda _: self.point(), names=["layer", "hovered"])
         self.redraw()
@@ -85,7 +81,11 @@ class ScatterChart:
                 with scale.hold_sync():
                     scale.min, scale.max = lo, hi
                 ticks, _ = rules.log_ticks(np.log10(lo), np.log10(hi), most=6)
-                axis.tick_values = [10 ** t for t in ticks]
+                values = [float(f"{10 ** t:.12g}") for t in ticks]        # 0.5, not 0.49999999999999994
+                if axis is self.x_axis:
+                    axis.tick_values = values
+                else:                   # sensitivities as the bars, readouts and table write them (rules.short)
+                    set_ticks(axis, values, {js_number(v): rules.short(v) for v in values})
             colors, opacities = np.where(flagged, HIGHLIGHT, BASE).tolist(), np.where(tiny, TINY_OPACITY, 0.85).tolist()
             with self.points.hold_sync():
                 self.points.x, self.points.y = params, y

@@ -55,9 +55,8 @@ class LayerTable(anywidget.AnyWidget):
     group = Int(0).tag(sync=True)               # group by the first N parts of the name (split at . / :); 0: none
 
     def __init__(self, store, focus: Focus):
-        super().__init__()
+        super().__init__(_dom_classes=["lw-layer-table"])
         self.store = store
-        self.add_class("lw-layer-table")
         self._links = [link((focus, "layer"), (self, "selected")), link((focus, "hovered"), (self, "hovered"))]
         store.observe(Later(self.redraw), names=["profiles", "selected"])
         store.observe(Later(self.show_plan), names=["target", "excluded"])

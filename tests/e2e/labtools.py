@@ -136,3 +136,11 @@ def run_cell_surely(page, index: int, tries: int = 3) -> None:
         except TimeoutError:
             continue
     raise TimeoutError(f"cell {index} never started")
+
+
+def shot(page, name: str, what: str = ".lw-panel") -> None:
+    """Keep a screenshot (of the panel) for people to look at, when LOSSWIDGET_SCREENS names a folder."""
+    folder = os.environ.get("LOSSWIDGET_SCREENS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.locator(what).first.screenshot(path=str(Path(folder) / f"{name}.png"))

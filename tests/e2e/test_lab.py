@@ -1,9 +1,7 @@
 """The widget in a real JupyterLab and Chromium: it draws, adds and cancels profiles, and opens in the sidebar."""
-import os
 import re
-from pathlib import Path
 
-from labtools import notebook, open_notebook, run_cell, wait_until, widget_errors
+from labtools import notebook, open_notebook, run_cell, shot, wait_until, widget_errors
 
 SETUP = ("from losswidget import LossProfileWidget, demo\n"
          "path, data = demo('mlp')\n"                  # the 4-layer demo: these tests check mechanics, not scale
@@ -35,15 +33,21 @@ def test_widget_draws_cards_bars_and_tooltip(page, lab):
     assert all(h > 0 for h in heights)
     bars(page).nth(3).hover(force=True)
     wait_until(lambda: "classifier" in page.locator(".lw-readout").first.inner_text(), what="the hovered layer")
+    # the views under the bars are made after the bars have their profiles; they appear by themselves, in
+    # their places, and work
+    wait_until(lambda: page.locator(".lw-scatter-chart .dot").count() == 4
+               and page.locator(".lw-layer-table tr.lw-row").count() == 4
+               and page.locator(".lw-plan-curve .plotarea_background").count() == 1 and page.locator(".lw-panel .lw-run").count() == 1,
+               what="the scatter, table, plan curve and form")
+    order = page.eval_on_selector_all(".lw-sensitivity-chart, .lw-params-chart, .lw-scatter-chart, .lw-plan-curve,"
+                                      " .lw-layer-table, .lw-export, .lw-panel", "els => els.map(e => e.className)")
+    assert [next(c for c in ("sensitivity", "params", "scatter", "plan-curve", "layer-table", "export", "panel")
+                 if f"lw-{c}" in o) for o in order] == ["sensitivity", "params", "scatter", "plan-curve", "export",
+                                                         "layer-table", "export", "panel"], order    # plan, profile
+    page.locator(".lw-layer-table tr.lw-row").nth(2).click()                 # a row opens the layer's curve
+    wait_until(lambda: page.locator(".lw-layer-curve .plotarea_background").count() == 1, what="the layer curve")
+    assert page.locator(".lw-exclude-layer").count() == 1
     assert not widget_errors(page), widget_errors(page)
-
-
-def shot(page, name: str, what: str = ".lw-panel") -> None:
-    """Keep a screenshot (of the panel) for people to look at, when LOSSWIDGET_SCREENS names a folder."""
-    folder = os.environ.get("LOSSWIDGET_SCREENS")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        page.locator(what).first.screenshot(path=str(Path(folder) / f"{name}.png"))
 
 
 def test_form_checks_fields_then_runs_and_shows_the_profile(page, lab):

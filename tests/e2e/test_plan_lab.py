@@ -26,6 +26,8 @@ def start(page, lab, name):
     open_notebook(page, lab, name)
     run_cell(page, 0)
     wait_until(lambda: len(heights(page)) == 64 and len(planned(page)) == 64, what="64 bars and planned marks")
+    # the views under the bars are made once the bars have their profiles: wait for the table too
+    wait_until(lambda: page.locator(f"{OUT} .lw-layer-table tbody tr.lw-row").count() > 0, what="the table")
 
 
 def cell(table, index, column):
@@ -57,8 +59,11 @@ def test_planned_marks_follow_the_slider_and_exclusions_follow_clicks(page, lab)
     wait_until(lambda: column.all_inner_texts() != planned_before, what="the Planned column followed")
     assert cell(table, 2, 5).inner_text() == "5%"
     assert "plan at 5%" in page.locator(f"{OUT} .lw-cards").inner_text()
+    planned_low = column.all_inner_texts()
     page.keyboard.press("End")
     wait_until(lambda: "planned sparsity at 95%" in page.locator(f"{OUT} .lw-key").first.inner_text(), what="95%")
+    # the table redraws a moment after the bars (its new rows would take a click meant for the old ones)
+    wait_until(lambda: column.all_inner_texts() != planned_low, what="the Planned column at 95%")
     # exclude a layer by its box in the table: the row, the bar, the cards and the plan panel say so
     wait_until(lambda: cell(table, 3, 5).inner_text().endswith("%"), what="the row of layer 3")
     table.locator("tbody tr.lw-row[data-index='3'] input.lw-inplan-box").uncheck()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from labtools import drawing_errors, notebook, open_notebook, run_cell, set_theme, wait_until, widget_errors
+from labtools import drawing_errors, notebook, open_notebook, run_cell, set_theme, shot, wait_until, widget_errors
 
 TESTS = Path(__file__).resolve().parent.parent
 OUTLIER = ("import sys\n"
@@ -52,6 +52,10 @@ def start(page, lab, name, *cells):
     open_notebook(page, lab, name)
     run_cell(page, 0)
     wait_until(lambda: len(heights(page)) == 64, what="64 sensitivity bars")
+    # the views under the bars are made once the bars have their profiles: wait for them too
+    wait_until(lambda: page.locator(".jp-OutputArea-output .lw-layer-table tbody tr.lw-row").count() > 0
+               and page.locator(".jp-OutputArea-output .lw-scatter-chart .dot").count() == 64,
+               what="the table and the scatter")
 
 
 def scale(page, label):
@@ -212,10 +216,11 @@ def test_every_view_follows_each_profile_switch(page, lab):
 LAYOUT_JS = """root => {
   const r = e => e.getBoundingClientRect();
   const within = [...root.querySelectorAll('.lw-controls > *, .lw-toolbar > *, .lw-compare > *, .lw-card,'
-                                         + ' .lw-table-bar > *, .bqplot, .lw-plan-actions button, .lw-prune-row > *,'
+                                         + ' .lw-table-bar > *, .bqplot, .lw-plan-actions button, .lw-prune-row > *, .lw-exclude-layer,'
                                          + ' .lw-panel .widget-inline-hbox, .lw-panel input, .lw-panel select, .lw-panel button')]
     .filter(e => r(e).width > 0).map(e => [e.className.baseVal ?? e.className, r(e).right - r(root).right]);
-  const clipped = [...root.querySelectorAll('.lw-scale-toggle button, .lw-compare-item, .lw-sort-label, td.lw-num')]
+  const clipped = [...root.querySelectorAll('.lw-scale-toggle button, .lw-compare-item, .lw-sort-label, td.lw-num,'
+                                          + ' .lw-exclude-layer .widget-label-basic, .lw-exclude-layer span')]
     .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent);
   const arrow = root.querySelector('.lw-sort-arrow');          // the sorted column's arrow, inside its header
   const arrowShown = !!arrow && r(arrow).width > 0 && r(arrow).right <= r(arrow.closest('th')).right + 0.5;
@@ -246,7 +251,9 @@ LAYOUT_JS = """root => {
           sens: centers('.lw-sensitivity-chart'), params: centers('.lw-params-chart'),
           ends: [...ends('.lw-sensitivity-chart'), ...ends('.lw-params-chart')],
           slider: slider ? r(slider).width : 0, width: r(root).width,
-          ticks: [...root.querySelectorAll('.lw-sensitivity-chart .tick text, .lw-params-chart .tick text')].map(e => e.textContent),
+          ticks: [...root.querySelectorAll('.lw-sensitivity-chart .tick text, .lw-params-chart .tick text,'
+                                           + ' .lw-scatter-chart .tick text')].map(e => e.textContent),
+          exclude: root.querySelector('.lw-exclude-layer') ? root.querySelector('.lw-exclude-layer').textContent : '',
           axisFill: getComputedStyle(root.querySelector('.lw-sensitivity-chart text.axislabel')).fill,
           titleColor: getComputedStyle(root.querySelector('.lw-chart-title .lw-h')).color,
           textColor: getComputedStyle(root.querySelector('.lw-cards')).color,
@@ -286,7 +293,13 @@ def test_layout_and_theme(page, lab, dark, where):
         if where == "sidebar":
             assert 230 <= got["width"] <= 320                               # the sidebar's width
         assert not [w for w in got["within"] if w[1] > 1], got["within"]      # nothing sticks out on the right
-        assert not got["clipped"], got["clipped"]         # no "% of to…", "Sensi…", "0.000…" in the table
+        assert not got["clipped"], got["clipped"]         # no "% of to…", "Sensi…", "0.000…" in the table,
+        assert "keep this layer dense" in got["exclude"]  # nor "Exclude from the plan (keep this …"
+        name = f"layout-{where}-{'dark' if dark else 'light'}"
+        shot(page, name, root)
+        for part, block in (("drilldown", ".lw-exclude-layer"), ("scatter", ".lw-scatter-chart"),
+                            ("plan", ".lw-plan-curve"), ("table", ".lw-layer-table")):
+            shot(page, f"{name}-{part}", f"{root} .lw-chart-block:has({block})")
         assert got["arrowShown"]                                            # not "Sensitivit…"
         assert not got["overlaps"], got["overlaps"]                         # axis titles clear of tick labels
         assert len(got["notesAbove"]) == 2 and all(d <= 1 for _, d in got["notesAbove"]), got["notesAbove"]   # off the curve

@@ -13,8 +13,9 @@ writing nothing included), with its peak resident memory (ru_maxrss):
   thread-seconds reading (preads, on the reader threads or in place), converting / dequantizing slices,
   the selection kernel (the counting passes), numba's load and the rest (opening, graph, bookkeeping);
 - approximated on a model seen before (its hash remembered; goal < 2 s);
-- the widget ready with both profiles cached in its profiles_dir (LossProfileWidget(...) returns with
-  no job started; goal < 3 s);
+- the widget ready with both profiles cached in its profiles_dir (LossProfileWidget(...) returns, then its
+  store reads the saved profiles in the background: timed until they are in, with no job started; goal
+  < 3 s);
 - magnitude on the int4 model (goal < 15 s).
 SparseML's `pruning_loss_sens_magnitude` on the fp16 file takes ~5 minutes and ~14 GB: --peer-json keeps
 its time, memory and numbers (run once, reused; its age is printed). t12 (85.7M params, in memory, timed
@@ -132,8 +133,11 @@ import json, resource, sys, time
 from losswidget.widget.app import LossProfileWidget
 t0 = time.perf_counter()
 w = LossProfileWidget(sys.argv[1], profiles_dir=sys.argv[2])
+built = time.perf_counter() - t0
+while not w.store.ready and time.perf_counter() - t0 < 60:     # the saved profiles are read in the background
+    time.sleep(0.002)
 ready = time.perf_counter() - t0
-print(json.dumps({"ready": ready, "jobs": len(w.store.jobs), "profiles": sorted(w.store.profiles),
+print(json.dumps({"built": built, "ready": ready, "jobs": len(w.store.jobs), "profiles": sorted(w.store.profiles),
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -284,8 +288,9 @@ def main() -> None:
               + (f"; {n} layers, max relative difference {worst:.1e} (SparseML's means are float16; ours rounded "
                  f"to float16: {rounded:.1e})" if n else ""))
         seconds, r = whole(py, WIDGET, str(fp16), str(profiles))
-        print(f"widget ready, profiles cached: {seconds:.2f} s whole process ({r['ready']:.2f} s constructing; "
-              f"goal < 3 s), {r['jobs']} jobs started, profiles {r['profiles']}")
+        print(f"widget ready, profiles cached: {seconds:.2f} s whole process (constructed in {r['built']:.2f} s, its "
+              f"saved profiles read {r['ready']:.2f} s after it started; goal < 3 s), {r['jobs']} jobs started, "
+              f"profiles {r['profiles']}")
         if not a.skip_int4:
             seconds, r = whole(py, MAGNITUDE, str(int4))
             print(f"magnitude, int4: {seconds:.2f} s whole process (goal < 15 s), peak {r['peak_mb'] / 1024:.2f} GB, "

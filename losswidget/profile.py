@@ -222,11 +222,12 @@ class LossProfile:
     def summary(self) -> Summary:
         return self.summary_at(self.target_sparsity)
 
-    def summary_at(self, target: float) -> Summary:
-        """The summary metrics under the plan at `target` (cheap: the widget's slider calls this)."""
+    def summary_at(self, target: float, plan: Plan | None = None) -> Summary:
+        """The summary metrics under the plan at `target` (cheap: the widget's slider calls this); `plan`: one
+        already made for that target (the widget's, with the user's exclusions) instead of the plain one."""
         sens = self.sensitivities
         avg = float(np.mean(sens[np.isfinite(sens)])) if np.isfinite(sens).any() else math.nan
-        plan = self.plan(target)
+        plan = self.plan(target) if plan is None else plan
         return Summary(self.model.total_params, plan.prunable_params, avg, float(target), plan.achieved,
                        plan.est_params_reduction, plan.est_recovery, plan.recovery_kind, plan.weight_energy_kept)
 

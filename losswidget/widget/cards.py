@@ -1,15 +1,13 @@
 """Model Summary cards: an anywidget view (js/cards.js) fed by values the engine computed."""
 from __future__ import annotations
 
-import math
 from importlib.resources import files
 
 import anywidget
-import numpy as np
 from traitlets import Dict, List, Unicode
 
 from ..plan import Plan
-from ..profile import LossProfile, Summary, human
+from ..profile import LossProfile, human
 from .rules import short
 
 JS_DIR = files("losswidget.js")
@@ -27,9 +25,7 @@ def card_values(profile: LossProfile | None, target: float, plan: Plan | None = 
     the plan the widget shows (with the user's exclusions), else the profile's plan at the target."""
     if profile is None:
         return [{"key": "empty", "label": "No profile yet", "value": "…", "detail": "computing", "tooltip": ""}]
-    s = profile.summary_at(target) if plan is None else Summary(
-        profile.model.total_params, plan.prunable_params, _mean(profile.sensitivities), float(target),
-        plan.achieved, plan.est_params_reduction, plan.est_recovery, plan.recovery_kind, plan.weight_energy_kept)
+    s = profile.summary_at(target, plan)
     kept = sum(l.excluded for l in plan.layers) if plan is not None else 0
     excluded = f"; {kept} layer{'s' if kept > 1 else ''} excluded" if kept else ""
     share = f"{s.prunable_params / s.total_params:.0%} prunable" if s.total_params else ""
@@ -67,12 +63,6 @@ def card_values(profile: LossProfile | None, target: float, plan: Plan | None = 
         {"key": "quantization", "label": "Quantization", "value": "not analysed", "detail": "",
          "tooltip": "Quantization sensitivity is future work."},
     ]
-
-
-def _mean(values) -> float:
-    """Mean of the finite values (the profile's avg_sensitivity), NaN when there are none."""
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if finite.size else math.nan
 
 
 class SummaryCards(anywidget.AnyWidget):

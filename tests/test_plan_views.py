@@ -222,6 +222,15 @@ def test_the_bundled_demo_is_saved_in_the_working_folder_not_the_package(tmp_pat
         assert not list(Path(path).parent.glob("*pruned*"))
     finally:
         w.close()
+    # with a profiles folder (as the app has), there: the app's kernel runs in a cache folder
+    (tmp_path / "profiles").mkdir()
+    w = LossProfileWidget(path, autostart=False, profiles_dir=tmp_path / "profiles")
+    try:
+        w.store.put(__import__("losswidget").analyze(path, "magnitude", name="m"), save=False)
+        assert w.charts.plan_panel.path.placeholder == str(tmp_path / "profiles" / expected.name)
+        assert w.save_pruned().result(60) == str(tmp_path / "profiles" / expected.name)
+    finally:
+        w.close()
 
 
 def test_in_memory_model_needs_a_typed_path(tmp_path):

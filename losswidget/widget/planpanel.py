@@ -41,14 +41,16 @@ PACKAGE = Path(__file__).resolve().parents[1]
 
 
 def default_output(store, plan: Plan | None) -> str:
-    """Beside the model: `<model>-<profile>-pruned<NN>.onnx`, or in the working folder when the model is
-    the bundled demo (never written into the installed package) or its folder is not writable; "" for an
-    in-memory model (no folder to use)."""
+    """Beside the model: `<model>-<profile>-pruned<NN>.onnx`; when the model is the bundled demo (never
+    written into the installed package) or its folder is not writable, in the widget's profiles folder when
+    it exists (the app's `losswidget-profiles`: its kernel runs in a cache folder nobody looks in), else the
+    working folder; "" for an in-memory model (no folder to use)."""
     if plan is None or not store.model_path:
         return ""
     folder = Path(store.model_path).resolve().parent
     if folder.is_relative_to(PACKAGE) or not os.access(folder, os.W_OK):
-        folder = Path.cwd()
+        profiles = store.folder.path if store.folder is not None else None
+        folder = profiles if profiles is not None and profiles.is_dir() and os.access(profiles, os.W_OK) else Path.cwd()
     return str(folder / f"{model_stem(store)}-{slug(plan.profile)}-pruned{round(100 * plan.target)}.onnx")
 
 

@@ -176,8 +176,8 @@ def test_more_values_than_one_pass_piece(engine):
 
 @pytest.mark.skipif(not has_numba(), reason="numba not installed")
 def test_bitmap_walk_by_hand():
-    # collect and collect_values visit set bits lowest first: bits 0 and 63 of a word, whole words, the
-    # table's last row; counts come back in key order and the tables are left zeroed
+    # settle and collect_values visit set bits lowest first: bits 0 and 63 of a word, whole words, the
+    # table's last row; buckets come in key order and the tables are left zeroed
     from losswidget.analysis.kernels import BUCKETS, ONE, SUB, compiled
     k = compiled()
     rows = [0, 1, 63, 64, 127, 128 + 5, BUCKETS - 64, BUCKETS - 1]
@@ -187,10 +187,17 @@ def test_bitmap_walk_by_hand():
         packed[r] = (i + 1) * ONE + 10 * i
         used[r // 64] |= np.uint64(1) << np.uint64(r % 64)
     used[2] = np.uint64(0xFFFFFFFFFFFFFFFF)         # a whole word marked (as code items do), one row in use
-    keys, c, sums = (np.zeros(16, np.int64) for _ in range(3))
-    m = k.collect(packed, counts, lows, used, keys, c, sums)
-    assert keys[:m].tolist() == rows and c[:m].tolist() == list(range(1, 9)) and sums[:m].tolist() == [10 * i for i in range(8)]
-    assert not packed.any() and not used.any()
+    counts[64], lows[64] = 5, 7                     # moved there by a flush: added in only when flushed
+    # counts 1, 2, 3, 4 + 5, 5, 6, 7, 8: first ranks 0, 1, 3, 6, 15, 20, 26, 33; a cut inside every bucket
+    # but the first (one value, 0.0: its low bits sum to 0)
+    cuts = np.array([0, 2, 4, 12, 18, 23, 31, 35, 41])
+    keys, firsts = np.zeros(16, np.int64), np.zeros(16, np.int64)
+    isum, isq = np.zeros(8), np.zeros(8)
+    m, last = k.settle(packed, counts, lows, used, True, cuts, isum, isq, keys, firsts)
+    assert (m, last) == (7, BUCKETS - 1)
+    assert keys[:m].tolist() == rows[1:] and firsts[:m].tolist() == [1, 3, 6, 15, 20, 26, 33]
+    assert isum.tolist() == [0.0] * 8 and isq.tolist() == [0.0] * 8
+    assert not packed.any() and not used.any() and not counts.any() and not lows.any()
     sub = np.zeros((3, SUB), np.int64)
     sub_used = np.zeros((3, SUB // 64), np.uint64)
     for r, col, n in [(0, 0, 2), (0, 63, 1), (0, SUB - 1, 4), (2, 64, 3)]:
@@ -200,6 +207,31 @@ def test_bitmap_walk_by_hand():
     m = k.collect_values(sub, sub_used, *out)
     assert [o[:m].tolist() for o in out] == [[0, 0, 0, 2], [0, 63, SUB - 1, 64], [2, 1, 4, 3]]
     assert not sub.any() and not sub_used.any()
+
+
+@pytest.mark.skipif(not has_numba(), reason="numba not installed")
+def test_settle_sums_by_hand():
+    # whole buckets add their Σx and (Σx)²/count into the interval holding them; a one-value bucket a cut
+    # falls inside is shared out over the intervals; pass 2's exact values likewise, run by run
+    from losswidget.analysis.kernels import BUCKETS, LOW, ONE, compiled
+    k = compiled()
+    one, two = 0x3F800000 >> LOW, 0x40000000 >> LOW                   # the buckets of 1.0 and 2.0
+    packed, counts, lows = (np.zeros(BUCKETS, np.int64) for _ in range(3))
+    used = np.zeros(BUCKETS // 64, np.uint64)
+    packed[one], packed[two] = 3 * ONE, 2 * ONE + 2 * 3                # 1.0 x3; 2.0 + 3 ulps, twice
+    for r in (one, two):
+        used[r // 64] |= np.uint64(1) << np.uint64(r % 64)
+    keys, firsts, isum, isq = np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(2), np.zeros(2)
+    m, last = k.settle(packed, counts, lows, used, False, np.array([0, 1, 5]), isum, isq, keys, firsts)
+    v = 2.0 + 3 * 2.0 ** -22
+    assert (m, last) == (0, two)
+    assert isum.tolist() == [1.0, 2.0 + 2 * v] and isq.tolist() == [1.0, 2.0 + (2 * v) ** 2 / 2]
+    # bucket of 1.0 from rank 10: 1.0 twice, then 1 + 2**-23 three times; cuts at 11 and 14
+    isum, isq = np.zeros(3), np.zeros(3)
+    k.settle_values(np.array([0, 0]), np.array([0, 1]), np.array([2, 3]), 2, np.array([one]), np.array([10]),
+                    np.array([0, 11, 14, 15]), isum, isq)
+    u = 1.0 + 2.0 ** -23
+    assert isum.tolist() == [1.0, 1.0 + 2 * u, u] and isq.tolist() == [1.0, 1.0 + 2 * u * u, u * u]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -336,9 +368,9 @@ def test_codes_agree_with_sorting_the_dequantized_weights(case):
         results = [measure_codes(lambda: (blocks,), bits, levels, e) for e in engines]
         for got in results:
             check(got, values, levels)
-        for got in results[1:]:                              # the engines make the same integer tables
-            assert np.array_equal(got.values, results[0].values)
-            assert np.array_equal(got.energy_kept, results[0].energy_kept)
+        for got in results[1:]:                 # the same integer tables, added up in another order
+            np.testing.assert_allclose(got.values, results[0].values, rtol=1e-13, atol=0)
+            np.testing.assert_allclose(got.energy_kept, results[0].energy_kept, rtol=1e-13, atol=1e-15)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -390,6 +422,24 @@ def test_codes_pass_two_buffer_filled_many_times():
     finally:
         ranks._local.items = kept
     check(small, values, LEVELS)
+    assert np.array_equal(small.values, whole.values) and np.array_equal(small.energy_kept, whole.energy_kept)
+
+
+@pytest.mark.skipif(not has_numba(), reason="the compiled engine's buffer")
+def test_float_pass_two_buffer_filled_many_times():
+    import losswidget.analysis.ranks as ranks
+
+    # 3000 distinct values, each ~200 times: the buckets the cuts split hold ~6% of the values
+    rng = np.random.default_rng(9)
+    x = rng.choice(rng.standard_normal(3000).astype(np.float32), 600_000)
+    whole = measure_array(x, LEVELS, "numba")
+    kept = ranks._local.items
+    ranks._local.items = np.zeros(4096 + 300, np.int64)   # one gather of 4096 values at a time
+    try:
+        small = measure_array(x, LEVELS, "numba")
+    finally:
+        ranks._local.items = kept
+    check(small, x, LEVELS)
     assert np.array_equal(small.values, whole.values) and np.array_equal(small.energy_kept, whole.energy_kept)
 
 

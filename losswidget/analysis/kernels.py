@@ -48,18 +48,28 @@ _DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
 _U58 = np.uint64(58)
 _BIT_AT = np.zeros(64, np.int64)
 _BIT_AT[[((1 << b) * 0x03F79D71B4CB0A89 & 0xFFFFFFFFFFFFFFFF) >> 58 for b in range(64)]] = np.arange(64)
+_POW2 = np.ldexp(1.0, np.arange(256) - 150)     # 2**(exponent − 150): all normal float64, so × is exact
 
 
 # -- float32 values: ranks.py's two passes -----------------------------------------------------------------
-def first(bits, packed, used):
+def first(bits, packed):
     """Pass 1 over at most PIECE values (float32 bits): per bucket count and Σ low bits in one int64 (an
-    8-byte row keeps the table's busy part in L2); `used` marks the rows in use."""
+    8-byte row keeps the table's busy part in L2). Nothing else is done per value (marking the rows in use
+    as they fill cost a quarter of the loop): `mark` finds them afterwards."""
     for i in range(bits.size):
         b = bits[i] & _U31
-        k = b >> _ULOW
-        if packed[k] == 0:
-            used[k >> _SIX] |= _ONE64 << np.uint64(k & _U63)
-        packed[k] += _IONE + np.int64(b & _UMASK)
+        packed[b >> _ULOW] += _IONE + np.int64(b & _UMASK)
+
+
+def mark(packed, used):
+    """Mark in `used` every row of `packed` in use (rows marked before stay marked): one sequential read
+    of the table, 64 rows a word."""
+    for w in range(used.size):
+        base = w * 64
+        word = _ZERO64
+        for b in range(64):
+            word |= np.uint64(packed[base + b] != 0) << np.uint64(b)
+        used[w] |= word
 
 
 def flush(packed, counts, lows, used):
@@ -75,47 +85,159 @@ def flush(packed, counts, lows, used):
             packed[k] = 0
 
 
-def collect(packed, counts, lows, used, keys, c, s):
-    """The used rows in key order (count and Σ low bits); leaves the tables zeroed for the next layer."""
+def settle(packed, counts, lows, used, flushed, cuts, isum, isq, keys, firsts):
+    """After pass 1: the used rows in key order, each bucket's Σx and Σx² added into the interval between
+    `cuts` (sorted ranks from 0 to n) that holds it; the tables are left zeroed for the next layer.
+
+    A bucket a cut falls strictly inside, or of subnormal values (too wide for the Σx² estimate), needs its
+    exact values: when its low bits sum to 0 it holds one value (its base: 0.0 for pruned weights), spread
+    over the intervals here; otherwise its key and the rank of its first value go to `keys` / `firsts` for
+    pass 2. Σx is (count · base + Σ low bits) · 2**(exponent − 150) in float64 (exact: ranks.py's
+    `_sums_from_low_bits`), Σx² is (Σx)²/count (its values lie within a factor 1 + 2**-11). `flushed`:
+    whether `flush` moved counts into `counts` / `lows` (else they are all zero and not read).
+    Returns (buckets listed, the last key counted, or -1)."""
     m = 0
+    j = 0
+    rank = 0
+    last = -1
     for w in range(used.size):
         word = used[w]
         while word:
             bit = word & (~word + _ONE64)
             word ^= bit
             k = w * 64 + _BIT_AT[(bit * _DEBRUIJN) >> _U58]
-            n = counts[k] + (packed[k] >> _I40)
-            if n:                                       # a code item may mark a bucket with no count
-                keys[m] = k
-                c[m] = n
-                s[m] = lows[k] + (packed[k] & _IMASK)
-                m += 1
+            c = packed[k] >> _I40
+            low = packed[k] & _IMASK
             packed[k] = 0
-            counts[k] = 0
-            lows[k] = 0
+            if flushed:
+                c += counts[k]
+                low += lows[k]
+                counts[k] = 0
+                lows[k] = 0
+            if c == 0:                                  # a code item may mark a bucket with no count
+                continue
+            last = k
+            start = rank
+            rank += c
+            while cuts[j + 1] <= start:
+                j += 1
+            e = k >> 11
+            base = (k & 2047) << 12
+            if e > 0:
+                base += 1 << 23
+            s = (np.float64(c) * np.float64(base) + np.float64(low)) * _POW2[max(e, 1)]
+            if e == 255:                                # +Inf (low bits 0) or NaN
+                s = np.inf if base == 1 << 23 and low == 0 else np.nan
+            if cuts[j + 1] >= rank and not (e == 0 and s > 0):
+                isum[j] += s
+                isq[j] += s * s / np.float64(c)
+            elif low == 0:                              # one value, known: shared out over the cuts
+                v = np.float64(np.uint32(k << 12).view(np.float32))
+                i = j
+                at = start
+                while at < rank:
+                    stop = min(rank, cuts[i + 1])
+                    isum[i] += np.float64(stop - at) * v
+                    isq[i] += np.float64(stop - at) * v * v
+                    at = stop
+                    i += 1
+            else:
+                keys[m] = k
+                firsts[m] = start
+                m += 1
         used[w] = 0
-    return m
+    return m, last
 
 
-def second(bits, split, slot, sub, used):
-    """Pass 2: a count per exact value in the split buckets (`split[key]` is 1, `slot[key]` its row of
-    `sub`). The few hits (|x|'s bits) are first gathered without a branch per value (a mispredicted branch
-    per hit cost more than the loop)."""
+def settle_values(rows, cols, counts, m, keys, firsts, cuts, isum, isq):
+    """After pass 2: the exact values of the listed buckets (row of `keys`, low bits, count; in order, as
+    collect_values gives them) added into the intervals between `cuts`, a run of equal values shared out
+    over the cuts it spans; `firsts[row]` is the rank of the bucket's first value."""
+    j = 0
+    row = -1
+    at = 0
+    for t in range(m):
+        if rows[t] != row:
+            row = rows[t]
+            at = firsts[row]
+        v = np.float64(np.uint32((keys[row] << 12) | cols[t]).view(np.float32))
+        end = at + counts[t]
+        while cuts[j + 1] <= at:
+            j += 1
+        i = j
+        while at < end:
+            stop = min(end, cuts[i + 1])
+            isum[i] += np.float64(stop - at) * v
+            isq[i] += np.float64(stop - at) * v * v
+            at = stop
+            i += 1
+
+
+def second(bits, start, split, slot, out, m):
+    """Pass 2 from value `start` on: each value in a split bucket (`split[key]` is 1) written to `out` from
+    out[m] on as an item (slot[key] x SUB + low bits) x 2**16 + 1 (one value), for `settle_items` or `tally`.
+    The few hits are first gathered without a branch per value (a mispredicted branch per hit cost more
+    than the loop), then written out in order (adding them into a table of counts missed the cache).
+    Returns (the value to start from next, items in `out`): it stops early when `out` could overflow."""
     hits = np.empty(4096, np.uint32)
     n = bits.size
-    for start in range(0, n, 4096):
-        m = 0
-        for i in range(start, min(n, start + 4096)):
+    for s0 in range(start, n, 4096):
+        if m > out.size - 4096:
+            return s0, m
+        q = 0
+        for i in range(s0, min(n, s0 + 4096)):
             b = bits[i] & _U31
-            hits[m] = b
-            m += split[b >> _ULOW]
-        for j in range(m):
+            hits[q] = b
+            q += split[b >> _ULOW]
+        for j in range(q):
             b = hits[j]
-            r = slot[b >> _ULOW]
-            c = b & _UMASK
-            if sub[r, c] == 0:
-                used[r, c >> _SIX] |= _ONE64 << np.uint64(c & _U63)
-            sub[r, c] += 1
+            out[m] = ((np.int64(slot[b >> _ULOW]) * SUB + np.int64(b & _UMASK)) << 16) + 1
+            m += 1
+    return n, m
+
+
+def settle_items(items, m, rows, scratch, cells, touched, keys, firsts, cuts, isum, isq):
+    """Pass 2's m items ((row x SUB + low bits) x 2**16 + count; all of them: rows are settled whole)
+    added into the intervals between cuts as `settle_values` does: grouped by row (a counting sort into
+    `scratch`), each row's values counted in `cells` (SUB, zeroed again; `touched` marks the cells in use)
+    and walked in order. `firsts[row]` is the rank of bucket `keys[row]`'s first value."""
+    starts = np.zeros(rows + 1, np.int64)
+    for i in range(m):
+        starts[(items[i] >> (16 + LOW)) + 1] += 1
+    for r in range(rows):
+        starts[r + 1] += starts[r]
+    place = starts[:rows].copy()
+    for i in range(m):
+        r = items[i] >> (16 + LOW)
+        scratch[place[r]] = items[i]
+        place[r] += 1
+    j = 0
+    for r in range(rows):
+        for i in range(starts[r], starts[r + 1]):
+            c = (scratch[i] >> 16) & (SUB - 1)
+            if cells[c] == 0:
+                touched[c >> 6] |= _ONE64 << np.uint64(c & 63)
+            cells[c] += scratch[i] & 0xFFFF
+        at = firsts[r]
+        for w in range(SUB // 64):
+            word = touched[w]
+            touched[w] = 0
+            while word:
+                bit = word & (~word + _ONE64)
+                word ^= bit
+                c = w * 64 + _BIT_AT[(bit * _DEBRUIJN) >> _U58]
+                end = at + cells[c]
+                cells[c] = 0
+                v = np.float64(np.uint32((keys[r] << 12) | c).view(np.float32))
+                while cuts[j + 1] <= at:
+                    j += 1
+                i = j
+                while at < end:
+                    stop = min(end, cuts[i + 1])
+                    isum[i] += np.float64(stop - at) * v
+                    isq[i] += np.float64(stop - at) * v * v
+                    at = stop
+                    i += 1
 
 
 def collect_values(sub, used, rows, cols, counts):
@@ -405,11 +527,17 @@ def _signatures(t) -> dict:
         return t.Array(dtype, ndim, "C", readonly=True)
     i64, u64 = t.int64[::1], t.uint64[::1]
     return {
-        "first": t.void(ro(t.uint32, 1), i64, u64),
+        "first": t.void(ro(t.uint32, 1), i64),
+        "mark": t.void(i64, u64),
         "flush": t.void(i64, i64, i64, u64),
-        "collect": t.int64(i64, i64, i64, u64, i64, i64, i64),
-        "second": t.void(ro(t.uint32, 1), t.uint8[::1], t.int32[::1], t.int64[:, ::1], t.uint64[:, ::1]),
+        "settle": t.UniTuple(t.int64, 2)(i64, i64, i64, u64, t.boolean, ro(t.int64, 1), t.float64[::1],
+                                         t.float64[::1], i64, i64),
+        "second": t.UniTuple(t.int64, 2)(ro(t.uint32, 1), t.int64, t.uint8[::1], t.int32[::1], i64, t.int64),
+        "settle_items": t.void(i64, t.int64, t.int64, i64, i64, u64, ro(t.int64, 1), ro(t.int64, 1),
+                               ro(t.int64, 1), t.float64[::1], t.float64[::1]),
         "collect_values": t.int64(t.int64[:, ::1], t.uint64[:, ::1], i64, i64, i64),
+        "settle_values": t.void(ro(t.int64, 1), ro(t.int64, 1), ro(t.int64, 1), t.int64, ro(t.int64, 1),
+                                ro(t.int64, 1), ro(t.int64, 1), t.float64[::1], t.float64[::1]),
         "half_count": t.void(ro(t.uint16, 1), t.int32[::1]),
         "codes_first": t.int64(ro(t.uint8, 3), ro(t.float32, 2), ro(t.float32, 2), t.boolean, t.int64, t.int64,
                                i64, u64, i64),

@@ -34,9 +34,11 @@ Rules (the same results as sorting |x| and applying the rule, up to float roundi
 - a bucket's Σx² is (Σx)²/count: its values lie within a factor 1 + 2**-11, so that is exact to 2**-24;
   buckets of subnormal values, too wide for that, go through pass 2 and are summed value by value;
 - the sign bit is ignored, so -0.0 counts as 0.0 and NaN with its sign bit set is still NaN;
-- `engine="numba"` runs the loops compiled (analysis/kernels.py; numba is optional), `"numpy"` does them
-  with np.add.at / np.bincount over slices of 2**16 values; both make the same integer tables (counts and
-  Σ of low bits), so the two engines give identical numbers and a run may mix them.
+- `engine="numba"` runs the loops compiled (analysis/kernels.py; numba is optional), the bookkeeping after
+  each pass included (`settle`, `settle_values`: with numpy it cost as much as pass 1), `"numpy"` does them
+  with np.add.at / np.bincount over slices of 2**16 values and the bookkeeping with sorted-array numpy;
+  both make the same integer tables (counts and Σ of low bits), added up in another order, so the two
+  engines agree to float64 rounding.
 """
 from __future__ import annotations
 
@@ -224,15 +226,29 @@ def _code_slices(blocks: Iterable[tuple], bits: int):
 
 # -- the selection ------------------------------------------------------------------------------------------
 def _select(levels: np.ndarray, passes, first: Callable[[], int], second: Callable) -> RankMeasures:
-    """Pass 1, the buckets the cuts split, pass 2 over those only, and the resolution."""
+    """Pass 1, then the engine's sums per interval between the rule's cuts (pass 2 over the buckets the
+    cuts split, only if there are any), then the rule's means."""
     n = first()
     if n == 0:
         return RankMeasures(np.zeros(len(levels)), np.ones(len(levels)), 0.0, ("empty",))
-    keys, counts, lows = passes.buckets()                       # the non-empty buckets, in key order
+    ranges, pruned, cuts = _plan(n, levels.tobytes())
+
+    def exact(keys):
+        seen, values = second(keys)
+        if seen != n:
+            raise ValueError(f"the slices yielded {n} values, then {seen}: the slices must not change")
+        return values
+    isum, isq, last = passes.interval_sums(cuts, exact)
+    return _finish(levels, ranges, pruned, cuts, isum, isq, last >= NON_FINITE)
+
+
+def _interval_sums(cuts: np.ndarray, keys, counts, lows, exact: Callable):
+    """The numpy engine's sums per interval between cuts, from pass 1's non-empty buckets (in key order)
+    and, for the buckets a cut falls strictly inside, their exact values (`exact(keys)`: pass 2)."""
+    n = int(cuts[-1])
     sums = _sums_from_low_bits(keys, counts, lows)
     # a bucket of normal floats spans a factor 1 + 2**-11, so (Σx)²/count is its Σx² to 2**-24
     squares = sums * sums / counts
-    ranges, pruned, cuts = _plan(n, levels.tobytes())
     starts = np.zeros(counts.size + 1, np.int64)
     np.cumsum(counts, out=starts[1:])
     inner = cuts[(cuts > 0) & (cuts < n)]
@@ -246,9 +262,7 @@ def _select(levels: np.ndarray, passes, first: Callable[[], int], second: Callab
     one_value = lows[split] == 0
     rows, cols, k = (np.flatnonzero(one_value), np.zeros(int(one_value.sum()), np.int64), counts[split[one_value]])
     if not one_value.all():
-        seen, (r2, c2, k2) = second(keys[split[~one_value]])
-        if seen != n:
-            raise ValueError(f"the slices yielded {n} values, then {seen}: the slices must not change")
+        r2, c2, k2 = exact(keys[split[~one_value]])
         r2 = np.flatnonzero(~one_value)[r2]
         if rows.size:
             # two runs in (row, col) order over disjoint rows: a stable sort by row merges them in one pass
@@ -256,7 +270,18 @@ def _select(levels: np.ndarray, passes, first: Callable[[], int], second: Callab
             rows, cols, k = np.concatenate([rows, r2])[order], np.concatenate([cols, c2])[order], np.concatenate([k, k2])[order]
         else:
             rows, cols, k = r2, c2, k2
-    return _resolve(n, levels, ranges, pruned, cuts, keys, sums, squares, starts, split, (rows, cols, k))
+    sums[split] = squares[split] = 0.0                                  # counted value by value below
+    isum, isq = _per_interval(starts[:-1], cuts, sums, squares)
+    if split.size:
+        bits = (keys[split][rows].astype(np.uint32) << LOW) | cols.astype(np.uint32)
+        v = bits.view(np.float32).astype(np.float64)
+        below = np.cumsum(k) - k
+        first = np.searchsorted(rows, np.arange(split.size))            # each split bucket's first value
+        p = starts[split][rows] + below - below[first][rows]            # rank of each value's first copy
+        ssum, ssq = _run_sums(p, k, v, cuts)
+        isum += ssum
+        isq += ssq
+    return isum, isq, int(keys[-1])
 
 
 @functools.lru_cache(maxsize=64)                       # a model's layers come in a few sizes
@@ -282,26 +307,6 @@ def _plan(n: int, level_bytes: bytes):
     pruned.setflags(write=False)
     cuts.setflags(write=False)
     return tuple(ranges), pruned, cuts
-
-
-def _resolve(n, levels, ranges, pruned, cuts, keys, sums, squares, starts, split, values):
-    """Sum and sum of squares per interval between consecutive cuts, from whole buckets (which never
-    straddle a cut) and from the split buckets' exact values; then the rule's means, the energy kept and
-    the flags."""
-    sums, squares = sums.copy(), squares.copy()
-    sums[split] = squares[split] = 0.0                                  # counted value by value below
-    isum, isq = _per_interval(starts[:-1], cuts, sums, squares)
-    if split.size:
-        rows, cols, k = values
-        bits = (keys[split][rows].astype(np.uint32) << LOW) | cols.astype(np.uint32)
-        v = bits.view(np.float32).astype(np.float64)
-        below = np.cumsum(k) - k
-        first = np.searchsorted(rows, np.arange(split.size))            # each split bucket's first value
-        p = starts[split][rows] + below - below[first][rows]            # rank of each value's first copy
-        ssum, ssq = _run_sums(p, k, v, cuts)
-        isum += ssum
-        isq += ssq
-    return _finish(levels, ranges, pruned, cuts, isum, isq, int(keys[-1]) >= NON_FINITE)
 
 
 def _run_sums(p: np.ndarray, k: np.ndarray, v: np.ndarray, cuts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -480,14 +485,15 @@ class _NumpyPasses:
             np.add.at(self.lows, keys, low)
         return n
 
-    def buckets(self):
+    def interval_sums(self, cuts: np.ndarray, exact: Callable):
+        """Σx and Σx² per interval between cuts and the last key counted (see `_interval_sums`)."""
         counts, lows = self.counts[self.lo:self.hi + 1], self.lows[self.lo:self.hi + 1]
         at = np.flatnonzero(counts)
-        out = self.lo + at, counts[at], lows[at]
+        keys, c, low = self.lo + at, counts[at], lows[at]
         counts[:] = 0
         lows[:] = 0
         self.lo, self.hi = BUCKETS, -1
-        return out
+        return _interval_sums(cuts, keys, c, low, exact)
 
     def second(self, slices, buckets: np.ndarray):
         return self._second(self._chunks(slices), buckets)
@@ -535,8 +541,11 @@ class _NumpyPasses:
 
 # -- the compiled engine ------------------------------------------------------------------------------------------
 class _NumbaPasses:
-    """Both passes compiled. Tables live per thread and only their used rows (found through bitmaps) are
-    read and re-zeroed, so a small layer pays for the buckets it fills, not for 2**19 rows."""
+    """Both passes and their bookkeeping compiled. Tables live per thread and only their used rows (found
+    through bitmaps) are read and re-zeroed, so a small layer pays for the buckets it fills, not for 2**19
+    rows. Pass 2 writes the exact values it finds to a buffer as items, settled together at the end
+    (kernels.settle_items); a layer with more than the buffer holds counts them into a table as it goes
+    (kernels.tally) and settles that."""
 
     def __enter__(self):
         self.k = compiled()
@@ -552,7 +561,9 @@ class _NumbaPasses:
             _local.slot = np.zeros(BUCKETS, np.int32)
             _local.cnt = np.zeros(3 * 256, np.int64)      # codes counted in the middle third
             _local.mags = np.zeros(256, np.uint32)
-        self.n, self.clean, self.pending = 0, False, 0
+            _local.cells = np.zeros(SUB, np.int64)         # settle_items' counts of one bucket; kept zeroed
+            _local.touched = np.zeros(SUB // 64, np.uint64)
+        self.n, self.clean, self.pending, self.flushed, self.unmarked = 0, False, 0, False, False
         return self
 
     def __exit__(self, *exc):
@@ -561,11 +572,18 @@ class _NumbaPasses:
                 getattr(_local, name)[:] = 0
         return False
 
+    def _marked(self) -> None:
+        """The rows pass 1 filled, marked in `used` (the float32 pass leaves that to one scan at the end)."""
+        if self.unmarked:
+            self.k.mark(_local.packed, _local.used)
+            self.unmarked = False
+
     def _room(self, m: int) -> None:
         """Make room for m more values in the packed table (its counts have 23 bits per piece)."""
         if self.pending + m > PIECE:
+            self._marked()
             self.k.flush(_local.packed, _local.counts, _local.lows, _local.used)
-            self.pending = 0
+            self.pending, self.flushed = 0, True
         self.pending += m
 
     def first(self, slices) -> int:
@@ -574,7 +592,8 @@ class _NumbaPasses:
             for start in range(0, bits.size, PIECE):
                 piece = bits[start:start + PIECE]
                 self._room(piece.size)
-                self.k.first(piece, _local.packed, _local.used)
+                self.k.first(piece, _local.packed)
+                self.unmarked = True
             self.n += s.size
         return self.n
 
@@ -588,82 +607,125 @@ class _NumbaPasses:
                     self.n += self.k.codes_first(p, s, z, integral, bits, l, _local.packed, _local.used, _local.cnt)
         return self.n
 
-    def buckets(self):
-        size = min(self.n, BUCKETS)
-        keys, c, s = np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size, np.int64)
-        m = self.k.collect(_local.packed, _local.counts, _local.lows, _local.used, keys, c, s)
+    def interval_sums(self, cuts: np.ndarray, exact: Callable):
+        """Σx and Σx² per interval between cuts and the last key counted, compiled (kernels.settle, then pass
+        2 adds the split buckets' exact values in): the same tables as the numpy engine, added up in
+        another order."""
+        self._marked()
+        size = min(self.n, cuts.size + (1 << (HIGH - 8)))     # split buckets: one per cut, and subnormal ones
+        keys, firsts = np.empty(size, np.int64), np.empty(size, np.int64)
+        isum, isq = np.zeros(cuts.size - 1), np.zeros(cuts.size - 1)
+        m, last = self.k.settle(_local.packed, _local.counts, _local.lows, _local.used, self.flushed, cuts,
+                                isum, isq, keys, firsts)
         self.clean = True
-        return keys[:m], c[:m], s[:m]
-
-    def _split_tables(self, buckets: np.ndarray):
-        if getattr(_local, "sub", None) is None or _local.sub.shape[0] < buckets.size:
-            _local.sub = np.zeros((max(buckets.size, 256), SUB), np.int64)      # kept zeroed by collect_values
-            _local.sub_used = np.zeros((_local.sub.shape[0], SUB // 64), np.uint64)
-        return _local.sub[:buckets.size], _local.sub_used[:buckets.size]
+        if m:
+            self.settling = keys[:m], firsts[:m], cuts, isum, isq
+            exact(keys[:m])
+        return isum, isq, last
 
     def second(self, slices, buckets: np.ndarray):
-        def run(sub, used):
+        def run(add):
             n = 0
             for s in slices:
-                self.k.second(s.view(np.uint32), _local.split, _local.slot, sub, used)
+                bits, start = s.view(np.uint32), 0
+                while start < bits.size:
+                    start, held = self.k.second(bits, start, _local.split, _local.slot, _local.items, add.held)
+                    add.held = held
+                    if start < bits.size:                  # the buffer is full
+                        add.spill()
                 n += s.size
-            return n, None
+            return n
         return self._second(buckets, run)
 
     def second_codes(self, blocks, bits: int, buckets: np.ndarray):
-        def run(sub, used):
+        def run(add):
             n = 0
             scales = None
-            found = None
-            held = 0
             try:
                 for packed, scale, zp, integral, last in blocks:
                     for p, s, z, l, m in _pieces(packed, scale, zp, last, bits):
                         n += m
                         if not (bits == 4 and integral):
+                            sub, used = add.tables()
                             self.k.codes_second(p, s, z, integral, bits, l, _local.split, _local.slot, sub, used,
                                                 _local.cnt, _local.mags)
                             continue
                         if scales is None:
                             scales, masks = scale_keys(buckets)
                             _local.scales[scales] = masks
-                            found = np.zeros(sub.size, np.int64)
                         start, stop = 0, p.shape[0] * p.shape[1]
                         while start < stop:
-                            start, held = self.k.nibbles_second(p, s, z, l, _nibbles(), _local.split, _local.scales,
-                                                                _local.slot, start, _local.items, held, _local.cnt)
-                            if start < stop:                  # the buffer is full
-                                self.k.tally(_local.items, held, buckets.size, _local.scratch, found)
-                                held = 0
-                if held:
-                    self.k.tally(_local.items, held, buckets.size, _local.scratch, found)
+                            start, add.held = self.k.nibbles_second(p, s, z, l, _nibbles(), _local.split, _local.scales,
+                                                                    _local.slot, start, _local.items, add.held, _local.cnt)
+                            if start < stop:              # the buffer is full
+                                add.spill()
             finally:
                 if scales is not None:
                     _local.scales[scales] = 0
-            return n, found
+            return n
         return self._second(buckets, run)
 
     def _second(self, buckets: np.ndarray, run):
-        sub, used = self._split_tables(buckets)
+        """Pass 2 (`run(add)`), its exact values added into the sums `interval_sums` is making."""
+        keys, firsts, cuts, isum, isq = self.settling
         split, slot = _local.split, _local.slot
         split[buckets] = 1
         slot[buckets] = np.arange(buckets.size)
+        add = _Exact(self.k, buckets.size)
         try:
-            n, found = run(sub, used)
+            n = run(add)
         except BaseException:
-            sub[:] = 0
-            used[:] = 0
+            add.discard()
             raise
         finally:
             split[buckets] = 0
-        size = min(n, sub.size)
-        rows, cols, counts = np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size, np.int64)
-        m = self.k.collect_values(sub, used, rows, cols, counts)
-        if found is None:
-            return n, (rows[:m], cols[:m], counts[:m])
-        found[rows[:m] * SUB + cols[:m]] += counts[:m]      # cells counted in the table too (mixed slices)
-        at = np.flatnonzero(found)
-        return n, (at >> LOW, at & (SUB - 1), found[at])
+        add.settle(keys, firsts, cuts, isum, isq)
+        return n, None
+
+
+class _Exact:
+    """Pass 2's exact values on their way into the sums: items in the thread's buffer (`held` of them),
+    counted into a dense table (`found`) only when the buffer fills, and a per-value table for the codes
+    counted one by one (codes_second); `settle` adds them all in, in order."""
+
+    def __init__(self, k, rows: int):
+        self.k, self.rows, self.held, self.found, self.sub = k, rows, 0, None, None
+
+    def spill(self) -> None:
+        if self.found is None:
+            self.found = np.zeros(self.rows * SUB, np.int64)
+        self.k.tally(_local.items, self.held, self.rows, _local.scratch, self.found)
+        self.held = 0
+
+    def tables(self):
+        if self.sub is None:
+            if getattr(_local, "sub", None) is None or _local.sub.shape[0] < self.rows:
+                _local.sub = np.zeros((max(self.rows, 256), SUB), np.int64)      # kept zeroed by collect_values
+                _local.sub_used = np.zeros((_local.sub.shape[0], SUB // 64), np.uint64)
+            self.sub = _local.sub[:self.rows], _local.sub_used[:self.rows]
+        return self.sub
+
+    def discard(self) -> None:
+        if self.sub is not None:
+            self.sub[0][:] = 0
+            self.sub[1][:] = 0
+
+    def settle(self, keys, firsts, cuts, isum, isq) -> None:
+        if self.found is None and self.sub is None:
+            self.k.settle_items(_local.items, self.held, self.rows, _local.scratch, _local.cells, _local.touched,
+                                keys, firsts, cuts, isum, isq)
+            return
+        if self.held:
+            self.spill()
+        if self.sub is not None:
+            sub, used = self.sub
+            rows, cols, counts = np.empty(sub.size, np.int64), np.empty(sub.size, np.int64), np.empty(sub.size, np.int64)
+            m = self.k.collect_values(sub, used, rows, cols, counts)
+            if self.found is None:
+                self.found = np.zeros(self.rows * SUB, np.int64)
+            self.found[rows[:m] * SUB + cols[:m]] += counts[:m]
+        at = np.flatnonzero(self.found)
+        self.k.settle_values(at >> LOW, at & (SUB - 1), self.found[at], at.size, keys, firsts, cuts, isum, isq)
 
 
 @functools.lru_cache(maxsize=8)                        # a layer's slices share a shape and zero point

@@ -10,7 +10,7 @@ threads as the magnitude method reads them).
 Each figure is a whole fresh process, timed from its start to its exit (imports, opening the model and
 writing nothing included), with its peak resident memory (ru_maxrss):
 - magnitude on the fp16 model (goal < 30 s, >= 10x SparseML, peak < 2 GB), with where its time went:
-  thread-seconds reading (preads, on the reader threads or in place), converting / dequantizing slices,
+  thread-seconds reading (preads, in the workers' threads), converting / dequantizing slices,
   the selection kernel (the counting passes), numba's load and the rest (opening, graph, bookkeeping);
 - approximated on a model seen before (its hash remembered; goal < 2 s);
 - the widget ready with both profiles cached in its profiles_dir (LossProfileWidget(...) returns, then its
@@ -44,7 +44,7 @@ MAGNITUDE = r"""
 import json, resource, sys, threading, time
 import losswidget
 from losswidget import onnxfile, weights
-spent = {"read-ahead": 0.0, "read in place": 0.0, "selection": 0.0, "slices": 0.0, "numba load": 0.0}
+spent = {"reading": 0.0, "selection": 0.0, "slices": 0.0, "numba load": 0.0}
 lock = threading.Lock()
 local = threading.local()
 
@@ -80,20 +80,7 @@ def timed_slices(owner, name):
             yield part
     setattr(owner, name, wrapper)
 
-def timed_reads(owner, name):
-    # preads of file bytes: on the reader threads (ahead of the workers) or in a worker's own thread
-    original = getattr(owner, name)
-    def wrapper(*a, **k):
-        t = time.thread_time()
-        try:
-            return original(*a, **k)
-        finally:
-            key = "read-ahead" if threading.current_thread().name.startswith("losswidget-read") else "read in place"
-            with lock:
-                spent[key] += time.thread_time() - t
-    setattr(owner, name, wrapper)
-
-timed_reads(onnxfile.ModelFile, "read")
+timed(onnxfile.ModelFile, "read", "reading")     # preads of file bytes, inside the slice generators
 for name in ("slices", "magnitude_slices", "half_slices", "code_blocks"):
     if hasattr(weights.Weight, name):
         timed_slices(weights.Weight, name)
@@ -187,17 +174,16 @@ def floor(model: Path) -> tuple[float, float, int]:
 
 
 def split(r: dict) -> str:
-    """Where a magnitude run's CPU time went, in thread-seconds (both workers and the reader threads): reading
-    (preads on the reader threads and in the workers), converting / dequantizing slices, the selection kernel
-    (the counting passes), numba's load, the rest (opening the model, the graph, bookkeeping)."""
+    """Where a magnitude run's CPU time went, in thread-seconds (both workers): reading (preads), converting /
+    dequantizing slices, the selection kernel (the counting passes), numba's load, the rest (opening the
+    model, the graph, bookkeeping)."""
     s = r["spent"]
-    reading = s["read-ahead"] + s["read in place"]
-    slices = s["slices"] - s["read in place"]            # in-place reads happen inside the slice generators
+    slices = s["slices"] - s["reading"]                  # the reads happen inside the slice generators
     kernel = s["selection"] - s["slices"]                # the slices are pulled from inside the kernel
     load = s["numba load"]
-    rest = r["cpu"] - s["read-ahead"] - s["selection"] - load
-    return (f"CPU {r['cpu']:.1f} s: reading {reading:.1f} ({s['read-ahead']:.1f} ahead), converting/dequantizing "
-            f"slices {slices:.1f}, selection kernel {kernel:.1f}, numba's load {load:.1f}, the rest {rest:.1f}")
+    rest = r["cpu"] - s["selection"] - load
+    return (f"CPU {r['cpu']:.1f} s: reading {s['reading']:.1f}, converting/dequantizing slices {slices:.1f}, "
+            f"selection kernel {kernel:.1f}, numba's load {load:.1f}, the rest {rest:.1f}")
 
 
 def whole(python: str, code: str, *args: str) -> tuple[float, dict]:

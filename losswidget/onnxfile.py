@@ -468,20 +468,6 @@ class ModelFile:
         self._source(blob.path).read_into(memoryview(buf), blob.offset + start)
         return buf
 
-    def prefetch(self, tensor: TensorProto, start: int = 0, length: int | None = None) -> None:
-        """Ask the OS to start reading bytes start..start+length of the tensor's data from disk ahead of use
-        (posix_fadvise WILLNEED: the page cache fills while the caller computes). Does nothing for tensors
-        inside the message, or where the OS takes no such advice."""
-        blob = self.blob(tensor)
-        if blob is None or not hasattr(os, "posix_fadvise"):
-            return
-        length = blob.length - start if length is None else length
-        try:
-            os.posix_fadvise(self._source(blob.path).file.fileno(), blob.offset + start, max(length, 0),
-                             os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass
-
     def release(self, tensor: TensorProto, start: int = 0, length: int | None = None) -> None:
         """Nothing to do: tensors are read into memory their callers own, nothing of the file is mapped (kept
         for callers written when weights were memory-mapped)."""

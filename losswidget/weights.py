@@ -32,7 +32,7 @@ from .plan import InputNorms
 _local = threading.local()
 
 # float32 values per slice when a caller gives no budget: small enough for a slice's temporaries to stay
-# in cache, large enough that per-slice costs (a read-ahead hand-over, numpy calls) stay small
+# in cache, large enough that per-slice costs (a pread, numpy calls) stay small
 DEFAULT_SLICE_BYTES = 1 << 22
 
 
@@ -238,7 +238,7 @@ class Weight:
         return values if k == blocks * bs else values[:, :k]
 
     def _row_bytes(self) -> int | None:
-        """Stored bytes per row when rows lie one after another in the file (read-ahead works by rows)."""
+        """Stored bytes per row when rows lie one after another in the file (then read by rows)."""
         t = self.ref.tensor
         if self.mf.blob(t) is None or not self.rows:
             return None
@@ -247,36 +247,30 @@ class Weight:
             return None
         return stored_bytes(t) // self.rows
 
-    def _ahead(self, steps: list[tuple[int, int]], read):
-        """(r0, r1, read(r0, r1)) for each step in order, the next step's read running on a reader thread
-        while this one is worked on (one step's bytes ahead at most); in this thread when the rows are not
-        in a file one after another, or there is only one step."""
-        if self._row_bytes() is None or len(steps) < 2:
-            for r0, r1 in steps:
-                yield r0, r1, read(r0, r1)
-            return
-        ahead = _reader().submit(read, *steps[0])
-        for k, (r0, r1) in enumerate(steps):
-            rows = ahead.result()
-            if k + 1 < len(steps):
-                ahead = _reader().submit(read, *steps[k + 1])
-            yield r0, r1, rows
+    def _by_steps(self, budget: int, read):
+        """(r0, r1, read(r0, r1)) for each step of rows in order, read in this thread when it is needed. A
+        reader thread reading the next step meanwhile cost more than it saved: the bytes it copied went
+        through the cache of the other core and the hand-overs left cores idle (the 7B fp16 magnitude
+        took 7.5 s instead of 4.5; t12 8% longer). Files not in the page cache are read ahead by the OS,
+        which follows each layer's sequential reads (as fast here as asking it to: posix_fadvise)."""
+        for r0, r1 in self.steps(budget):
+            yield r0, r1, read(r0, r1)
 
     def slices(self, budget: int = DEFAULT_SLICE_BYTES, release: bool = False):
-        """The dequantized values in row slices (see `values`), in order, the file's bytes of the next slice
-        read ahead (`_ahead`). `release`: kept for callers; nothing of the file is mapped to drop."""
-        for r0, r1, rows in self._ahead(self.steps(budget), self._stored_rows):
+        """The dequantized values in row slices (see `values`), in order, each slice's bytes read when it is
+        needed (`_by_steps`). `release`: kept for callers; nothing of the file is mapped to drop."""
+        for r0, r1, rows in self._by_steps(budget, self._stored_rows):
             yield self.values(r0, r1, rows)
 
     def half_slices(self, budget: int = DEFAULT_SLICE_BYTES):
-        """A 16-bit float weight as stored, in row slices read ahead, for kernels that count bit patterns:
+        """A 16-bit float weight as stored, in row slices, for kernels that count bit patterns:
         float16 as float16, bfloat16 as its uint16 bit patterns (numpy has no bfloat16). Only a slice's
         bytes are read at a time (bfloat16 too, which `values` reads whole, as float32)."""
         t = self.ref.tensor
         if self.ref.kind != "plain" or t.data_type not in (TensorProto.FLOAT16, TensorProto.BFLOAT16):
             raise ValueError(f"'{t.name}' is not a plain float16 or bfloat16 weight")
         if t.data_type == TensorProto.FLOAT16:
-            for r0, r1, rows in self._ahead(self.steps(budget), self._stored_rows):
+            for r0, r1, rows in self._by_steps(budget, self._stored_rows):
                 yield rows
             return
         row_bytes = self._row_bytes()
@@ -286,7 +280,7 @@ class Weight:
                 values = np.ascontiguousarray(self.values(r0, r1), np.float32)
                 return (values.view(np.uint32) >> 16).astype(np.uint16)   # bfloat16 is float32's top half
             return self.mf.read(t, r0 * row_bytes, (r1 - r0) * row_bytes).view(np.uint16).reshape(r1 - r0, -1)
-        for r0, r1, rows in self._ahead(self.steps(budget), read):
+        for r0, r1, rows in self._by_steps(budget, read):
             yield rows
 
     def _half(self) -> bool:
@@ -305,7 +299,7 @@ class Weight:
             yield part
 
     def code_blocks(self, budget: int = DEFAULT_SLICE_BYTES):
-        """An nbits weight (without g_idx) as stored, in row slices read ahead, for kernels that count codes
+        """An nbits weight (without g_idx) as stored, in row slices, for kernels that count codes
         instead of dequantizing them: (packed codes [rows, blocks, bytes per block] uint8, scales [rows,
         blocks] float32, zero points [rows, blocks] float32 or one number, codes in each row's last block that
         are weights). Its values are (code - zero point) x scale in float32. Only a slice's bytes are read at
@@ -313,14 +307,14 @@ class Weight:
         if self.ref.kind != "nbits" or self.ref.g_idx is not None:
             raise ValueError(f"'{self.ref.tensor.name}' is not an n-bit weight in blocks of consecutive codes")
         _, k, bs, blocks = self._nbits_layout()
-        for r0, r1, rows in self._ahead(self.steps(budget), self._stored_rows):
+        for r0, r1, rows in self._by_steps(budget, self._stored_rows):
             scale, zp = self._nbits_params(r0, r1)
             yield rows.reshape(r1 - r0, blocks, -1), scale, zp, k - (blocks - 1) * bs
 
     def reader(self, budget: int = DEFAULT_SLICE_BYTES, keep: int = 0, release_above: int = 1 << 29,
                absolute: bool = False):
         """A callable giving the values in slices each time it is called (for a kernel that reads them more
-        than once), read ahead; values read from the file or dequantized are kept after the first call when
+        than once); values read from the file or dequantized are kept after the first call when
         their float32 values take at most `keep` bytes (else read and dequantized again). `release_above`:
         kept for callers (nothing is mapped). `absolute`: the kernel needs |w| only (`magnitude_slices`)."""
         release = False
@@ -461,20 +455,6 @@ def _keeping(slices, kept: list):
         kept.append(part)
         yield part
     kept.append(True)
-
-
-_READER = None
-_READER_LOCK = threading.Lock()
-
-
-def _reader():
-    """The threads that map file bytes ahead of the workers (one each for the usual two workers)."""
-    global _READER
-    with _READER_LOCK:
-        if _READER is None:
-            from concurrent.futures import ThreadPoolExecutor
-            _READER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="losswidget-read")
-        return _READER
 
 
 def magnitudes(mf: ModelFile, ref: WeightRef) -> np.ndarray:

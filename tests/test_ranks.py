@@ -168,9 +168,11 @@ def test_slices_give_the_same_numbers_and_are_read_at_most_twice(engine):
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_more_values_than_one_pass_piece(engine):
-    # 5M equal values: one bucket holds more than the numba pass's piece and the numpy pass's pending codes
+    # 5M equal values: one bucket holds more than the numba pass's piece and the numpy pass's pending codes;
+    # values only in the first piece must survive the move out of the packed table between pieces
     x = np.full(5_000_000, 0.3, np.float32)
     x[::7] = 0.7
+    x[:1000] = np.linspace(1.0, 2.0, 1000, dtype=np.float32)
     check(measure_array(x, LEVELS, engine), x, LEVELS)
 
 

@@ -4,7 +4,7 @@ For each level s the measurement is the mean |w| of the weights that pruning fro
 removes (see DESIGN.md). The ranks come from analysis/ranks.py's counting kernels, not from sorting
 |w|, the kernel chosen by how the weight is stored (`_source`): 16-bit floats counted by bit pattern in one
 pass, MatMulNBits 2/4-bit codes counted per block without dequantizing, anything else as float32 |w| in two
-histogram passes. Weights come by slices read ahead (weights.Weight), so memory stays bounded whatever a
+histogram passes. Weights come by slices (weights.Weight), so memory stays bounded whatever a
 layer's size; dequantized values are kept for the second pass when they fit KEEP_BYTES.
 Layers are spread over a thread pool, largest first (numba's passes release the GIL; so do the numpy
 engine's ufunc steps). Plans from these profiles weigh layers by the weight energy they lose (plan cost

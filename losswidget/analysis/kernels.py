@@ -11,7 +11,10 @@ Layout of the float32 passes (see ranks.py): a level-1 key is the top HIGH bits 
 (sign masked: 8 exponent and 11 mantissa bits), a level-2 key the remaining LOW bits, so a (key, low)
 pair is one exact value. Pass 1 packs a bucket's count and the Σ of its values' low bits into one int64
 (count · ONE + Σ low), moved into wide tables (`flush`) before PIECE values pile up in it. The n-bit
-passes make the same tables from (magnitude, count) items, one per distinct code of a block.
+passes make the same tables from (magnitude, count) items, one per distinct code of a block. The
+bookkeeping is compiled too: `settle` turns the tables into sums per interval between the rule's cuts
+and lists the buckets a cut splits; pass 2 writes their values as items ((row x SUB + low) x 2**16 +
+count) that `settle_items` (or `tally`, then `settle_values`, when they overflow the buffer) adds in.
 """
 from __future__ import annotations
 

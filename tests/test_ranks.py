@@ -193,11 +193,12 @@ def test_bitmap_walk_by_hand():
     # counts 1, 2, 3, 4 + 5, 5, 6, 7, 8: first ranks 0, 1, 3, 6, 15, 20, 26, 33; a cut inside every bucket
     # but the first (one value, 0.0: its low bits sum to 0)
     cuts = np.array([0, 2, 4, 12, 18, 23, 31, 35, 41])
-    keys, firsts = np.zeros(16, np.int64), np.zeros(16, np.int64)
+    keys, firsts, known = (np.zeros(16, np.int64) for _ in range(3))
     isum, isq = np.zeros(8), np.zeros(8)
-    m, last = k.settle(packed, counts, lows, used, True, cuts, isum, isq, keys, firsts)
+    m, last = k.settle(packed, counts, lows, used, True, cuts, isum, isq, keys, firsts, known)
     assert (m, last) == (7, BUCKETS - 1)
     assert keys[:m].tolist() == rows[1:] and firsts[:m].tolist() == [1, 3, 6, 15, 20, 26, 33]
+    assert known[:m].tolist() == [0] * 7
     assert isum.tolist() == [0.0] * 8 and isq.tolist() == [0.0] * 8
     assert not packed.any() and not used.any() and not counts.any() and not lows.any()
     sub = np.zeros((3, SUB), np.int64)
@@ -214,7 +215,7 @@ def test_bitmap_walk_by_hand():
 @pytest.mark.skipif(not has_numba(), reason="numba not installed")
 def test_settle_sums_by_hand():
     # whole buckets add their Σx and (Σx)²/count into the interval holding them; a one-value bucket a cut
-    # falls inside is shared out over the intervals; pass 2's exact values likewise, run by run
+    # falls inside is listed with its count known; settle_values shares runs of values out over the cuts
     from losswidget.analysis.kernels import BUCKETS, LOW, ONE, compiled
     k = compiled()
     one, two = 0x3F800000 >> LOW, 0x40000000 >> LOW                   # the buckets of 1.0 and 2.0
@@ -223,10 +224,13 @@ def test_settle_sums_by_hand():
     packed[one], packed[two] = 3 * ONE, 2 * ONE + 2 * 3                # 1.0 x3; 2.0 + 3 ulps, twice
     for r in (one, two):
         used[r // 64] |= np.uint64(1) << np.uint64(r % 64)
-    keys, firsts, isum, isq = np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(2), np.zeros(2)
-    m, last = k.settle(packed, counts, lows, used, False, np.array([0, 1, 5]), isum, isq, keys, firsts)
+    keys, firsts, known, isum, isq = np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(2), np.zeros(2)
+    m, last = k.settle(packed, counts, lows, used, False, np.array([0, 1, 5]), isum, isq, keys, firsts, known)
     v = 2.0 + 3 * 2.0 ** -22
-    assert (m, last) == (0, two)
+    assert (m, last) == (1, two)
+    assert (keys[0], firsts[0], known[0]) == (one, 0, 3)                # 1.0 three times, split by the cut at 1
+    assert isum.tolist() == [0.0, 2 * v] and isq.tolist() == [0.0, (2 * v) ** 2 / 2]
+    k.settle_values(np.array([0]), np.array([0]), known[:1], 1, keys[:1], firsts[:1], np.array([0, 1, 5]), isum, isq)
     assert isum.tolist() == [1.0, 2.0 + 2 * v] and isq.tolist() == [1.0, 2.0 + (2 * v) ** 2 / 2]
     # bucket of 1.0 from rank 10: 1.0 twice, then 1 + 2**-23 three times; cuts at 11 and 14
     isum, isq = np.zeros(3), np.zeros(3)

@@ -14,7 +14,8 @@ pair is one exact value. Pass 1 packs a bucket's count and the Σ of its values'
 passes make the same tables from (magnitude, count) items, one per distinct code of a block. The
 bookkeeping is compiled too: `settle` turns the tables into sums per interval between the rule's cuts
 and lists the buckets a cut splits; pass 2 writes their values as items ((row x SUB + low) x 2**16 +
-count) that `settle_items` (or `tally`, then `settle_values`, when they overflow the buffer) adds in.
+count), grouped by bucket (`group`), counted by `count_items` (or into a table by `tally` when they
+overflow the buffer) and added in by `settle_values`.
 """
 from __future__ import annotations
 
@@ -88,14 +89,14 @@ def flush(packed, counts, lows, used):
             packed[k] = 0
 
 
-def settle(packed, counts, lows, used, flushed, cuts, isum, isq, keys, firsts):
+def settle(packed, counts, lows, used, flushed, cuts, isum, isq, keys, firsts, known):
     """After pass 1: the used rows in key order, each bucket's Σx and Σx² added into the interval between
     `cuts` (sorted ranks from 0 to n) that holds it; the tables are left zeroed for the next layer.
 
     A bucket a cut falls strictly inside, or of subnormal values (too wide for the Σx² estimate), needs its
-    exact values: when its low bits sum to 0 it holds one value (its base: 0.0 for pruned weights), spread
-    over the intervals here; otherwise its key and the rank of its first value go to `keys` / `firsts` for
-    pass 2. Σx is (count · base + Σ low bits) · 2**(exponent − 150) in float64 (exact: ranks.py's
+    exact values (`settle_values`): its key and the rank of its first value go to `keys` / `firsts`, and to
+    `known` its count when its low bits sum to 0 (it holds one value, its base: 0.0 for pruned weights),
+    else 0 (pass 2 counts its values). Σx is (count · base + Σ low bits) · 2**(exponent − 150) in float64 (exact: ranks.py's
     `_sums_from_low_bits`), Σx² is (Σx)²/count (its values lie within a factor 1 + 2**-11). `flushed`:
     whether `flush` moved counts into `counts` / `lows` (else they are all zero and not read).
     Returns (buckets listed, the last key counted, or -1)."""
@@ -134,19 +135,10 @@ def settle(packed, counts, lows, used, flushed, cuts, isum, isq, keys, firsts):
             if cuts[j + 1] >= rank and not (e == 0 and s > 0):
                 isum[j] += s
                 isq[j] += s * s / np.float64(c)
-            elif low == 0:                              # one value, known: shared out over the cuts
-                v = np.float64(np.uint32(k << 12).view(np.float32))
-                i = j
-                at = start
-                while at < rank:
-                    stop = min(rank, cuts[i + 1])
-                    isum[i] += np.float64(stop - at) * v
-                    isq[i] += np.float64(stop - at) * v * v
-                    at = stop
-                    i += 1
             else:
                 keys[m] = k
                 firsts[m] = start
+                known[m] = c if low == 0 else 0         # one value, its base: no need to look again
                 m += 1
         used[w] = 0
     return m, last
@@ -178,7 +170,7 @@ def settle_values(rows, cols, counts, m, keys, firsts, cuts, isum, isq):
 
 def second(bits, start, split, slot, out, m):
     """Pass 2 from value `start` on: each value in a split bucket (`split[key]` is 1) written to `out` from
-    out[m] on as an item (slot[key] x SUB + low bits) x 2**16 + 1 (one value), for `settle_items` or `tally`.
+    out[m] on as an item (slot[key] x SUB + low bits) x 2**16 + 1 (one value), for `group`.
     The few hits are first gathered without a branch per value (a mispredicted branch per hit cost more
     than the loop), then written out in order (adding them into a table of counts missed the cache).
     Returns (the value to start from next, items in `out`): it stops early when `out` could overflow."""
@@ -199,12 +191,11 @@ def second(bits, start, split, slot, out, m):
     return n, m
 
 
-def settle_items(items, m, rows, scratch, cells, touched, keys, firsts, cuts, isum, isq):
-    """Pass 2's m items ((row x SUB + low bits) x 2**16 + count; all of them: rows are settled whole)
-    added into the intervals between cuts as `settle_values` does: grouped by row (a counting sort into
-    `scratch`), each row's values counted in `cells` (SUB, zeroed again; `touched` marks the cells in use)
-    and walked in order. `firsts[row]` is the rank of bucket `keys[row]`'s first value."""
-    starts = np.zeros(rows + 1, np.int64)
+def group(items, m, rows, scratch, starts):
+    """Pass 2's first m items ((row x SUB + low bits) x 2**16 + count) grouped by row into `scratch` (a
+    counting sort), `starts[row]` where each row's run begins (rows + 1 entries), so that a row's adds
+    stay within its 32 KB of counts (adding them in the order found missed the cache each time)."""
+    starts[:] = 0
     for i in range(m):
         starts[(items[i] >> (16 + LOW)) + 1] += 1
     for r in range(rows):
@@ -214,14 +205,19 @@ def settle_items(items, m, rows, scratch, cells, touched, keys, firsts, cuts, is
         r = items[i] >> (16 + LOW)
         scratch[place[r]] = items[i]
         place[r] += 1
-    j = 0
+
+
+def count_items(grouped, starts, rows, cells, touched, out_rows, out_cols, out_counts):
+    """Pass 2's items, grouped by row (`group`), as exact values in order (row, low bits, count; for
+    `settle_values`): each row's items counted in `cells` (SUB, zeroed again; `touched` marks the cells
+    in use), then walked in order. Returns how many."""
+    m = 0
     for r in range(rows):
         for i in range(starts[r], starts[r + 1]):
-            c = (scratch[i] >> 16) & (SUB - 1)
+            c = (grouped[i] >> 16) & (SUB - 1)
             if cells[c] == 0:
                 touched[c >> 6] |= _ONE64 << np.uint64(c & 63)
-            cells[c] += scratch[i] & 0xFFFF
-        at = firsts[r]
+            cells[c] += grouped[i] & 0xFFFF
         for w in range(SUB // 64):
             word = touched[w]
             touched[w] = 0
@@ -229,18 +225,10 @@ def settle_items(items, m, rows, scratch, cells, touched, keys, firsts, cuts, is
                 bit = word & (~word + _ONE64)
                 word ^= bit
                 c = w * 64 + _BIT_AT[(bit * _DEBRUIJN) >> _U58]
-                end = at + cells[c]
+                out_rows[m], out_cols[m], out_counts[m] = r, c, cells[c]
                 cells[c] = 0
-                v = np.float64(np.uint32((keys[r] << 12) | c).view(np.float32))
-                while cuts[j + 1] <= at:
-                    j += 1
-                i = j
-                while at < end:
-                    stop = min(end, cuts[i + 1])
-                    isum[i] += np.float64(stop - at) * v
-                    isq[i] += np.float64(stop - at) * v * v
-                    at = stop
-                    i += 1
+                m += 1
+    return m
 
 
 def collect_values(sub, used, rows, cols, counts):
@@ -503,22 +491,11 @@ def nibbles_second(packed, scale, zp, last, table, split, scales, slot, start, o
     return rows * blocks, m
 
 
-def tally(items, m, slots, scratch, found):
-    """Add nibbles_second's first m items ((slot x SUB + low bits) x 2**16 + count) into `found`, the counts
-    of `slots` rows of SUB cells: the items are first grouped by slot (a counting sort into `scratch`), so
-    each row's adds stay within its 32 KB (adding them in the order found missed the cache each time)."""
-    starts = np.zeros(slots + 1, np.int64)
+def tally(grouped, m, found):
+    """Add the first m items of pass 2, grouped by row (`group`), into `found`, the counts of rows of SUB
+    cells (row x SUB + low bits)."""
     for i in range(m):
-        starts[(items[i] >> (16 + LOW)) + 1] += 1
-    for r in range(slots):
-        starts[r + 1] += starts[r]
-    place = starts[:slots].copy()
-    for i in range(m):
-        r = items[i] >> (16 + LOW)
-        scratch[place[r]] = items[i]
-        place[r] += 1
-    for i in range(m):
-        v = scratch[i]
+        v = grouped[i]
         found[v >> 16] += v & 0xFFFF
 
 
@@ -534,10 +511,10 @@ def _signatures(t) -> dict:
         "mark": t.void(i64, u64),
         "flush": t.void(i64, i64, i64, u64),
         "settle": t.UniTuple(t.int64, 2)(i64, i64, i64, u64, t.boolean, ro(t.int64, 1), t.float64[::1],
-                                         t.float64[::1], i64, i64),
+                                         t.float64[::1], i64, i64, i64),
         "second": t.UniTuple(t.int64, 2)(ro(t.uint32, 1), t.int64, t.uint8[::1], t.int32[::1], i64, t.int64),
-        "settle_items": t.void(i64, t.int64, t.int64, i64, i64, u64, ro(t.int64, 1), ro(t.int64, 1),
-                               ro(t.int64, 1), t.float64[::1], t.float64[::1]),
+        "group": t.void(i64, t.int64, t.int64, i64, i64),
+        "count_items": t.int64(i64, i64, t.int64, i64, u64, i64, i64, i64),
         "collect_values": t.int64(t.int64[:, ::1], t.uint64[:, ::1], i64, i64, i64),
         "settle_values": t.void(ro(t.int64, 1), ro(t.int64, 1), ro(t.int64, 1), t.int64, ro(t.int64, 1),
                                 ro(t.int64, 1), ro(t.int64, 1), t.float64[::1], t.float64[::1]),
@@ -549,7 +526,7 @@ def _signatures(t) -> dict:
         "nibbles_second": t.UniTuple(t.int64, 2)(ro(t.uint8, 3), ro(t.float32, 2), ro(t.float32, 2), t.int64,
                                                  ro(t.uint64, 2), t.uint8[::1], t.uint16[::1], t.int32[::1], t.int64,
                                                  i64, t.int64, i64),
-        "tally": t.void(i64, t.int64, t.int64, i64, i64),
+        "tally": t.void(i64, t.int64, i64),
         "codes_second": t.void(ro(t.uint8, 3), ro(t.float32, 2), ro(t.float32, 2), t.boolean, t.int64, t.int64,
                                t.uint8[::1], t.int32[::1], t.int64[:, ::1], t.uint64[:, ::1], i64, t.uint32[::1]),
     }

@@ -22,7 +22,7 @@ counting, in one of three ways by how the weight is stored:
   faster path (kernels.nibbles_first/second): a block's distances |code − zp| are counted by one table
   add per byte into 8-bit lanes, and pass 2 passes by every block whose scale's level-1 key cannot put a
   magnitude in a split bucket (`scale_keys`), writing the few exact values it finds to a buffer that is
-  grouped by bucket before it is counted (kernels.tally: adding them in the order found missed the cache).
+  grouped by bucket before it is counted (kernels.group: adding them in the order found missed the cache).
 
 Nothing is sorted, and the tables are fixed-size whatever n is. Values may come in slices (a layer over a
 memory budget, external data read in large chunks): pass 1 accumulates over the slices and pass 2 asks for
@@ -543,9 +543,9 @@ class _NumpyPasses:
 class _NumbaPasses:
     """Both passes and their bookkeeping compiled. Tables live per thread and only their used rows (found
     through bitmaps) are read and re-zeroed, so a small layer pays for the buckets it fills, not for 2**19
-    rows. Pass 2 writes the exact values it finds to a buffer as items, settled together at the end
-    (kernels.settle_items); a layer with more than the buffer holds counts them into a table as it goes
-    (kernels.tally) and settles that."""
+    rows. Pass 2 writes the exact values it finds to a buffer as items, counted together at the end
+    (kernels.count_items); a layer with more than the buffer holds counts them into a table as it goes
+    (kernels.tally). Either way kernels.settle_values adds them in."""
 
     def __enter__(self):
         self.k = compiled()
@@ -561,7 +561,7 @@ class _NumbaPasses:
             _local.slot = np.zeros(BUCKETS, np.int32)
             _local.cnt = np.zeros(3 * 256, np.int64)      # codes counted in the middle third
             _local.mags = np.zeros(256, np.uint32)
-            _local.cells = np.zeros(SUB, np.int64)         # settle_items' counts of one bucket; kept zeroed
+            _local.cells = np.zeros(SUB, np.int64)         # count_items' counts of one bucket; kept zeroed
             _local.touched = np.zeros(SUB // 64, np.uint64)
         self.n, self.clean, self.pending, self.flushed, self.unmarked = 0, False, 0, False, False
         return self
@@ -613,14 +613,20 @@ class _NumbaPasses:
         another order."""
         self._marked()
         size = min(self.n, cuts.size + (1 << (HIGH - 8)))     # split buckets: one per cut, and subnormal ones
-        keys, firsts = np.empty(size, np.int64), np.empty(size, np.int64)
+        keys, firsts, known = np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size, np.int64)
         isum, isq = np.zeros(cuts.size - 1), np.zeros(cuts.size - 1)
         m, last = self.k.settle(_local.packed, _local.counts, _local.lows, _local.used, self.flushed, cuts,
-                                isum, isq, keys, firsts)
+                                isum, isq, keys, firsts, known)
         self.clean = True
-        if m:
-            self.settling = keys[:m], firsts[:m], cuts, isum, isq
-            exact(keys[:m])
+        one = known[:m] > 0
+        if one.any():                                  # one value each, known: added in as they are
+            ones = np.flatnonzero(one)
+            self.k.settle_values(np.arange(ones.size), np.zeros(ones.size, np.int64), known[ones], ones.size,
+                                 keys[ones], firsts[ones], cuts, isum, isq)
+        if not one.all():
+            rest = np.flatnonzero(~one)
+            self.settling = keys[rest], firsts[rest], cuts, isum, isq
+            exact(keys[rest])
         return isum, isq, last
 
     def second(self, slices, buckets: np.ndarray):
@@ -691,10 +697,15 @@ class _Exact:
     def __init__(self, k, rows: int):
         self.k, self.rows, self.held, self.found, self.sub = k, rows, 0, None, None
 
+    def _grouped(self) -> np.ndarray:
+        self.starts = np.empty(self.rows + 1, np.int64)
+        self.k.group(_local.items, self.held, self.rows, _local.scratch, self.starts)
+        return _local.scratch
+
     def spill(self) -> None:
         if self.found is None:
             self.found = np.zeros(self.rows * SUB, np.int64)
-        self.k.tally(_local.items, self.held, self.rows, _local.scratch, self.found)
+        self.k.tally(self._grouped(), self.held, self.found)
         self.held = 0
 
     def tables(self):
@@ -712,8 +723,11 @@ class _Exact:
 
     def settle(self, keys, firsts, cuts, isum, isq) -> None:
         if self.found is None and self.sub is None:
-            self.k.settle_items(_local.items, self.held, self.rows, _local.scratch, _local.cells, _local.touched,
-                                keys, firsts, cuts, isum, isq)
+            size = min(self.held, self.rows * SUB)
+            rows, cols, counts = np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size, np.int64)
+            m = self.k.count_items(self._grouped(), self.starts, self.rows, _local.cells, _local.touched,
+                                   rows, cols, counts)
+            self.k.settle_values(rows, cols, counts, m, keys, firsts, cuts, isum, isq)
             return
         if self.held:
             self.spill()

@@ -198,7 +198,7 @@ def test_bitmap_walk_by_hand():
     m, last = k.settle(packed, counts, lows, used, True, cuts, isum, isq, keys, firsts, known)
     assert (m, last) == (7, BUCKETS - 1)
     assert keys[:m].tolist() == rows[1:] and firsts[:m].tolist() == [1, 3, 6, 15, 20, 26, 33]
-    assert known[:m].tolist() == [0] * 7
+    assert known[:m].tolist() == [-2, -3, -9, -5, -6, -7, -8]                # pass 2 must find these counts
     assert isum.tolist() == [0.0] * 8 and isq.tolist() == [0.0] * 8
     assert not packed.any() and not used.any() and not counts.any() and not lows.any()
     sub = np.zeros((3, SUB), np.int64)
@@ -248,6 +248,11 @@ def test_bad_input(engine):
         measure_array(np.ones(3, np.float32), [0.5, 1.5], engine)
     # ten distinct values in one bucket, so the cut at 0.55 sends pass 2 back to read them
     rounds = iter([np.float32(1 + np.arange(10) * 2e-5), np.float32(1 + np.arange(9) * 2e-5)])
+    with pytest.raises(ValueError, match="must not change"):
+        measure(lambda: (next(rounds),), [0.55], engine)
+    # as many values, but one more of them in the split bucket at the top: caught before any is placed
+    ten = np.float32(1 + np.arange(10) * 2e-5)
+    rounds = iter([np.append(np.float32(0.5), ten), np.append(np.float32(1.0003), ten)])
     with pytest.raises(ValueError, match="must not change"):
         measure(lambda: (next(rounds),), [0.55], engine)
     # a failure between the passes leaves nothing behind for the next layer

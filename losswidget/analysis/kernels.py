@@ -96,7 +96,7 @@ def settle(packed, counts, lows, used, flushed, cuts, isum, isq, keys, firsts, k
     A bucket a cut falls strictly inside, or of subnormal values (too wide for the Σx² estimate), needs its
     exact values (`settle_values`): its key and the rank of its first value go to `keys` / `firsts`, and to
     `known` its count when its low bits sum to 0 (it holds one value, its base: 0.0 for pruned weights),
-    else 0 (pass 2 counts its values). Σx is (count · base + Σ low bits) · 2**(exponent − 150) in float64 (exact: ranks.py's
+    else minus its count (pass 2 counts its values, and must find that many). Σx is (count · base + Σ low bits) · 2**(exponent − 150) in float64 (exact: ranks.py's
     `_sums_from_low_bits`), Σx² is (Σx)²/count (its values lie within a factor 1 + 2**-11). `flushed`:
     whether `flush` moved counts into `counts` / `lows` (else they are all zero and not read).
     Returns (buckets listed, the last key counted, or -1)."""
@@ -138,7 +138,7 @@ def settle(packed, counts, lows, used, flushed, cuts, isum, isq, keys, firsts, k
             else:
                 keys[m] = k
                 firsts[m] = start
-                known[m] = c if low == 0 else 0         # one value, its base: no need to look again
+                known[m] = c if low == 0 else -c        # one value, its base: no need to look again
                 m += 1
         used[w] = 0
     return m, last

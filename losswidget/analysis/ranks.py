@@ -262,7 +262,10 @@ def _interval_sums(cuts: np.ndarray, keys, counts, lows, exact: Callable):
     one_value = lows[split] == 0
     rows, cols, k = (np.flatnonzero(one_value), np.zeros(int(one_value.sum()), np.int64), counts[split[one_value]])
     if not one_value.all():
-        r2, c2, k2 = exact(keys[split[~one_value]])
+        looked = split[~one_value]
+        r2, c2, k2 = exact(keys[looked])
+        if not np.array_equal(np.bincount(r2, k2, looked.size), counts[looked]):      # float64: exact below 2**53
+            raise ValueError("the slices yielded other values in pass 2 than in pass 1: the slices must not change")
         r2 = np.flatnonzero(~one_value)[r2]
         if rows.size:
             # two runs in (row, col) order over disjoint rows: a stable sort by row merges them in one pass
@@ -625,7 +628,7 @@ class _NumbaPasses:
                                  keys[ones], firsts[ones], cuts, isum, isq)
         if not one.all():
             rest = np.flatnonzero(~one)
-            self.settling = keys[rest], firsts[rest], cuts, isum, isq
+            self.settling = keys[rest], firsts[rest], -known[rest], cuts, isum, isq
             exact(keys[rest])
         return isum, isq, last
 
@@ -673,7 +676,7 @@ class _NumbaPasses:
 
     def _second(self, buckets: np.ndarray, run):
         """Pass 2 (`run(add)`), its exact values added into the sums `interval_sums` is making."""
-        keys, firsts, cuts, isum, isq = self.settling
+        keys, firsts, expected, cuts, isum, isq = self.settling
         split, slot = _local.split, _local.slot
         split[buckets] = 1
         slot[buckets] = np.arange(buckets.size)
@@ -685,7 +688,7 @@ class _NumbaPasses:
             raise
         finally:
             split[buckets] = 0
-        add.settle(keys, firsts, cuts, isum, isq)
+        add.settle(keys, firsts, expected, cuts, isum, isq)
         return n, None
 
 
@@ -721,25 +724,30 @@ class _Exact:
             self.sub[0][:] = 0
             self.sub[1][:] = 0
 
-    def settle(self, keys, firsts, cuts, isum, isq) -> None:
+    def settle(self, keys, firsts, expected, cuts, isum, isq) -> None:
+        """Add the exact values in (kernels.settle_values), once each bucket is found to hold as many values
+        as pass 1 counted in it (`expected`): the compiled loop places values by rank and trusts that."""
         if self.found is None and self.sub is None:
             size = min(self.held, self.rows * SUB)
             rows, cols, counts = np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size, np.int64)
             m = self.k.count_items(self._grouped(), self.starts, self.rows, _local.cells, _local.touched,
                                    rows, cols, counts)
-            self.k.settle_values(rows, cols, counts, m, keys, firsts, cuts, isum, isq)
-            return
-        if self.held:
-            self.spill()
-        if self.sub is not None:
-            sub, used = self.sub
-            rows, cols, counts = np.empty(sub.size, np.int64), np.empty(sub.size, np.int64), np.empty(sub.size, np.int64)
-            m = self.k.collect_values(sub, used, rows, cols, counts)
-            if self.found is None:
-                self.found = np.zeros(self.rows * SUB, np.int64)
-            self.found[rows[:m] * SUB + cols[:m]] += counts[:m]
-        at = np.flatnonzero(self.found)
-        self.k.settle_values(at >> LOW, at & (SUB - 1), self.found[at], at.size, keys, firsts, cuts, isum, isq)
+            rows, cols, counts = rows[:m], cols[:m], counts[:m]
+        else:
+            if self.held:
+                self.spill()
+            if self.sub is not None:
+                sub, used = self.sub
+                rows, cols, counts = (np.empty(sub.size, np.int64) for _ in range(3))
+                m = self.k.collect_values(sub, used, rows, cols, counts)
+                if self.found is None:
+                    self.found = np.zeros(self.rows * SUB, np.int64)
+                self.found[rows[:m] * SUB + cols[:m]] += counts[:m]
+            at = np.flatnonzero(self.found)
+            rows, cols, counts = at >> LOW, at & (SUB - 1), self.found[at]
+        if not np.array_equal(np.bincount(rows, counts, self.rows), expected):     # float64: exact below 2**53
+            raise ValueError("the slices yielded other values in pass 2 than in pass 1: the slices must not change")
+        self.k.settle_values(rows, cols, counts, rows.size, keys, firsts, cuts, isum, isq)
 
 
 @functools.lru_cache(maxsize=8)                        # a layer's slices share a shape and zero point

@@ -232,6 +232,10 @@ def test_settle_sums_by_hand():
     assert isum.tolist() == [0.0, 2 * v] and isq.tolist() == [0.0, (2 * v) ** 2 / 2]
     k.settle_values(np.array([0]), np.array([0]), known[:1], 1, keys[:1], firsts[:1], np.array([0, 1, 5]), isum, isq)
     assert isum.tolist() == [1.0, 2.0 + 2 * v] and isq.tolist() == [1.0, 2.0 + (2 * v) ** 2 / 2]
+    # tables holding more values than the cuts end at: refused before any is placed past the end
+    packed[one] = 6 * ONE
+    used[one // 64] |= np.uint64(1) << np.uint64(one % 64)
+    assert k.settle(packed, counts, lows, used, False, np.array([0, 1, 5]), isum, isq, keys, firsts, known)[0] == -1
     # bucket of 1.0 from rank 10: 1.0 twice, then 1 + 2**-23 three times; cuts at 11 and 14
     isum, isq = np.zeros(3), np.zeros(3)
     k.settle_values(np.array([0, 0]), np.array([0, 1]), np.array([2, 3]), 2, np.array([one]), np.array([10]),

@@ -99,7 +99,8 @@ def settle(packed, counts, lows, used, flushed, cuts, isum, isq, keys, firsts, k
     else minus its count (pass 2 counts its values, and must find that many). Σx is (count · base + Σ low bits) · 2**(exponent − 150) in float64 (exact: ranks.py's
     `_sums_from_low_bits`), Σx² is (Σx)²/count (its values lie within a factor 1 + 2**-11). `flushed`:
     whether `flush` moved counts into `counts` / `lows` (else they are all zero and not read).
-    Returns (buckets listed, the last key counted, or -1)."""
+    Returns (buckets listed, or -1 when the tables hold more than cuts[-1] values; the last key counted, or
+    -1)."""
     m = 0
     j = 0
     rank = 0
@@ -123,6 +124,8 @@ def settle(packed, counts, lows, used, flushed, cuts, isum, isq, keys, firsts, k
             last = k
             start = rank
             rank += c
+            if rank > cuts[cuts.size - 1]:              # more than the n values counted: never placed past it
+                return -1, last
             while cuts[j + 1] <= start:
                 j += 1
             e = k >> 11

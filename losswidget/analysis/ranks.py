@@ -620,7 +620,9 @@ class _NumbaPasses:
         isum, isq = np.zeros(cuts.size - 1), np.zeros(cuts.size - 1)
         m, last = self.k.settle(_local.packed, _local.counts, _local.lows, _local.used, self.flushed, cuts,
                                 isum, isq, keys, firsts, known)
-        self.clean = True
+        self.clean = m >= 0
+        if m < 0:
+            raise ValueError(f"pass 1 counted more than the {self.n} values it was given")
         one = known[:m] > 0
         if one.any():                                  # one value each, known: added in as they are
             ones = np.flatnonzero(one)

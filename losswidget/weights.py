@@ -249,10 +249,10 @@ class Weight:
 
     def _by_steps(self, budget: int, read):
         """(r0, r1, read(r0, r1)) for each step of rows in order, read in this thread when it is needed. A
-        reader thread reading the next step meanwhile cost more than it saved: the bytes it copied went
-        through the cache of the other core and the hand-overs left cores idle (the 7B fp16 magnitude
-        took 7.5 s instead of 4.5; t12 8% longer). Files not in the page cache are read ahead by the OS,
-        which follows each layer's sequential reads (as fast here as asking it to: posix_fadvise)."""
+        reader thread reading the next step meanwhile cost more than it saved (README, "A model rewritten
+        while it is read"): the bytes it copied went through the other core's cache and the hand-overs left
+        cores idle. Files not in the page cache are read ahead by the OS, which follows each layer's
+        sequential reads."""
         for r0, r1 in self.steps(budget):
             yield r0, r1, read(r0, r1)
 

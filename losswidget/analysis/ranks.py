@@ -26,7 +26,8 @@ counting, in one of three ways by how the weight is stored:
 
 Nothing is sorted, and the tables are fixed-size whatever n is. Values may come in slices (a layer over a
 memory budget, external data read in large chunks): pass 1 accumulates over the slices and pass 2 asks for
-them again.
+them again, and must get the same values: each split bucket must hold as many as pass 1 counted in it
+(else a ValueError, before the compiled engine, which checks no bounds, places any by rank).
 
 Rules (the same results as sorting |x| and applying the rule, up to float rounding):
 - sums are float64 (SparseML's mean is numpy's float32 pairwise mean; the two agree to ~1e-7 relative,

@@ -84,6 +84,38 @@ def test_sensitivity_figure_keeps_its_marks_as_profiles_arrive(tmp_path):
         w.close()
 
 
+def test_views_below_wait_for_the_profiles_and_a_page_in_a_kernel(tmp_path, monkeypatch):
+    # in a kernel the views under the bars are made on its loop once the saved profiles are in and a page
+    # has drawn the widget (js/host.js sets `host`): made while a page is still connecting, Voilà lost them
+    from losswidget.widget import focus
+
+    class Loop:                                        # the kernel's io_loop, running callbacks at once
+        def add_callback(self, fn, *args):
+            fn(*args)
+
+        def call_later(self, delay, fn):
+            fn()
+    monkeypatch.setattr(focus, "kernel_loop", lambda: Loop())
+    folder = tmp_path / "profiles"
+    first = LossProfileWidget(net(tmp_path), profiles_dir=folder, autostart=False)   # no kernel: at once
+    first.add_profile("Baseline").result(60)
+    wait(first)
+    first.close()
+    w = LossProfileWidget(net(tmp_path), profiles_dir=folder, autostart=False)
+    try:
+        deadline = time.monotonic() + 30
+        while not w.store.ready and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert w.store.ready and "Baseline" in w.profiles
+        panels = lambda: [c for c in w.children if isinstance(c, AddProfilePanel)]
+        assert not w.charts.built and not panels()              # profiles in, but no page yet
+        w.host.host = "voila"                                   # a page drew it
+        assert w.charts.built and len(panels()) == 1
+        assert w.charts.box.children[-1].children[-1] is w.charts.table
+    finally:
+        w.close()
+
+
 def test_tooltip_scale_modes_and_drill_down(widget):
     widget.selected = "Baseline"
     charts = widget.charts

@@ -156,11 +156,13 @@ class LossProfileWidget(w.VBox):
         if autostart:
             # once the hash is known, unless saved ones are found
             self.store.autostart(AUTO_PROFILES + (DATA_AUTO_PROFILES if data is not None else ()))
-        after_ready(self.store, self._complete)          # the views under the bars, once the bars have profiles
+        # the views under the bars, once the bars have profiles and a page has drawn the widget
+        after_ready(self.store, self._complete, self.host)
 
     def _complete(self) -> None:
         """Make the views under the bars: the scatter, drill-down, plan row and table, and the add-profile
-        panel (at once without a kernel; on the kernel's loop once the saved profiles are drawn otherwise)."""
+        panel (at once without a kernel; on the kernel's loop once the saved profiles are drawn and a page has
+        drawn the widget otherwise; each is also made when first used)."""
         if not self._closed:
             self.charts.build_below()
             _ = self.panel

@@ -58,21 +58,31 @@ def kernel_loop():
     return getattr(getattr(get_ipython(), "kernel", None), "io_loop", None)
 
 
-def after_ready(store, build) -> None:
-    """Call `build` once, a moment after the store's saved profiles are read and drawn (`ready`), on the
-    kernel's loop. The views below the bars are made then: the first display carries only the widget models
-    the bars need (each model is a message the page must handle before it draws), and the bars' data leaves
-    before the rest. Without a kernel (scripts, tests) `build` runs at once."""
+def after_ready(store, build, probe=None) -> None:
+    """Call `build` once, a moment after the store's saved profiles are read and drawn (`ready`) and a page
+    has drawn the widget (`probe.host`, set by js/host.js when it renders), on the kernel's loop. The views
+    below the bars are made then: the first display carries only the widget models the bars need (each
+    model is a message the page must handle before it draws), and the bars' data leaves before the rest.
+    Waiting for a page: models made while it is still connecting could reach it before its widget manager
+    listens for them (Voilà then said "widget model not found", once in a few runs). Without a kernel
+    (scripts, tests) `build` runs at once."""
     loop = kernel_loop()
     if loop is None:
         build()
         return
+    done = []
 
     def soon(_change=None) -> None:
-        if store.ready:
-            store.unobserve(soon, "ready")
-            loop.add_callback(loop.call_later, FOLLOW_S, build)
+        if done or not store.ready or (probe is not None and not probe.host):
+            return
+        done.append(True)                  # build_below is idempotent, should two threads get here at once
+        store.unobserve(soon, "ready")
+        if probe is not None:
+            probe.unobserve(soon, "host")
+        loop.add_callback(loop.call_later, FOLLOW_S, build)
     store.observe(soon, "ready")
+    if probe is not None:
+        probe.observe(soon, "host")
     soon()
 
 

@@ -52,7 +52,7 @@ _DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
 _U58 = np.uint64(58)
 _BIT_AT = np.zeros(64, np.int64)
 _BIT_AT[[((1 << b) * 0x03F79D71B4CB0A89 & 0xFFFFFFFFFFFFFFFF) >> 58 for b in range(64)]] = np.arange(64)
-_POW2 = np.ldexp(1.0, np.arange(256) - 150)     # 2**(exponent − 150): all normal float64, so × is exact
+POW2 = np.ldexp(1.0, np.arange(256) - 150)      # 2**(exponent − 150): all normal float64, so × is exact
 
 
 # -- float32 values: ranks.py's two passes -----------------------------------------------------------------
@@ -97,9 +97,10 @@ def settle(packed, counts, lows, used, flushed, cuts, isum, isq, keys, firsts, k
     A bucket a cut falls strictly inside, or of subnormal values (too wide for the Σx² estimate), needs its
     exact values (`settle_values`): its key and the rank of its first value go to `keys` / `firsts`, and to
     `known` its count when its low bits sum to 0 (it holds one value, its base: 0.0 for pruned weights),
-    else minus its count (pass 2 counts its values, and must find that many). Σx is (count · base + Σ low bits) · 2**(exponent − 150) in float64 (exact: ranks.py's
-    `_sums_from_low_bits`), Σx² is (Σx)²/count (its values lie within a factor 1 + 2**-11). `flushed`:
-    whether `flush` moved counts into `counts` / `lows` (else they are all zero and not read).
+    else minus its count (pass 2 counts its values, and must find that many). Σx is (count · base + Σ low
+    bits) · 2**(exponent − 150) in float64 (exact, as ranks.py's numpy engine computes it), Σx² is
+    (Σx)²/count (its values lie within a factor 1 + 2**-11). `flushed`: whether `flush` moved counts into
+    `counts` / `lows` (else they are all zero and not read).
     Returns (buckets listed, or -1 when the tables hold more than cuts[-1] values; the last key counted, or
     -1)."""
     m = 0
@@ -133,7 +134,7 @@ def settle(packed, counts, lows, used, flushed, cuts, isum, isq, keys, firsts, k
             base = (k & 2047) << 12
             if e > 0:
                 base += 1 << 23
-            s = (np.float64(c) * np.float64(base) + np.float64(low)) * _POW2[max(e, 1)]
+            s = (np.float64(c) * np.float64(base) + np.float64(low)) * POW2[max(e, 1)]
             if e == 255:                                # +Inf (low bits 0) or NaN
                 s = np.inf if base == 1 << 23 and low == 0 else np.nan
             if cuts[j + 1] >= rank and not (e == 0 and s > 0):

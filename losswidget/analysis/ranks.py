@@ -53,14 +53,13 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .kernels import BUCKETS, HALF_PATTERNS, HALF_PIECE, HIGH, LOW, PIECE, SUB, compiled, nibble_table
+from .kernels import BUCKETS, HALF_PATTERNS, HALF_PIECE, HIGH, LOW, PIECE, POW2, SUB, compiled, nibble_table
 
 NON_FINITE = 0x7F800000 >> LOW         # first level-1 key of +Inf / NaN
 HALF_NON_FINITE = {False: 0x7C00, True: 0x7F80}   # first |x| pattern of +Inf / NaN: float16, bfloat16
 NUMPY_CHUNK = 1 << 16                  # the numpy engine's slice
 NUMBA_FROM = 1 << 25                   # values from which numba's one-off load pays off over numpy's engine
 
-_POW2 = np.ldexp(1.0, np.arange(256) - 150)     # 2**(exponent − 150): all normal float64, so × is exact
 
 _local = threading.local()
 
@@ -372,7 +371,7 @@ def _sums_from_low_bits(keys: np.ndarray, counts: np.ndarray, lows: np.ndarray) 
     exponent = keys >> (HIGH - 8)
     base = (keys & ((1 << (HIGH - 8)) - 1)) << LOW
     base = np.where(exponent > 0, base + (1 << 23), base)                 # the implicit bit of normal floats
-    sums = (counts * base.astype(np.float64) + lows) * _POW2[np.maximum(exponent, 1)]      # exact, as ldexp
+    sums = (counts * base.astype(np.float64) + lows) * POW2[np.maximum(exponent, 1)]      # exact, as ldexp
     top = exponent == 255                                                 # +Inf (low bits 0) or NaN
     if top.any():
         sums[top] = np.where((base[top] == 1 << 23) & (lows[top] == 0), np.inf, np.nan)
@@ -667,8 +666,9 @@ class _NumbaPasses:
                             _local.scales[scales] = masks
                         start, stop = 0, p.shape[0] * p.shape[1]
                         while start < stop:
-                            start, add.held = self.k.nibbles_second(p, s, z, l, _nibbles(), _local.split, _local.scales,
-                                                                    _local.slot, start, _local.items, add.held, _local.cnt)
+                            start, add.held = self.k.nibbles_second(
+                                p, s, z, l, _nibbles(), _local.split, _local.scales, _local.slot, start, _local.items,
+                                add.held, _local.cnt)
                             if start < stop:              # the buffer is full
                                 add.spill()
             finally:

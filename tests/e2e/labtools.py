@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import nbformat
+from playwright.sync_api import Error as PlaywrightError
 
 CHROMIUM = os.environ.get("LOSSWIDGET_CHROMIUM", "/usr/bin/chromium")
 TOKEN = "losswidget-e2e"
@@ -75,7 +76,17 @@ def open_notebook(page, lab, name: str) -> None:
 
 def run_cell(page, index: int) -> None:
     cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
-    cell.locator(".jp-InputArea-editor").click(force=True)
+    editor = cell.locator(".jp-InputArea-editor")
+    for attempt in range(5):
+        try:
+            editor.click(force=True)
+            break
+        except PlaywrightError:
+            # the page grew under the click (a widget's views below its bars arrive a moment after it draws):
+            # scrolled into view, the editor had moved out of it again
+            if attempt == 4:
+                raise
+            time.sleep(0.5)
     page.keyboard.press("Shift+Enter")
 
 
